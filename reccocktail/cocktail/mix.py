@@ -1,0 +1,276 @@
+"""Mixing operators of the LoRA cocktail: pure functions over PEFT adapter folders.
+
+Two modes (DESIGN §1.3):
+
+- `ab` (the paper's eq. 7): `A_m = Σ λ_i A_i`, `B_m = Σ λ_i B_i`, same rank. Its weight update
+  `B_m A_m` carries cross terms `λ_i λ_j B_i A_j`, meaningful only when the adapters started from
+  the same LoRA initialisation, hence the warning on different `init_seed`s.
+- `delta` (the authors' released code): `ΔW = Σ λ_i s_i B_i A_i`, written exactly as one LoRA of
+  rank `Σ r_i` by stacking the factors.
+
+Each adapter's own scaling `s_i` (alpha/r, or alpha/√r with rsLoRA) is kept exact: when the
+scalings differ (and always in mode delta) it is folded into B and the result is written with
+`lora_alpha = r`, i.e. scaling 1. Granularity `model` takes one λ vector; `layer` one λ vector
+per LoRA module (a mapping from module name to λ). The same `mix_factors` function builds the
+exported adapter and the differentiable merged forward of `reccocktail.cocktail.entropy`, so
+what is learned is exactly what is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reccocktail.utils.io import atomic_dir, to_plain
+
+log = logging.getLogger(__name__)
+
+MODES = ("ab", "delta")
+GRANULARITIES = ("model", "layer")
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+MANIFEST_FILE = "manifest.json"
+_PREFIX = "base_model.model."
+_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
+
+Lambdas = Sequence[float] | torch.Tensor | Mapping[str, Sequence[float] | torch.Tensor]
+
+
+@dataclass
+class LoraAdapter:
+    """One LoRA adapter in memory: its PEFT config, factors per module and manifest."""
+
+    config: dict[str, Any]
+    A: dict[str, torch.Tensor]  # module name (PEFT key prefix) -> [r, in]
+    B: dict[str, torch.Tensor]  # module name -> [out, r]
+    manifest: dict[str, Any] = field(default_factory=dict)
+    name: str = "adapter"
+
+    @property
+    def modules(self) -> list[str]:
+        return sorted(self.A)
+
+    @property
+    def rank(self) -> int:
+        return int(self.config["r"])
+
+    @property
+    def scaling(self) -> float:
+        """PEFT's multiplier of `B A x`: alpha/r, or alpha/√r with rsLoRA."""
+        r, alpha = self.rank, float(self.config["lora_alpha"])
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    @property
+    def target_modules(self) -> list[str]:
+        tm = self.config.get("target_modules")
+        return sorted(tm) if isinstance(tm, (list, tuple, set)) else [str(tm)]
+
+
+def model_module_name(key: str) -> str:
+    """The module path inside the bare HF model for a PEFT module key."""
+    return key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+
+
+def load_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
+    """Read a PEFT LoRA folder (safetensors + adapter_config.json, manifest.json if present)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
+    for f in (cfg_file, weights):
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: no such file (is {path} a PEFT adapter folder?)")
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_file}:{err.lineno}: invalid JSON ({err.msg})") from err
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LORA")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise ValueError(f"{cfg_file}: missing key {key!r}")
+    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "modules_to_save",
+                               "trainable_token_indices", "layer_replication")
+                   if config.get(k)] + [k for k in ("use_dora", "lora_bias") if config.get(k)]
+    if unsupported:
+        raise ValueError(f"{cfg_file}: LoRA options {unsupported} are not supported by the mixer")
+    A: dict[str, torch.Tensor] = {}
+    B: dict[str, torch.Tensor] = {}
+    for key, tensor in load_file(str(weights)).items():
+        for suffix, kind in _SUFFIXES.items():
+            if key.endswith(suffix):
+                (A if kind == "A" else B)[key[: -len(suffix)]] = tensor
+                break
+        else:
+            raise ValueError(f"{weights}: unexpected tensor {key!r} (only lora_A/lora_B weights)")
+    if set(A) != set(B) or not A:
+        raise ValueError(f"{weights}: modules without both lora_A and lora_B: "
+                         f"{sorted(set(A) ^ set(B)) or 'no LoRA tensors at all'}")
+    manifest: dict[str, Any] = {}
+    if (path / MANIFEST_FILE).exists():
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    return LoraAdapter(config=config, A=A, B=B, manifest=manifest, name=name or path.name)
+
+
+def check_compatible(adapters: Sequence[LoraAdapter], mode: str) -> None:
+    """Refuse adapters that cannot be mixed, naming the difference; warn on ab with seeds apart."""
+    if mode not in MODES:
+        raise ValueError(f"mix.mode: unknown value {mode!r}; choose one of {list(MODES)}")
+    if len(adapters) < 2:
+        raise ValueError(f"mixing needs at least 2 adapters, got {len(adapters)}")
+    ref = adapters[0]
+    for other in adapters[1:]:
+        pair = f"adapters {ref.name!r} and {other.name!r}"
+        b0, b1 = ref.manifest.get("backbone"), other.manifest.get("backbone")
+        if b0 is not None and b1 is not None and b0 != b1:
+            raise ValueError(f"{pair} were trained on different backbones: {b0!r} vs {b1!r}")
+        if ref.target_modules != other.target_modules:
+            raise ValueError(f"{pair} have different target modules: "
+                             f"{ref.target_modules} vs {other.target_modules}")
+        if ref.modules != other.modules:
+            diff = sorted(set(ref.modules) ^ set(other.modules))
+            raise ValueError(f"{pair} adapt different modules, e.g. {diff[:3]}")
+        if mode == "ab" and ref.rank != other.rank:
+            raise ValueError(f"{pair} have different ranks (r={ref.rank} vs r={other.rank}); "
+                             "mode ab needs equal ranks, mode delta does not")
+        for m in ref.modules:
+            for kind, x, y in (("lora_A", ref.A[m], other.A[m]), ("lora_B", ref.B[m], other.B[m])):
+                same = x.shape == y.shape if mode == "ab" else (
+                    x.shape[1] == y.shape[1] if kind == "lora_A" else x.shape[0] == y.shape[0])
+                if not same:
+                    raise ValueError(f"{pair} differ in the shape of {m}.{kind}: "
+                                     f"{tuple(x.shape)} vs {tuple(y.shape)}")
+    if mode == "ab":
+        seeds = {a.name: a.manifest.get("init_seed") for a in adapters}
+        if len({str(s) for s in seeds.values()}) > 1:
+            warnings.warn(
+                f"mode ab mixes adapters with different LoRA init seeds {seeds}: the cross terms "
+                "λ_i λ_j B_i A_j then mix unrelated subspaces (mode delta has none)",
+                stacklevel=2,
+            )
+
+
+def common_scaling(adapters: Sequence[LoraAdapter], mode: str) -> float | None:
+    """The scaling kept in the result (ab with equal scalings), or None when folded into B."""
+    if mode == "ab" and len({round(a.scaling, 12) for a in adapters}) == 1:
+        return adapters[0].scaling
+    return None
+
+
+def mix_factors(As: Sequence[torch.Tensor], Bs: Sequence[torch.Tensor], scalings: Sequence[float],
+                weights: Sequence[float] | torch.Tensor, mode: str,
+                keep_scaling: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(A_m, B_m, s_m) of one LoRA module, with the path `s_m · B_m A_m x`. Differentiable in
+    `weights` (a tensor with grad works). `keep_scaling`: the common scaling of mode ab, left out of
+    B; None folds each adapter's scaling into its B and returns s_m = 1."""
+    w = [weights[i] for i in range(len(As))]
+    if mode == "ab":
+        A = sum(wi * a for wi, a in zip(w, As))
+        if keep_scaling is not None:
+            return A, sum(wi * b for wi, b in zip(w, Bs)), float(keep_scaling)
+        return A, sum(wi * (s * b) for wi, s, b in zip(w, scalings, Bs)), 1.0
+    if mode == "delta":
+        A = torch.cat(list(As), dim=0)
+        B = torch.cat([wi * (s * b) for wi, s, b in zip(w, scalings, Bs)], dim=1)
+        return A, B, 1.0
+    raise ValueError(f"mix.mode: unknown value {mode!r}; choose one of {list(MODES)}")
+
+
+def lambdas_for(lambdas: Lambdas, module: str, n: int) -> torch.Tensor:
+    """The λ vector of one module from a model-level vector or a per-module mapping."""
+    if isinstance(lambdas, Mapping):
+        if module in lambdas:
+            lam = lambdas[module]
+        elif model_module_name(module) in lambdas:
+            lam = lambdas[model_module_name(module)]
+        else:
+            raise KeyError(f"granularity layer: no λ for module {model_module_name(module)!r}")
+    else:
+        lam = lambdas
+    lam = torch.as_tensor(lam, dtype=torch.float64).flatten()
+    if lam.numel() != n:
+        raise ValueError(f"{lam.numel()} λ value(s) for {n} adapters (module {module!r})")
+    return lam
+
+
+def mix_adapters(adapters: Sequence[LoraAdapter], lambdas: Lambdas, mode: str = "ab",
+                 check: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(adapter_config, state dict) of the mixed adapter, ready for `save_adapter`.
+
+    `lambdas` is one λ vector (granularity model) or a mapping module -> λ vector (layer). The
+    arithmetic runs in float64 and is cast back to the adapters' dtype.
+    """
+    if check:
+        check_compatible(adapters, mode)
+    keep = common_scaling(adapters, mode)
+    scalings = [a.scaling for a in adapters]
+    dtype = adapters[0].A[adapters[0].modules[0]].dtype
+    tensors: dict[str, torch.Tensor] = {}
+    rank = 0
+    for m in adapters[0].modules:
+        lam = lambdas_for(lambdas, m, len(adapters))
+        A, B, _ = mix_factors([a.A[m].double() for a in adapters],
+                              [a.B[m].double() for a in adapters], scalings, lam, mode, keep)
+        tensors[f"{m}.lora_A.weight"] = A.to(dtype).contiguous()
+        tensors[f"{m}.lora_B.weight"] = B.to(dtype).contiguous()
+        rank = A.shape[0]
+    config = dict(adapters[0].config)
+    config.update(r=int(rank), rank_pattern={}, alpha_pattern={}, inference_mode=True)
+    if keep is None:  # scaling folded into B: alpha = r gives PEFT scaling 1
+        config.update(lora_alpha=int(rank), use_rslora=False)
+    return config, tensors
+
+
+def describe_lambdas(lambdas: Lambdas) -> dict[str, Any]:
+    """λ as JSON: {"granularity": "model", "lambdas": [...]} or per module names."""
+    if isinstance(lambdas, Mapping):
+        return {"granularity": "layer",
+                "lambdas": {model_module_name(k): [float(x) for x in torch.as_tensor(v).flatten()]
+                            for k, v in lambdas.items()}}
+    return {"granularity": "model", "lambdas": [float(x) for x in torch.as_tensor(lambdas).flatten()]}
+
+
+def save_adapter(path: str | Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                 manifest: Mapping[str, Any]) -> Path:
+    """Write a standard PEFT folder (+ manifest.json) atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                  str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(to_plain(dict(config)), indent=2) + "\n",
+                                       encoding="utf-8")
+        (tmp / MANIFEST_FILE).write_text(json.dumps(to_plain(dict(manifest)), indent=2) + "\n",
+                                         encoding="utf-8")
+    return path
+
+
+def mix_and_save(adapters: Sequence[LoraAdapter], lambdas: Lambdas, mode: str, out: str | Path,
+                 extra: Mapping[str, Any] | None = None) -> Path:
+    """Mix `adapters` with `lambdas` and write the result as a `mixed` adapter folder."""
+    config, tensors = mix_adapters(adapters, lambdas, mode)
+    ref = adapters[0].manifest
+    manifest = {
+        "kind": "mixed",
+        "backbone": ref.get("backbone"),
+        "init_seed": ref.get("init_seed"),
+        "data_hash": ref.get("data_hash"),
+        "mode": mode,
+        **describe_lambdas(lambdas),
+        "sources": [{"name": a.name, "kind": a.manifest.get("kind"),
+                     "init_seed": a.manifest.get("init_seed"),
+                     "data_hash": a.manifest.get("data_hash")} for a in adapters],
+        "config": {"r": config["r"], "lora_alpha": config["lora_alpha"]},
+        "metrics": {},
+        **dict(extra or {}),
+    }
+    return save_adapter(out, config, tensors, manifest)

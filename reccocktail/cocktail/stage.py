@@ -1,0 +1,245 @@
+"""Stage `mix`: blend the base spirit (G) and the ingredient (S) into the cocktail adapter.
+
+`mix.name` picks how λ is chosen: `entropy` (learned on unlabeled test-time prompts, the
+paper's RecCocktail), `fixed` (`mix.lambdas`; 0.5/0.5 is RecCocktail-WA) or `grid` (λ_G over
+`mix.grid`, chosen by validation NDCG@1). Writes `adapters/cocktail`, `adapters/wa` (always the
+0.5/0.5 mix, for the WA ablation) and `mix/lambda.json`. A rerun with the same adapters and mix
+config reuses what is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from reccocktail.cocktail.mix import (
+    GRANULARITIES,
+    MODES,
+    LoraAdapter,
+    check_compatible,
+    describe_lambdas,
+    load_adapter,
+    mix_and_save,
+)
+from reccocktail.cocktail.unlabeled import split_unlabeled
+from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.utils.io import read_json, stable_hash, write_json
+
+log = logging.getLogger(__name__)
+
+NAMES = ("entropy", "fixed", "grid")
+ADAPTERS = ("general", "specific")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _mix_cfg(cfg: DictConfig) -> dict[str, Any]:
+    mcfg = OmegaConf.to_container(cfg.mix, resolve=True) if "mix" in cfg else None
+    if not isinstance(mcfg, dict):
+        raise ValueError("mix: missing config group (choose mix=entropy, mix=fixed or mix=grid)")
+    name = mcfg.get("name")
+    if name not in NAMES:
+        raise ValueError(f"mix.name: unknown value {name!r}; choose one of {list(NAMES)}")
+    if mcfg.get("mode", "ab") not in MODES:
+        raise ValueError(f"mix.mode: unknown value {mcfg.get('mode')!r}; choose one of {list(MODES)}")
+    if mcfg.get("granularity", "model") not in GRANULARITIES:
+        raise ValueError(f"mix.granularity: unknown value {mcfg.get('granularity')!r}; "
+                         f"choose one of {list(GRANULARITIES)}")
+    return mcfg
+
+
+def check_lambdas(lambdas: Sequence[float], n: int, key: str = "mix.lambdas") -> list[float]:
+    """λ must be n non-negative weights summing to 1 (the paper's constraint)."""
+    try:
+        lam = [float(x) for x in lambdas]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{key}: expected a list of {n} numbers, got {lambdas!r}") from err
+    if len(lam) != n or any(x < 0 for x in lam) or abs(sum(lam) - 1.0) > 1e-6:
+        raise ValueError(f"{key}: expected {n} non-negative weights summing to 1, got {lam}")
+    return lam
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    acc = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    return torch.device("cuda" if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+                        else "cpu")
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _prompt_builder(cfg: DictConfig, tokenizer: Any, items: dict[str, str]):
+    from reccocktail.data.prompts import build_prompt_builder
+
+    return build_prompt_builder(tokenizer, items, cfg.get("domain"), cfg.backbone,
+                                int(OmegaConf.select(cfg, "data.max_title_tokens", default=32)))
+
+
+def choose_users(samples: Sequence[Sample], max_users: int | None, seed: int) -> list[Sample]:
+    """All samples of a seeded choice of at most `max_users` users (None: every sample)."""
+    if max_users is None:
+        return list(samples)
+    users = sorted({s.user for s in samples})
+    random.Random(int(seed)).shuffle(users)
+    keep = set(users[: int(max_users)])
+    return [s for s in samples if s.user in keep]
+
+
+# -- λ by validation grid ------------------------------------------------------------------
+
+def grid_search(model: Any, mixer: Any, builder: Any, samples: Sequence[Sample],
+                grid: Sequence[float], batch_size: int = 8,
+                scorer_factory: Callable[..., Any] | None = None,
+                metrics_fn: Callable[..., dict] | None = None) -> tuple[list[float], list[dict]]:
+    """λ = (λ_G, 1-λ_G) over `grid`, chosen by NDCG@1 (ties: NDCG@3, then the first in grid)."""
+    if scorer_factory is None:
+        from reccocktail.evaluation.scorers import LikelihoodScorer as scorer_factory
+    if metrics_fn is None:
+        from reccocktail.evaluation.metrics import ranking_metrics as metrics_fn
+    if not samples:
+        raise ValueError("mix=grid: no validation samples to choose λ on")
+    grid = [float(g) for g in grid]
+    if not grid or any(not 0.0 <= g <= 1.0 for g in grid):
+        raise ValueError(f"mix.grid: expected values in [0, 1], got {grid}")
+    scorer = scorer_factory(model, builder, batch_size=batch_size, normalize=False)
+    target = torch.tensor([s.target_index for s in samples])
+    rows = []
+    for g in grid:
+        mixer.set_weights(torch.tensor([g, 1.0 - g]))
+        with torch.no_grad():
+            scores = scorer.score(list(samples))
+        metrics = {k: float(v) for k, v in metrics_fn(scores, target, ks=(1, 3)).items()}
+        rows.append({"lambda": [g, 1.0 - g], **metrics})
+        log.info("mix grid: λ_G=%.2f ndcg@1=%.4f", g, metrics.get("ndcg@1", float("nan")))
+    best = max(range(len(rows)), key=lambda i: (rows[i]["ndcg@1"], rows[i].get("ndcg@3", 0.0), -i))
+    return rows[best]["lambda"], rows
+
+
+# -- λ by entropy --------------------------------------------------------------------------
+
+def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer: Any,
+                          adapters: Sequence[LoraAdapter], prompts: Sequence[Sequence[int]],
+                          mcfg: dict[str, Any]) -> tuple[Any, list[dict]]:
+    """Train only the λ logits of an `EntropyMixModule`; returns (λ for `mix_adapters`, curve)."""
+    from reccocktail.cocktail.entropy import EntropyMixModule, PromptDataset
+    from reccocktail.pipeline import make_trainer
+
+    if not prompts:
+        raise ValueError("mix=entropy: no unlabeled prompts (mix.num_prompts is 0 or test is empty)")
+    module = EntropyMixModule(model, adapters, mode=mcfg.get("mode", "ab"),
+                              granularity=mcfg.get("granularity", "model"), k=int(mcfg.get("k", 3)),
+                              lr=float(mcfg.get("lr", 0.05)), init_lambdas=mcfg.get("init_lambdas"),
+                              micro_batch_size=mcfg.get("micro_batch_size"))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ds = PromptDataset(prompts, pad)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=int(mcfg.get("batch_size", 10)), shuffle=True, collate_fn=ds.collate,
+        generator=torch.Generator().manual_seed(int(cfg.seed)))
+    trainer = make_trainer(cfg, out_dir, "mix", max_steps=int(mcfg.get("steps", 20)), max_epochs=-1,
+                           enable_checkpointing=False, limit_val_batches=0, log_every_n_steps=1,
+                           gradient_clip_val=None)  # manual optimisation; Adam on 2 logits
+    trainer.fit(module, loader)
+    lambdas = module.learned_lambdas()
+    module.mixer.unwrap()
+    return lambdas, module.curve
+
+
+# -- the stage -----------------------------------------------------------------------------
+
+def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., Any] | None = None,
+                  metrics_fn: Callable[..., dict] | None = None) -> dict[str, Any]:
+    """Write adapters/wa, adapters/cocktail and mix/lambda.json; returns a summary.
+
+    `scorer_factory`/`metrics_fn` replace the evaluation package's LikelihoodScorer and
+    ranking_metrics for mix=grid (tests inject small stand-ins).
+    """
+    out_dir = Path(out_dir)
+    mcfg = _mix_cfg(cfg)
+    name, mode = mcfg["name"], mcfg.get("mode", "ab")
+    granularity = mcfg.get("granularity", "model")
+    paths = {a: out_dir / "adapters" / a for a in ADAPTERS}
+    adapters = [load_adapter(p, a) for a, p in paths.items()]
+    check_compatible(adapters, mode)
+    data_manifest = out_dir / "data" / "manifest.json"
+    data_hash = read_json(data_manifest).get("data_hash") if data_manifest.exists() else None
+    key = stable_hash(mcfg, int(cfg.seed), OmegaConf.select(cfg, "data.max_title_tokens"),
+                      OmegaConf.select(cfg, "backbone.name"), data_hash,
+                      [_sha256(p / "adapter_model.safetensors") for p in paths.values()])
+    cocktail, wa, lam_file = out_dir / "adapters" / "cocktail", out_dir / "adapters" / "wa", \
+        out_dir / "mix" / "lambda.json"
+    if lam_file.exists() and (cocktail / "manifest.json").exists() and wa.exists():
+        if read_json(cocktail / "manifest.json").get("mix_key") == key:
+            log.info("mix: reusing %s (same adapters and mix config)", cocktail)
+            prev = read_json(lam_file)
+            return {"name": name, "mode": mode, "lambdas": prev.get("lambdas"), "reused": True}
+
+    t0 = time.time()
+    info: dict[str, Any] = {"name": name, "mode": mode, "adapters": list(ADAPTERS),
+                            "transductive": bool(mcfg.get("transductive", False)),
+                            "num_prompts": int(mcfg.get("num_prompts", 0))}
+    if name == "fixed":
+        lambdas: Any = check_lambdas(mcfg.get("lambdas", [0.5, 0.5]), len(adapters))
+        info["granularity"] = "model"
+    else:
+        from reccocktail.models.backbone import load_backbone
+
+        model, tokenizer = load_backbone(cfg.backbone, device=_device(cfg))
+        items = load_items(out_dir / "data" / "items.tsv")
+        builder = _prompt_builder(cfg, tokenizer, items)
+        if name == "grid":
+            from reccocktail.cocktail.entropy import LoraMixer
+
+            valid = load_samples(out_dir / "data" / "valid.jsonl")
+            valid = choose_users(valid, mcfg.get("grid_max_users"), int(cfg.seed))
+            mixer = LoraMixer(model, adapters, mode)
+            lambdas, rows = grid_search(
+                model, mixer, builder, valid, mcfg.get("grid", [i / 10 for i in range(11)]),
+                batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)),
+                scorer_factory=scorer_factory, metrics_fn=metrics_fn)
+            mixer.unwrap()
+            info.update(granularity="model", grid=rows, num_valid=len(valid),
+                        valid_users=sorted({s.user for s in valid}))
+        else:
+            test = load_samples(out_dir / "data" / "test.jsonl")
+            tuning, scored = split_unlabeled(test, int(mcfg.get("num_prompts", 50)), int(cfg.seed),
+                                             bool(mcfg.get("transductive", False)))
+            prompts = [builder.prompt_ids(s.history, s.candidates) for s in tuning]
+            lambdas, curve = learn_entropy_lambdas(cfg, out_dir, model, tokenizer, adapters,
+                                                   prompts, mcfg)
+            info.update(granularity=granularity, k=int(mcfg.get("k", 3)),
+                        lr=float(mcfg.get("lr", 0.05)), steps=int(mcfg.get("steps", 20)),
+                        curve=curve, tuning_users=sorted({s.user for s in tuning}),
+                        tuning_sample_ids=[s.id for s in tuning], num_scored=len(scored))
+    info["lambdas"] = describe_lambdas(lambdas)["lambdas"]
+    info["seconds"] = round(time.time() - t0, 2)
+    if _is_rank_zero():
+        mix_and_save(adapters, [0.5, 0.5], mode, wa, extra={"name": "wa"})
+        metrics = {}
+        if info.get("curve"):
+            metrics = {"entropy_first": info["curve"][0]["entropy"],
+                       "entropy_last": info["curve"][-1]["entropy"]}
+        mix_and_save(adapters, lambdas, mode, cocktail,
+                     extra={"name": name, "mix_key": key, "metrics": metrics})
+        write_json(lam_file, info)
+    summary = {k: info[k] for k in ("name", "mode", "granularity", "transductive", "seconds")}
+    summary["lambdas"] = lambdas if not isinstance(lambdas, dict) else {
+        "mean": [sum(v[i] for v in lambdas.values()) / len(lambdas) for i in range(len(ADAPTERS))]}
+    summary["reused"] = False
+    return summary

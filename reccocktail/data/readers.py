@@ -1,0 +1,289 @@
+"""Readers for the interaction-log formats of recommendation research.
+
+Every reader returns one canonical `SourceTable`: interactions (user, item, time) as strings and
+floats, in file order, plus the raw titles by item id. Nothing is filtered here (that is
+`filtering.py`), so each reader only knows its format. A malformed line raises a ValueError that
+names the file and the line. Readers are chosen in the domain config by `_target_`.
+
+Time is whatever orders a user's interactions: a unix timestamp, or the position in the user's
+sequence (RecBole files here), never compared across users.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reccocktail.data.titles import decode_bytes, read_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceTable:
+    """One dataset in canonical form: `interactions` has columns user, item (str), time (float)."""
+
+    interactions: pd.DataFrame
+    titles: dict[str, str | None]
+    files: list[Path] = field(default_factory=list)
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
+
+
+def _records(text: str, path: Path, sep: str, quoting: int = csv.QUOTE_NONE) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank line."""
+    if len(sep) == 1:
+        reader = csv.reader(io.StringIO(text), delimiter=sep, quoting=quoting, strict=True)
+        try:
+            for row in reader:
+                if row and any(f.strip() for f in row):
+                    yield reader.line_num, row
+        except csv.Error as err:
+            raise ValueError(f"{path}:{reader.line_num}: malformed line ({err})") from err
+    else:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                yield lineno, line.split(sep)
+
+
+def _interactions(records: Iterator[tuple[int, list[str]]], path: Path, cols: tuple[int, int, int | None],
+                  n_fields: int) -> pd.DataFrame:
+    """A canonical frame from delimited records; `cols` = indices of user, item, time (None: file order)."""
+    users: list[str] = []
+    items: list[str] = []
+    times: list[str] = []
+    lines: list[int] = []
+    ui, ii, ti = cols
+    for lineno, row in records:
+        if len(row) < n_fields:
+            raise ValueError(
+                f"{path}:{lineno}: expected {n_fields} fields, got {len(row)}: {row!r:.120}"
+            )
+        u, i = row[ui].strip(), row[ii].strip()
+        if not u or not i:
+            raise ValueError(f"{path}:{lineno}: empty user or item id: {row!r:.120}")
+        users.append(u)
+        items.append(i)
+        if ti is not None:
+            times.append(row[ti])
+        lines.append(lineno)
+    if ti is None:
+        time = np.arange(len(users), dtype=np.float64)
+    else:
+        time = pd.to_numeric(pd.Series(times, dtype=object), errors="coerce").to_numpy(np.float64)
+        bad = np.flatnonzero(~np.isfinite(time))
+        if len(bad):
+            k = int(bad[0])
+            raise ValueError(f"{path}:{lines[k]}: time {times[k]!r} is not a number")
+    return pd.DataFrame({"user": users, "item": items, "time": time})
+
+
+def _read_interactions(text: str, path: Path, sep: str, cols: tuple[int, int, int | None],
+                       n_fields: int, skip: int = 0, quoting: int = csv.QUOTE_NONE) -> pd.DataFrame:
+    """Fast path through pandas' C parser; any irregularity (short or long rows, empty fields,
+    a non-numeric time) re-reads the file line by line, which raises naming the line."""
+    if len(sep) == 1:
+        try:
+            raw = pd.read_csv(io.StringIO(text), sep=sep, header=None, skiprows=skip, dtype=str,
+                              quoting=quoting, na_filter=False, engine="c",
+                              skip_blank_lines=True)
+            ui, ii, ti = cols
+            ok = raw.shape[1] == n_fields and not (raw == "").to_numpy().any()
+            if ok:
+                time = (np.arange(len(raw), dtype=np.float64) if ti is None else
+                        pd.to_numeric(raw[ti], errors="coerce").to_numpy(np.float64))
+                if np.isfinite(time).all():
+                    return pd.DataFrame({"user": raw[ui].str.strip(), "item": raw[ii].str.strip(),
+                                         "time": time})
+        except (pd.errors.ParserError, ValueError):
+            pass
+    records = _records(text, path, sep, quoting)
+    for _ in range(skip):
+        next(records, None)
+    return _interactions(records, path, cols, n_fields)
+
+
+def _header_index(header: list[str], path: Path, wanted: str, required: bool = True) -> int | None:
+    names = [h.split(":")[0].strip() for h in header]
+    if wanted in names:
+        return names.index(wanted)
+    if required:
+        raise ValueError(f"{path}:1: header has no {wanted!r} field (fields: {names})")
+    return None
+
+
+# -- RecBole atomic files ---------------------------------------------------------------------
+
+def read_recbole(path: str | Path, dataset: str | None = None, encoding: str = "auto",
+                 title_field: str = "title") -> SourceTable:
+    """`<path>/<dataset>.inter` (user_id, item_id, timestamp) and `<dataset>.item` (item_id, title).
+
+    Without a timestamp field the file order is the time."""
+    folder = Path(path)
+    dataset = dataset or folder.name
+    inter = _require(folder / f"{dataset}.inter")
+    item = _require(folder / f"{dataset}.item")
+
+    text = read_text(inter, encoding)
+    try:
+        _, header = next(_records(text, inter, "\t"))
+    except StopIteration as err:
+        raise ValueError(f"{inter}: empty file") from err
+    ui = _header_index(header, inter, "user_id")
+    ii = _header_index(header, inter, "item_id")
+    ti = _header_index(header, inter, "timestamp", required=False)
+    df = _read_interactions(text, inter, "\t", (ui, ii, ti), len(header), skip=1)
+
+    records = _records(read_text(item, encoding), item, "\t")
+    try:
+        _, header = next(records)
+    except StopIteration as err:
+        raise ValueError(f"{item}: empty file") from err
+    ii = _header_index(header, item, "item_id")
+    tt = _header_index(header, item, title_field)
+    titles: dict[str, str | None] = {}
+    for lineno, row in records:
+        if len(row) <= ii:
+            raise ValueError(f"{item}:{lineno}: expected {len(header)} fields, got {len(row)}")
+        titles[row[ii].strip()] = row[tt] if tt < len(row) else None
+    return SourceTable(df, titles, [inter, item])
+
+
+# -- MovieLens ------------------------------------------------------------------------------
+
+def read_ml100k(path: str | Path, encoding: str = "auto") -> SourceTable:
+    """MovieLens-100k: `u.data` (user, item, rating, time; tabs) and `u.item` ('|', id|title|...)."""
+    folder = Path(path)
+    data = _require(folder / "u.data")
+    item = _require(folder / "u.item")
+    df = _read_interactions(read_text(data, encoding), data, "\t", (0, 1, 3), 4)
+    titles = _titles(_records(read_text(item, encoding), item, "|"), item, 0, 1)
+    return SourceTable(df, titles, [data, item])
+
+
+def read_ml_dat(path: str | Path, encoding: str = "auto") -> SourceTable:
+    """MovieLens-1M / 10M: `ratings.dat` (user::item::rating::time), `movies.dat` (id::title::genres)."""
+    folder = Path(path)
+    data = _require(folder / "ratings.dat")
+    item = _require(folder / "movies.dat")
+    df = _interactions(_records(read_text(data, encoding), data, "::"), data, (0, 1, 3), 4)
+    titles = _titles(_records(read_text(item, encoding), item, "::"), item, 0, 1)
+    return SourceTable(df, titles, [data, item])
+
+
+def read_ml_latest(path: str | Path, encoding: str = "auto") -> SourceTable:
+    """MovieLens latest(-small): `ratings.csv` and `movies.csv` (quoted CSV with headers)."""
+    folder = Path(path)
+    data = _require(folder / "ratings.csv")
+    item = _require(folder / "movies.csv")
+    text = read_text(data, encoding)
+    _, header = next(_records(text, data, ",", csv.QUOTE_MINIMAL), (0, []))
+    cols = tuple(_header_index(header, data, k) for k in ("userId", "movieId", "timestamp"))
+    df = _read_interactions(text, data, ",", cols, len(header), skip=1, quoting=csv.QUOTE_MINIMAL)
+    records = _records(read_text(item, encoding), item, ",", csv.QUOTE_MINIMAL)
+    _, header = next(records, (0, []))
+    titles = _titles(records, item, _header_index(header, item, "movieId"),
+                     _header_index(header, item, "title"))
+    return SourceTable(df, titles, [data, item])
+
+
+def _titles(records: Iterator[tuple[int, list[str]]], path: Path, id_col: int, title_col: int
+            ) -> dict[str, str | None]:
+    need = max(id_col, title_col) + 1
+    titles: dict[str, str | None] = {}
+    for lineno, row in records:
+        if len(row) < need:
+            raise ValueError(f"{path}:{lineno}: expected at least {need} fields, got {len(row)}: {row!r:.120}")
+        titles[row[id_col].strip()] = row[title_col]
+    return titles
+
+
+# -- Amazon reviews -------------------------------------------------------------------------
+
+_ASIN = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
+
+
+def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = decode_bytes(raw).strip()
+            if line:
+                yield lineno, line
+
+
+def _objects(path: Path, python_literals: bool, keep_asins: set[str] | None = None
+             ) -> Iterator[tuple[int, dict]]:
+    """JSON objects, one a line; with `python_literals`, lines that are Python dict literals
+    (Amazon 2014 metadata) are parsed with `ast.literal_eval` (never `eval`)."""
+    for lineno, line in _open_lines(_require(path)):
+        if keep_asins is not None:
+            m = _ASIN.search(line)
+            if m is not None and m.group(1) not in keep_asins:
+                continue  # metadata of an item nobody reviewed: skip the expensive parse
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            if not python_literals:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
+            try:
+                obj = ast.literal_eval(line)
+            except (ValueError, SyntaxError, MemoryError, RecursionError) as err2:
+                raise ValueError(f"{path}:{lineno}: neither JSON nor a Python literal ({err2})") from err2
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: expected an object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def _read_amazon(reviews: str | Path, meta: str | Path, python_literals: bool) -> SourceTable:
+    reviews, meta = Path(reviews), Path(meta)
+    users: list[str] = []
+    items: list[str] = []
+    times: list[float] = []
+    for lineno, obj in _objects(reviews, python_literals):
+        try:
+            users.append(str(obj["reviewerID"]))
+            items.append(str(obj["asin"]))
+            times.append(float(obj["unixReviewTime"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{reviews}:{lineno}: a review needs reviewerID, asin and a numeric "
+                f"unixReviewTime ({type(err).__name__}: {err})"
+            ) from err
+    keep = set(items)
+    titles: dict[str, str | None] = {}
+    for lineno, obj in _objects(meta, python_literals, keep_asins=keep):
+        if "asin" not in obj:
+            raise ValueError(f"{meta}:{lineno}: metadata without an asin")
+        asin = str(obj["asin"])
+        if asin in keep:
+            title = obj.get("title")
+            titles[asin] = title if isinstance(title, str) else None
+    df = pd.DataFrame({"user": users, "item": items, "time": np.asarray(times, dtype=np.float64)})
+    return SourceTable(df, titles, [reviews, meta])
+
+
+def read_amazon2014(reviews: str | Path, meta: str | Path) -> SourceTable:
+    """Amazon 2014 (McAuley): `reviews_<D>_5.json.gz` and `meta_<D>.json.gz`, whose lines are
+    JSON or Python dict literals (the metadata is the latter)."""
+    return _read_amazon(reviews, meta, python_literals=True)
+
+
+def read_amazon2018(reviews: str | Path, meta: str | Path) -> SourceTable:
+    """Amazon 2018 (Ni et al.): `<D>_5.json(.gz)` and `meta_<D>.json(.gz)`, strict JSON lines."""
+    return _read_amazon(reviews, meta, python_literals=False)

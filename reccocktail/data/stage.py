@@ -1,0 +1,375 @@
+"""The `data` stage: real logs -> the on-disk splits every later stage reads.
+
+Built artifacts live in `${paths.cache_dir}/data/<key>/`, the key hashing the data config (the
+`data` block, the domain's sources and general pool, the scenario), the input files' identities
+(path, size, mtime) and this package's data code, so a changed file or a code change never
+reuses a stale split. The folder is written atomically and then hard-linked (or copied, across
+file systems) into `<run>/data/`. A second run with the same config reuses it and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from reccocktail.data.candidates import attach_candidates, popularity_weights
+from reccocktail.data.filtering import Sequences, build_sequences, check_size
+from reccocktail.data.general import GeneralPool, build_general_pool, target_identity
+from reccocktail.data.readers import SourceTable
+from reccocktail.data.splits import Rows, Split, cap_rows, cap_users, cold_split, warm_split
+from reccocktail.utils.io import atomic_dir, file_fingerprint, read_json, stable_hash, to_plain
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_CODE_FILES = ("readers", "titles", "filtering", "splits", "candidates", "general", "stage")
+_PATH_ARGS = ("path", "reviews", "meta")
+_SCENARIOS = ("warm", "cold")
+_NEGATIVES = ("uniform", "popularity")
+
+
+def code_version() -> str:
+    """Hash of the data code: a change to how splits are built invalidates the cache."""
+    here = Path(__file__).parent
+    return stable_hash(FORMAT_VERSION, *[(here / f"{m}.py").read_text() for m in _CODE_FILES])
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+def _reader_cfg(scfg: Any, where: str) -> dict:
+    if scfg is None or "reader" not in scfg or not scfg["reader"]:
+        raise ValueError(f"{where}.reader: missing (a reader `_target_` and its arguments)")
+    rcfg = dict(scfg["reader"])
+    if not str(rcfg.get("_target_", "")).startswith("reccocktail.data.readers."):
+        raise ValueError(
+            f"{where}.reader._target_: {rcfg.get('_target_')!r} is not a reader in "
+            "reccocktail.data.readers (read_recbole, read_ml100k, read_ml_dat, read_ml_latest, "
+            "read_amazon2014, read_amazon2018)"
+        )
+    for k in _PATH_ARGS:
+        if k in rcfg and not Path(rcfg[k]).exists():
+            raise FileNotFoundError(
+                f"{where}.reader.{k}: {rcfg[k]} does not exist; put the dataset there or point "
+                f"paths.data_root (or {where}.reader.{k}) at your copy"
+            )
+    return rcfg
+
+
+def input_fingerprints(scfg: Any, where: str) -> list[dict]:
+    """Identity of every file a source's reader may read (all files under its paths)."""
+    rcfg = _reader_cfg(scfg, where)
+    out = []
+    for k in _PATH_ARGS:
+        if k not in rcfg:
+            continue
+        p = Path(rcfg[k])
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        out.extend(file_fingerprint(f) for f in files)
+    return out
+
+
+def load_source(scfg: Any, where: str) -> SourceTable:
+    """Call the source's reader (a function of reccocktail.data.readers) with its arguments."""
+    from hydra.utils import get_method
+
+    rcfg = _reader_cfg(scfg, where)
+    try:
+        fn = get_method(rcfg.pop("_target_"))
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{where}.reader._target_: {err}") from err
+    t0 = time.time()
+    table = fn(**rcfg)
+    log.info("%s: read %d interactions in %.1fs", where, len(table.interactions), time.time() - t0)
+    return table
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+def _chunks(rows: Rows, users_json: list[str], items_json: list[str], history_len: int,
+            chunk: int = 32768) -> Iterator[str]:
+    """JSON lines of a split, formatted directly from pre-encoded JSON ids, a chunk at a time
+    (a million samples as Python lists at once would cost gigabytes)."""
+    off, flat, split = rows.offsets.tolist(), rows.flat.tolist(), rows.split
+    for a in range(0, len(rows), chunk):
+        out = []
+        for u, p, cand in zip(rows.user[a : a + chunk].tolist(), rows.pos[a : a + chunk].tolist(),
+                              rows.candidates[a : a + chunk].tolist()):
+            s = off[u]
+            uj = users_json[u]
+            hist = ",".join([items_json[i] for i in flat[s + max(0, p - history_len) : s + p]])
+            out.append(
+                f'{{"id":{uj[:-1]}:{split}:{p}","user":{uj},"history":[{hist}],'
+                f'"target":{items_json[flat[s + p]]},'
+                f'"candidates":[{",".join([items_json[i] for i in cand])}]}}\n'
+            )
+        yield "".join(out)
+
+
+def _write_lines(path: Path, chunks: Iterator[str]) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for text in chunks:
+            fh.write(text)
+            n += text.count("\n")
+    return n
+
+
+def _json_ids(ids: list[str], prefix: str = "") -> list[str]:
+    return [json.dumps(prefix + i, ensure_ascii=False) for i in ids]
+
+
+def _write_items(path: Path, ids: list[str], titles: list[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write("item_id\ttitle\n")
+        for i, t in zip(ids, titles):
+            fh.write(f"{i}\t{t}\n")
+
+
+def _write_target(d: Path, seqs: Sequences, split: Split, history_len: int) -> dict[str, int]:
+    items_json, users_json = _json_ids(seqs.items), _json_ids(seqs.users)
+    _write_items(d / "items.tsv", seqs.items, seqs.titles)
+    counts = {}
+    for name in ("train", "valid", "test"):
+        counts[name] = _write_lines(d / f"{name}.jsonl",
+                                    _chunks(split.rows[name], users_json, items_json, history_len))
+    to, tf = split.train_offsets.tolist(), split.train_flat.tolist()
+    with open(d / "sequences.jsonl", "w", encoding="utf-8") as fh:
+        for u, uj in enumerate(users_json):
+            its = ",".join([items_json[i] for i in tf[to[u] : to[u + 1]]])
+            fh.write(f'{{"user":{uj},"items":[{its}]}}\n')
+    return counts
+
+
+def _write_general(d: Path, pool: GeneralPool, history_len: int) -> dict[str, int]:
+    d.mkdir()
+    ids, titles = [], []
+    counts = {"train": 0, "valid": 0}
+    parts = []
+    for seqs, split in pool.parts:
+        ns = [f"{seqs.name}:{i}" for i in seqs.items]
+        ids += ns
+        titles += seqs.titles
+        parts.append((seqs, split, _json_ids(seqs.items, f"{seqs.name}:"),
+                      _json_ids(seqs.users, f"{seqs.name}:")))
+    _write_items(d / "items.tsv", ids, titles)
+    for name in counts:
+        def gen(name: str = name) -> Iterator[str]:
+            for _seqs, split, items_json, users_json in parts:
+                yield from _chunks(split.rows[name], users_json, items_json, history_len)
+        counts[name] = _write_lines(d / f"{name}.jsonl", gen())
+    return counts
+
+
+# -- the stage --------------------------------------------------------------------------------
+
+def _opt_int(x: Any) -> int | None:
+    return None if x is None else int(x)
+
+
+_PROMPT_ONLY = ("max_title_tokens",)
+
+
+def _drop_prompt(scfg: dict | None) -> dict | None:
+    return None if scfg is None else {k: v for k, v in scfg.items() if k != "prompt"}
+
+
+def _drop_prompt_all(sources: dict | None) -> dict:
+    return {k: _drop_prompt(v) for k, v in (sources or {}).items()}
+
+
+def data_key(cfg: DictConfig) -> tuple[str, dict]:
+    """The cache key of this config's data, and what it hashes."""
+    domain = OmegaConf.to_container(cfg.domain, resolve=True)
+    general = domain.get("general") or {}
+    sources = {"source": domain.get("source")}
+    for k, s in (general.get("sources") or {}).items():
+        sources[f"general.sources.{k}"] = s
+    prints = {k: input_fingerprints(s, f"domain.{k}") for k, s in sources.items()}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    inputs = {
+        # prompt-only settings (wording, title budget) do not change the splits
+        "data": {k: v for k, v in data.items() if k not in _PROMPT_ONLY},
+        "source": _drop_prompt(domain.get("source")),
+        "general": {k: (_drop_prompt_all(v) if k == "sources" else v)
+                    for k, v in general.items() if k != "prompt"},
+        "scenario": OmegaConf.to_container(cfg.scenario, resolve=True),
+        "files": prints,
+        "code": code_version(),
+    }
+    return stable_hash(inputs), inputs
+
+
+def build_data(cfg: DictConfig, dest: Path) -> dict[str, Any]:
+    """Build every artifact of the data stage into the (empty) folder `dest`; returns stats."""
+    t0 = time.time()
+    data = cfg.data
+    scen = cfg.scenario
+    domain = cfg.domain
+    seed = int(data.seed)
+    num_candidates = int(data.num_candidates)
+    history_len = int(data.history_len)
+    min_core = int(data.min_core)
+    negatives = str(data.get("negatives", "uniform"))
+    if negatives not in _NEGATIVES:
+        raise ValueError(f"data.negatives: unknown value {negatives!r}; choose from {list(_NEGATIVES)}")
+    scenario = str(scen.name)
+    if scenario not in _SCENARIOS:
+        raise ValueError(f"scenario.name: unknown value {scenario!r}; choose from {list(_SCENARIOS)}")
+    if num_candidates < 2 or history_len < 1:
+        raise ValueError("data.num_candidates must be >= 2 and data.history_len >= 1")
+
+    src_cfg = OmegaConf.to_container(domain.source, resolve=True) if "source" in domain else None
+    table = load_source(src_cfg, "domain.source")
+    name = str(src_cfg.get("name") or domain.name)
+    seqs = build_sequences(table, name, min_core=min_core, user_subset=src_cfg.get("user_subset"))
+    check_size(seqs, num_candidates, f"domain {domain.name} ({name})")
+
+    per_user = _opt_int(data.get("max_train_prompts_per_user"))
+    if scenario == "warm":
+        split = warm_split(seqs, per_user)
+    else:
+        split = cold_split(seqs, float(scen.get("new_item_fraction", 0.1)), seed, per_user)
+    rows = split.rows
+    rows["test"] = cap_users(rows["test"], _opt_int(data.get("max_test_users")), seed, 3)
+    rows["valid"] = cap_users(rows["valid"], _opt_int(data.get("max_valid_users")), seed, 2)
+    rows["train"] = cap_rows(rows["train"], _opt_int(data.get("max_train_prompts")), seed, 1)
+    for k in ("train", "valid", "test"):
+        if len(rows[k]) == 0:
+            raise ValueError(
+                f"domain {domain.name}, scenario {scenario}: the {k} split is empty "
+                f"({split.stats}); use a larger domain, lower data.min_core, or raise "
+                "scenario.new_item_fraction (cold)"
+            )
+    weights = (popularity_weights(split.train_flat, seqs.num_items)
+               if negatives == "popularity" else None)
+    allowed = {"train": split.allowed_train, "valid": split.allowed_train, "test": None}
+    attach_candidates(seqs, [rows["train"], rows["valid"], rows["test"]], num_candidates, seed,
+                      allowed=allowed, weights=weights)
+    t_split = time.time()
+    counts = _write_target(dest, seqs, split, history_len)
+
+    stats: dict[str, Any] = {
+        "domain": str(domain.name),
+        "scenario": scenario,
+        "source": seqs.stats,
+        "split": split.stats,
+        "samples": counts,
+        "users": {k: int(len(np.unique(r.user))) for k, r in rows.items()},
+        "negatives": negatives,
+        "num_candidates": num_candidates,
+        "candidates_note": (
+            "negatives are drawn from the items the user never touched; in the cold scenario "
+            "train/valid negatives exclude the new items, test negatives may be new or not"
+        ),
+    }
+
+    general = domain.get("general")
+    if general and general.get("sources"):
+        gcfg = OmegaConf.to_container(general, resolve=True)
+        tables = {k: (s, load_source(s, f"domain.general.sources.{k}"))
+                  for k, s in gcfg["sources"].items()}
+        titles, users = target_identity(table, src_cfg.get("user_subset"))
+        pool = build_general_pool(
+            tables, titles, users, src_cfg.get("user_space"),
+            list(gcfg.get("remove_overlap", ["items", "users"])), min_core, num_candidates, seed,
+            max_train_prompts_per_user=_opt_int(gcfg.get("max_train_prompts_per_user")),
+            max_train_prompts=_opt_int(gcfg.get("max_train_prompts")),
+            max_valid_prompts=_opt_int(gcfg.get("max_valid_prompts")),
+        )
+        gcounts = _write_general(dest / "general", pool, history_len)
+        stats["general"] = {"sources": pool.stats, "samples": gcounts,
+                            "remove_overlap": list(gcfg.get("remove_overlap", []))}
+    else:
+        log.warning("domain %s declares no general sources: no general pool is written", domain.name)
+    stats["seconds"] = {"target_split": round(t_split - t0, 2), "total": round(time.time() - t0, 2)}
+    return stats
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    for f in src.rglob("*"):
+        rel = dst / f.relative_to(src)
+        if f.is_dir():
+            rel.mkdir(parents=True, exist_ok=True)
+            continue
+        rel.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, rel)
+        except OSError:
+            shutil.copy2(f, rel)
+
+
+def _content_hash(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _complete(folder: Path, key: str) -> bool:
+    """A built data folder for `key` with every file its manifest lists, at the listed size."""
+    try:
+        manifest = read_json(folder / "manifest.json")
+    except (FileNotFoundError, ValueError):
+        return False
+    if manifest.get("data_hash") != key:
+        return False
+    return all((folder / f).is_file() and (folder / f).stat().st_size == n
+               for f, n in manifest.get("files", {}).items())
+
+
+def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Build (or reuse from the cache) the splits of `cfg` and place them in `out_dir/data`."""
+    from reccocktail.utils.io import write_json
+
+    key, inputs = data_key(cfg)
+    cache = Path(cfg.paths.cache_dir) / "data" / key
+    reused = _complete(cache, key)
+    if reused:
+        log.info("data stage: reusing the cached splits in %s (key %s)", cache, key)
+    else:
+        log.info("data stage: building the splits into %s (key %s)", cache, key)
+        with atomic_dir(cache) as tmp:
+            stats = build_data(cfg, tmp)
+            write_json(tmp / "stats.json", stats)
+            files = {str(f.relative_to(tmp)): f.stat().st_size
+                     for f in sorted(tmp.rglob("*")) if f.is_file()}
+            manifest = {"data_hash": key, "inputs": to_plain(inputs), "files": files,
+                        "created": time.time()}
+            if (tmp / "general").is_dir():
+                # the pool's own identity, so the base spirit G is shared by runs whose pools
+                # are equal even when their targets differ
+                manifest["general_hash"] = _content_hash(
+                    [tmp / "general" / f for f in ("items.tsv", "train.jsonl", "valid.jsonl")])
+            write_json(tmp / "manifest.json", manifest)
+    target = Path(out_dir) / "data"
+    if not _complete(target, key):
+        with atomic_dir(target) as tmp:
+            _link_tree(cache, tmp)
+    stats = read_json(cache / "stats.json")
+    summary = {
+        "data_hash": key,
+        "reused_cache": reused,
+        "cache_dir": str(cache),
+        "samples": stats["samples"],
+        "items": stats["source"]["items"],
+        "users": stats["source"]["users"],
+    }
+    if "general" in stats:
+        summary["general_samples"] = stats["general"]["samples"]
+    if reused:
+        summary["note"] = "reused the cached splits"
+    log.info("data stage: %s", summary)
+    return summary

@@ -1,0 +1,290 @@
+"""Stage `eval`: score every configured variant on the very same samples and tabulate.
+
+Samples: `data/<eval.split>.jsonl`, minus the users whose unlabeled prompts tuned λ (unless
+`mix.transductive`), then at most `eval.max_users` users (a seeded choice, file order kept).
+`eval_samples(cfg, out_dir)` is that selection, for any other stage that must score the same
+samples (baselines). Variants: `zero_shot` (the bare backbone), any adapter under
+`adapters/<name>/` (general, specific, wa, cocktail) and `eval.adapters: {name: path}`. The
+backbone is loaded once; adapters are loaded and dropped one after another with peft.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.evaluation.metrics import (
+    DEFAULT_KS,
+    random_expectation,
+    ranking_metrics,
+    target_ranks,
+)
+from reccocktail.evaluation.report import load_results, print_results, record_results, results_table
+from reccocktail.utils.io import read_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+# Which stage writes each standard adapter (for the "run it first" error).
+ADAPTER_STAGE = {"general": "general", "specific": "specific", "wa": "mix", "cocktail": "mix"}
+ZERO_SHOT = "zero_shot"
+
+
+def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, key, default=default)
+
+
+def _scorers(cfg: DictConfig) -> list[str]:
+    s = _get(cfg, "eval.scorer", "likelihood")
+    names = [str(s)] if isinstance(s, str) else [str(x) for x in s]
+    if not names:
+        raise ValueError("eval.scorer: empty; choose likelihood, generate or naive")
+    return names
+
+
+def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str, Any]]:
+    """The samples every method is scored on, and how they were chosen (for the results)."""
+    data_dir = Path(out_dir) / "data"
+    split = str(_get(cfg, "eval.split", "test"))
+    items = load_items(data_dir / "items.tsv")
+    path = data_dir / f"{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (run the `data` stage first, or check "
+                                f"eval.split={split!r})")
+    samples = load_samples(path, items)
+    if not samples:
+        raise ValueError(f"{path}: no samples")
+    from reccocktail.cocktail.unlabeled import split_unlabeled
+
+    num_prompts = int(_get(cfg, "mix.num_prompts", 0) or 0)
+    transductive = bool(_get(cfg, "mix.transductive", False))
+    tuning, scored = split_unlabeled(samples, num_prompts, int(cfg.seed), transductive)
+    max_users = _get(cfg, "eval.max_users")
+    users = list(dict.fromkeys(s.user for s in scored))
+    if max_users is not None and int(max_users) < len(users):
+        keep = set(random.Random(int(cfg.seed)).sample(sorted(users), int(max_users)))
+        scored = [s for s in scored if s.user in keep]
+    info = {
+        "split": split,
+        "num_samples": len(scored),
+        "num_users": len({s.user for s in scored}),
+        "transductive": transductive,
+        "num_tuning_users": len({s.user for s in tuning}),
+        "max_users": None if max_users is None else int(max_users),
+    }
+    return scored, info
+
+
+def _resolve_path(p: str) -> Path:
+    try:
+        from hydra.utils import to_absolute_path
+
+        return Path(to_absolute_path(p))
+    except ValueError:  # Hydra not initialised (tests, notebooks)
+        return Path(p).resolve()
+
+
+def resolve_variants(cfg: DictConfig, out_dir: Path) -> list[tuple[str, Path | None]]:
+    """(name, adapter folder or None for the bare backbone), checked before any model loads."""
+    out: list[tuple[str, Path | None]] = []
+    for name in _get(cfg, "eval.variants", []) or []:
+        name = str(name)
+        out.append((name, None if name == ZERO_SHOT else Path(out_dir) / "adapters" / name))
+    for name, p in (_get(cfg, "eval.adapters", {}) or {}).items():
+        out.append((str(name), _resolve_path(str(p))))
+    names = [n for n, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"eval.variants/eval.adapters: variant name(s) {dup} given twice")
+    missing = []
+    for name, path in out:
+        if path is not None and not (path / "adapter_config.json").exists():
+            stage = ADAPTER_STAGE.get(name)
+            hint = (f"run the `{stage}` stage first (stages=[..., {stage}, eval])" if stage
+                    else f"eval.adapters.{name} must point at a PEFT adapter folder")
+            missing.append(f"{name}: no adapter at {path} ({hint})")
+    if missing:
+        raise FileNotFoundError("eval: missing adapter(s):\n  " + "\n  ".join(missing))
+    return out
+
+
+def _check_manifest(name: str, path: Path, backbone: str) -> dict[str, Any]:
+    mpath = path / "manifest.json"
+    if not mpath.exists():
+        log.warning("adapter %s at %s has no manifest.json; cannot check its backbone", name, path)
+        return {}
+    manifest = read_json(mpath)
+    if manifest.get("backbone") not in (None, backbone):
+        raise ValueError(f"{mpath}: adapter {name!r} was trained on backbone "
+                         f"{manifest.get('backbone')!r}, but backbone.name is {backbone!r}")
+    return manifest
+
+
+def _device(cfg: DictConfig) -> str:
+    dev = str(_get(cfg, "eval.device", "auto"))
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return dev
+
+
+class AdapterSwitcher:
+    """One backbone, one adapter at a time: load the next adapter, activate it, drop the last."""
+
+    def __init__(self, base: torch.nn.Module) -> None:
+        self.base, self.peft, self.active, self.n = base, None, None, 0
+
+    def use(self, path: Path | None):
+        """The model to score with: the bare backbone for None, else with that adapter."""
+        if path is None:
+            if self.peft is not None:
+                self.drop()
+            return self.base
+        from peft import PeftModel
+
+        self.n += 1
+        name = f"eval{self.n}"
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.base, str(path), adapter_name=name,
+                                                  is_trainable=False)
+        else:
+            self.peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            self.peft.set_adapter(name)
+            if self.active is not None:
+                self.peft.delete_adapter(self.active)
+        self.active = name
+        self.peft.eval()
+        return self.peft
+
+    def drop(self) -> None:
+        """Remove every LoRA layer: the backbone is bare again."""
+        if self.peft is not None:
+            self.base = self.peft.unload()
+            self.peft, self.active = None, None
+
+
+def _prediction_rows(samples: list[Sample], scores: torch.Tensor, scorer: Any) -> list[dict]:
+    """One row per sample: id, user, target, candidates, scores, the positive's rank (ties
+    against it) and, for generate-and-match, the raw output and what it matched."""
+    ranks = target_ranks(scores, [s.target_index for s in samples]).tolist()
+    rows = []
+    for i, s in enumerate(samples):
+        row = {"id": s.id, "user": s.user, "target": s.target, "candidates": s.candidates,
+               "scores": [round(float(v), 5) for v in scores[i]], "rank": int(ranks[i])}
+        if getattr(scorer, "matches", None):
+            m = scorer.matches[i]
+            row["output"] = scorer.outputs[i]
+            row["matched"] = None if m.index is None else s.candidates[m.index]
+            row["match_rule"] = m.rule
+        rows.append(row)
+    return rows
+
+
+def _log_results(cfg: DictConfig, data: dict[str, Any], keys: list[str]) -> None:
+    """Plain metrics `eval/<variant>/<metric>` to every logger, plus a table where supported."""
+    from reccocktail.pipeline import make_loggers
+
+    try:
+        loggers = make_loggers(cfg)
+    except Exception as err:  # noqa: BLE001 - logging must not take the stage down
+        log.warning("no loggers for the eval results: %s", err)
+        return
+    flat = {f"eval/{k}/{m}": v for k in keys for m, v in data["variants"][k]["metrics"].items()}
+    columns, rows = results_table(data)
+    for lg in loggers:
+        try:
+            lg.log_metrics(flat)
+            if hasattr(lg, "log_table"):  # WandbLogger
+                lg.log_table(key="eval/results", columns=columns, data=rows)
+            lg.save()
+        except Exception as err:  # noqa: BLE001
+            log.warning("logging eval results to %s failed: %s", type(lg).__name__, err)
+
+
+def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Score the configured variants; write results.json/.md and predictions/<variant>.jsonl.
+
+    Runs on global rank 0 only: under DDP, Lightning re-runs the pipeline in every rank, and
+    scoring is a single-process job here (the other ranks return at once)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return {"skipped": "not global rank 0"}
+    out_dir = Path(out_dir)
+    ks = tuple(int(k) for k in (_get(cfg, "eval.ks") or DEFAULT_KS))
+    scorer_names = _scorers(cfg)
+    variants = resolve_variants(cfg, out_dir)  # fail on a missing adapter before loading models
+    backbone_name = str(_get(cfg, "backbone.name", ""))
+    manifests = {n: _check_manifest(n, p, backbone_name) for n, p in variants if p is not None}
+    samples, info = eval_samples(cfg, out_dir)
+    targets = torch.tensor([s.target_index for s in samples])
+    from reccocktail.evaluation.scorers import build_scorer, num_candidates
+
+    c = num_candidates(samples)
+    keys: list[str] = []
+    if bool(_get(cfg, "eval.reference", True)):
+        record_results(out_dir, "random", random_expectation(c, ks), scorer="expectation",
+                       num_candidates=c, **info)
+        keys.append("random")
+        seq = out_dir / "data" / "sequences.jsonl"
+        if seq.exists():
+            from reccocktail.evaluation.reference import load_popularity, popularity_scores
+
+            pop = popularity_scores(samples, load_popularity(seq))
+            record_results(out_dir, "popularity", ranking_metrics(pop, targets, ks),
+                           scorer="popularity", **info)
+            write_jsonl(out_dir / "predictions" / "popularity.jsonl",
+                        _prediction_rows(samples, pop, None))
+            keys.append("popularity")
+        else:
+            log.warning("%s missing: no popularity row", seq)
+
+    if variants:
+        from reccocktail.data.prompts import build_prompt_builder
+        from reccocktail.models.backbone import load_backbone
+
+        model, tokenizer = load_backbone(cfg.backbone, device=_device(cfg))
+        items = load_items(out_dir / "data" / "items.tsv")
+        pb = build_prompt_builder(tokenizer, items, _get(cfg, "domain"), cfg.backbone,
+                                  int(_get(cfg, "data.max_title_tokens", 32)))
+        switcher = AdapterSwitcher(model)
+        for name, path in variants:
+            meta: dict[str, Any] = {"adapter": None if path is None else str(path),
+                                    "backbone": backbone_name, **info}
+            if path is not None:
+                meta["adapter_kind"] = manifests[name].get("kind")
+                if name == "cocktail" and (out_dir / "mix" / "lambda.json").exists():
+                    meta["lambda"] = read_json(out_dir / "mix" / "lambda.json")
+            scoring_model = switcher.use(path)
+            for sname in scorer_names:
+                scorer = build_scorer(sname, scoring_model, pb, cfg.eval)
+                key = name if sname == "likelihood" else f"{name}.{sname}"
+                t0 = time.time()
+                scores = scorer.score(samples)
+                seconds = time.time() - t0
+                extra: dict[str, Any] = {"scorer": sname, "seconds": round(seconds, 2),
+                                         "users_per_s": round(info["num_users"] / max(seconds, 1e-9), 3)}
+                if sname in ("likelihood", "naive"):
+                    extra["normalize"] = bool(_get(cfg, "eval.normalize", False))
+                if sname == "generate":
+                    extra["valid_ratio"] = scorer.valid_ratio
+                    extra["multi_title_ratio"] = sum(m.num_titles > 1 for m in scorer.matches) / len(samples)
+                    extra["multi_match"] = scorer.multi
+                record_results(out_dir, key, ranking_metrics(scores, targets, ks), **meta, **extra)
+                write_jsonl(out_dir / "predictions" / f"{key}.jsonl",
+                            _prediction_rows(samples, scores, scorer))
+                keys.append(key)
+                log.info("eval %s: %s", key, load_results(out_dir)["variants"][key]["metrics"])
+        switcher.drop()
+
+    data = load_results(out_dir)
+    _log_results(cfg, data, keys)
+    if bool(_get(cfg, "eval.print", True)):
+        print_results(data)
+    return {"variants": {k: data["variants"][k]["metrics"] for k in keys},
+            "results": str(out_dir / "results.json"), **info}

@@ -1,0 +1,321 @@
+"""Stages `general` (the base spirit G) and `specific` (the ingredient S).
+
+G trains on the general pool `data/general/{train,valid}.jsonl`; it is keyed by
+(backbone, general pool, tuning config, prompt) and cached under
+`${paths.cache_dir}/adapters/general/<key>/`, so a second domain with the same pool reuses it.
+S trains on the target domain's `valid.jsonl` plus N sampled `train.jsonl` prompts (the paper's
+recipe), optionally a seeded fraction of that (few-shot runs), optionally starting from G
+(`tuning.specific.init_from: general`, second-round fine-tuning).
+
+Lightning checkpoints go to `<run>/<stage>/checkpoints/<key>/`; a rerun of the same command
+resumes from `last.ckpt` there (or from `tuning.ckpt_path`), and a finished adapter whose key
+matches is not trained again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.models import adapters as ad
+from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
+from reccocktail.utils.io import stable_hash, to_plain
+
+log = logging.getLogger(__name__)
+
+STAGE_BLOCKS = ("general", "specific")
+# Keys that change how a run is executed or stored, not the adapter it produces.
+_NON_RESULT_KEYS = ("ckpt_path", "resume", "num_workers", "checkpoint_every_n_steps", "reuse",
+                    "log_every_n_steps")
+
+
+def stage_tuning_cfg(tuning: Any, stage: str) -> dict:
+    """The shared tuning keys overridden by the stage's own block (`tuning.general/specific`)."""
+    if stage not in STAGE_BLOCKS:
+        raise ValueError(f"tuning stage: unknown {stage!r}; choose one of {STAGE_BLOCKS}")
+    plain = to_plain(tuning) if tuning is not None else {}
+    merged = {k: v for k, v in plain.items() if k not in STAGE_BLOCKS}
+    merged.update(plain.get(stage) or {})
+    return merged
+
+
+def result_config(t: dict) -> dict:
+    """The part of a stage's tuning config that determines the trained adapter."""
+    return {k: v for k, v in t.items() if k not in _NON_RESULT_KEYS}
+
+
+def _prompt_cfg(cfg: DictConfig, general: bool) -> dict:
+    """The prompt wording: `domain.general.prompt` for the general pool when set, else `domain.prompt`."""
+    p = OmegaConf.select(cfg, "domain.general.prompt", default=None) if general else None
+    if p is None:
+        p = OmegaConf.select(cfg, "domain.prompt", default=None)
+    return to_plain(p) if p is not None else {}
+
+
+def _prompt_builder(cfg: DictConfig, items: dict[str, str], prompt: dict):
+    from reccocktail.data.prompts import build_prompt_builder
+    from reccocktail.models.backbone import load_tokenizer
+
+    tok = load_tokenizer(cfg.backbone)
+    max_title = int(OmegaConf.select(cfg, "data.max_title_tokens", default=32))
+    return build_prompt_builder(tok, items, {"prompt": prompt}, cfg.backbone, max_title)
+
+
+def _load_split(path: Path, items: dict[str, str], required: bool = True) -> list[Sample]:
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"{path}: missing (run the `data` stage first)")
+        return []
+    return load_samples(path, items)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(sum(xs) / len(xs), 6) if xs else None
+
+
+def _find_resume(t: dict, ckpt_dir: Path) -> str | None:
+    if t.get("ckpt_path"):
+        p = Path(t["ckpt_path"])
+        if not p.is_file():
+            raise FileNotFoundError(f"tuning.ckpt_path: {p} does not exist")
+        return str(p)
+    last = ckpt_dir / "last.ckpt"
+    if t.get("resume", True) and last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
+
+
+def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: list[Sample],
+                  val: list[Sample], prompt_builder: Any, key: str,
+                  init_adapter: str | None = None) -> tuple[Any, dict, Any]:
+    """Fit a LoRA on `train` with Lightning; returns (peft model, metrics, trainer).
+
+    `loss_first`/`loss_last` are means over the first/last (up to 5) batch losses this process
+    saw (after a resume: those of the resumed part)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from reccocktail.models.tuning import InstructionTuningModule
+    from reccocktail.pipeline import make_trainer
+
+    L.seed_everything(int(t.get("seed", cfg.seed)), workers=True, verbose=False)
+    dm = InstructionDataModule(
+        train, prompt_builder, val_samples=val, batch_size=int(t.get("batch_size", 4)),
+        val_batch_size=t.get("val_batch_size"), group_by_length=bool(t.get("group_by_length", True)),
+        mega_batch_mult=int(t.get("mega_batch_mult", 50)), seed=int(t.get("seed", cfg.seed)),
+        num_workers=int(t.get("num_workers", 0)),
+    )
+    module = InstructionTuningModule(to_plain(cfg.backbone), t, stage=stage, init_adapter=init_adapter)
+    ckpt_dir = out_dir / stage / "checkpoints" / key
+    every = int(t.get("checkpoint_every_n_steps") or 0)
+    callbacks = [ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                 every_n_train_steps=every if every > 0 else None)]
+    overrides: dict[str, Any] = {
+        "max_epochs": int(t.get("epochs", 1)),
+        "max_steps": int(-1 if t.get("max_steps") is None else t["max_steps"]),
+        "accumulate_grad_batches": int(t.get("accumulate_grad_batches", 1)),
+        "use_distributed_sampler": False,  # the batch sampler shards over ranks itself
+        "enable_checkpointing": True,
+    }
+    if t.get("log_every_n_steps"):
+        overrides["log_every_n_steps"] = int(t["log_every_n_steps"])
+    if not val:
+        overrides["limit_val_batches"] = 0
+    trainer = make_trainer(cfg, out_dir, stage, callbacks=callbacks, **overrides)
+    resume = _find_resume(t, ckpt_dir)
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    seconds = time.time() - t0
+    if val and f"{stage}/val_loss" not in trainer.callback_metrics:
+        trainer.validate(module, datamodule=dm, verbose=False)  # stopped by max_steps mid-epoch
+    lengths = dm.train_lengths()
+    sampler = dm.make_batch_sampler()
+    losses = module.step_losses
+    k = max(1, min(5, len(losses) // 2))
+    cm = trainer.callback_metrics
+    val_loss = cm.get(f"{stage}/val_loss")
+    total = module.tokens_seen + module.pad_tokens_seen
+    metrics = {
+        "train_samples": len(train),
+        "val_samples": len(val),
+        "steps": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "loss_first": _mean(losses[:k]),
+        "loss_last": _mean(losses[-k:]),
+        "val_loss": round(float(val_loss), 6) if val_loss is not None else None,
+        "tokens": int(module.tokens_seen),
+        "pad_frac": round(module.pad_tokens_seen / total, 4) if total else None,
+        "pad_frac_epoch0": round(padding_fraction(lengths, sampler.global_batches(0)), 4),
+        "seconds": round(seconds, 2),
+        # this process's tokens over this process's time (a resumed run counts its part only)
+        "tokens_per_s": round(module.session_tokens / seconds, 1) if seconds > 0 else None,
+        "resumed_from": resume,
+    }
+    return module.model, metrics, trainer
+
+
+def _manifest(cfg: DictConfig, kind: str, t: dict, data_hash: str, key: str, metrics: dict,
+              out_dir: Path, extra: dict | None = None) -> dict:
+    return {
+        "kind": kind,
+        "backbone": str(cfg.backbone.name),
+        "init_seed": int(t["init_seed"]),
+        "data_hash": data_hash,
+        "key": key,
+        "config": {"tuning": result_config(t), "backbone": ad.backbone_identity(cfg.backbone),
+                   **(extra or {})},
+        "metrics": metrics,
+        "trained_in": str(out_dir),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _barrier(trainer: Any) -> None:
+    """Let every rank wait until rank 0 has written the adapter the next stage reads."""
+    try:
+        trainer.strategy.barrier("adapter_saved")
+    except Exception as err:  # noqa: BLE001 - the process group may be gone after fit
+        log.debug("no barrier after saving the adapter: %s", err)
+
+
+def _launched_rank() -> int:
+    """The global rank of a process that a DDP launcher started (0 before any launch)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    node = int(os.environ.get("NODE_RANK", "0") or 0)
+    return local if node == 0 else local + 1
+
+
+def _wait_for_adapter(path: Path, key: str, timeout_s: float = 600.0) -> None:
+    """Other ranks wait for rank 0 to copy the adapter rather than race it on the same folder."""
+    t0 = time.time()
+    while not _existing(path, key):
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"rank {_launched_rank()}: {path} did not appear within {timeout_s}s")
+        time.sleep(0.5)
+
+
+def _existing(dest: Path, key: str) -> bool:
+    return ad.is_adapter_dir(dest) and ad.read_manifest(dest).get("key") == key
+
+
+def _with_defaults(cfg: DictConfig, t: dict) -> dict:
+    t = dict(t)
+    if t.get("init_seed") is None:
+        t["init_seed"] = int(cfg.seed)
+    if t.get("seed") is None:
+        t["seed"] = int(cfg.seed)
+    t["precision"] = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+    return t
+
+
+def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
+    """Train (or reuse) the base spirit G on the general pool; writes `adapters/general/`."""
+    out_dir = Path(out_dir)
+    t = _with_defaults(cfg, stage_tuning_cfg(cfg.get("tuning"), "general"))
+    data_dir = out_dir / "data"
+    gen_dir = data_dir / "general"
+    data_hash = ad.general_data_hash(data_dir)
+    prompt = _prompt_cfg(cfg, general=True)
+    key = ad.general_cache_key(cfg.backbone, data_hash, result_config(t), prompt)
+    dest = out_dir / "adapters" / "general"
+    cache_dir = Path(OmegaConf.select(cfg, "paths.cache_dir", default=None)
+                     or OmegaConf.select(cfg, "backbone.cache_dir", default="outputs/cache"))
+
+    if _existing(dest, key):
+        log.info("base spirit: %s already holds adapter %s; not training again", dest, key)
+        return {"adapter": str(dest), "key": key, "reused": "run"}
+    if t.get("reuse", True):
+        cached = ad.lookup_general(cache_dir, key)
+        if cached is not None:
+            if _launched_rank() == 0:
+                ad.copy_adapter(cached, dest)
+            else:
+                _wait_for_adapter(dest, key)
+            trained_in = ad.read_manifest(cached).get("trained_in")
+            log.info("base spirit: reusing cached adapter %s (trained in %s) from %s",
+                     key, trained_in, cached)
+            return {"adapter": str(dest), "key": key, "reused": "cache", "cache": str(cached),
+                    "trained_in": trained_in}
+
+    items = load_items(gen_dir / "items.tsv")
+    train = _load_split(gen_dir / "train.jsonl", items)
+    val = _load_split(gen_dir / "valid.jsonl", items, required=False)
+    if t.get("include_valid", False):
+        train, val = train + val, []
+    train = select_subset(train, t.get("fraction"), t.get("max_samples"), seed=int(t["seed"]))
+    val = select_subset(val, None, t.get("val_max_samples"), seed=int(t["seed"])) if val else []
+    log.info("base spirit: training on %d general samples (key %s)", len(train), key)
+    builder = _prompt_builder(cfg, items, prompt)
+    model, metrics, trainer = train_adapter(cfg, out_dir, "general", t, train, val, builder, key)
+    if trainer.is_global_zero:
+        manifest = _manifest(cfg, "general", t, data_hash, key, metrics, out_dir, {"prompt": prompt})
+        ad.save_adapter(model, dest, manifest)
+        if t.get("reuse", True):
+            ad.copy_adapter(dest, ad.general_cache_dir(cache_dir, key))
+    _barrier(trainer)
+    return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}
+
+
+def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[Sample]:
+    """The ingredient's mix: valid (if `include_valid`) + N sampled training prompts, then the
+    seeded `fraction`/`max_samples` of that pool (few-shot runs)."""
+    seed = int(t.get("seed", 0))
+    n = t.get("num_train_prompts")
+    sampled = select_subset(train, None, n, seed=seed) if n != 0 else []
+    pool = (list(valid) if t.get("include_valid", True) else []) + sampled
+    pool = select_subset(pool, t.get("fraction"), t.get("max_samples"), seed=seed)
+    if not pool:
+        raise ValueError("tuning.specific: the ingredient has no training samples "
+                         "(include_valid=false and num_train_prompts=0?)")
+    return pool
+
+
+def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
+    """Train the ingredient S on the target domain; writes `adapters/specific/`."""
+    out_dir = Path(out_dir)
+    t = _with_defaults(cfg, stage_tuning_cfg(cfg.get("tuning"), "specific"))
+    data_dir = out_dir / "data"
+    data_hash = ad.target_data_hash(data_dir)
+    prompt = _prompt_cfg(cfg, general=False)
+    init_from = t.get("init_from")
+    init_adapter = None
+    extra: dict[str, Any] = {"prompt": prompt}
+    if init_from:
+        if init_from != "general":
+            raise ValueError(f"tuning.specific.init_from: unknown value {init_from!r}; use null or general")
+        init_adapter = out_dir / "adapters" / "general"
+        if not ad.is_adapter_dir(init_adapter):
+            raise FileNotFoundError(f"tuning.specific.init_from=general: {init_adapter} is missing "
+                                    "(run the `general` stage first)")
+        g = ad.read_manifest(init_adapter)
+        extra["init_from"] = {"adapter": "general", "key": g.get("key")}
+        t["init_seed"] = int(g["init_seed"])
+    key = stable_hash(ad.backbone_identity(cfg.backbone), data_hash, result_config(t), prompt, extra)
+    dest = out_dir / "adapters" / "specific"
+    if _existing(dest, key):
+        log.info("ingredient: %s already holds adapter %s; not training again", dest, key)
+        return {"adapter": str(dest), "key": key, "reused": "run"}
+
+    items = load_items(data_dir / "items.tsv")
+    train = _load_split(data_dir / "train.jsonl", items)
+    valid = _load_split(data_dir / "valid.jsonl", items)
+    samples = specific_samples(train, valid, t)
+    log.info("ingredient: training on %d samples (%d valid + sampled train; key %s)",
+             len(samples), len(valid), key)
+    builder = _prompt_builder(cfg, items, prompt)
+    model, metrics, trainer = train_adapter(cfg, out_dir, "specific", t, samples, [], builder, key,
+                                            init_adapter=str(init_adapter) if init_adapter else None)
+    if trainer.is_global_zero:
+        ad.save_adapter(model, dest, _manifest(cfg, "specific", t, data_hash, key, metrics, out_dir, extra))
+    _barrier(trainer)
+    return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}

@@ -1,0 +1,203 @@
+"""`InstructionTuningModule`: LoRA instruction tuning of a frozen backbone (G or S).
+
+The backbone is built in `configure_model`, so under DDP/FSDP each process builds its own
+copy after the strategy is set up, and the LoRA initialisation is seeded explicitly with
+`init_seed` so that the base spirit and the ingredient start from the same A/B matrices (the
+cocktail's ab mixing only carries meaning then). Checkpoints keep the trainable (LoRA)
+weights only: the backbone is rebuilt from its config on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+
+_SCHEDULES = ("cosine", "linear", "constant")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,
+                   total_steps: int):
+    """Linear warm-up, then cosine/linear decay to 0 or a constant rate (transformers' schedules)."""
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    if schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    if schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    if schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    raise ValueError(f"tuning.schedule: unknown value {schedule!r}; choose one of {_SCHEDULES}")
+
+
+def warmup_steps_for(tuning: dict, total_steps: int) -> int:
+    """`tuning.warmup_steps` if set, else `warmup_ratio` of the optimizer steps."""
+    if tuning.get("warmup_steps") is not None:
+        return int(tuning["warmup_steps"])
+    return int(round(float(tuning.get("warmup_ratio", 0.0)) * max(1, total_steps)))
+
+
+def response_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (response) tokens.
+
+    Only the positions that predict a labelled token go through the LM head (`logits_to_keep`
+    as a boolean mask): with ~450-token prompts, ~10-token answers and a 49k-152k vocabulary,
+    projecting every position would spend most of the head's time and memory on logits that the
+    masked loss throws away. Equal to the model's own loss (`labels=`) up to rounding.
+    """
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    targets = labels[:, 1:][keep[:, :-1]]
+    if targets.numel() == 0:
+        raise ValueError("a batch without response tokens (every label is -100)")
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep)
+    logits = out.logits
+    if logits.dim() == 3:  # a model that ignores a mask-shaped logits_to_keep
+        logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits.reshape(-1, logits.shape[-1])
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
+
+
+def build_peft_model(backbone_cfg: Any, init_seed: int, gradient_checkpointing: bool = False,
+                     init_adapter: str | None = None):
+    """Backbone + a fresh LoRA (seeded) or a trainable copy of `init_adapter` (second round)."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    from reccocktail.models.backbone import load_backbone, lora_config
+
+    model, _ = load_backbone(backbone_cfg)
+    gc_kwargs = {"use_reentrant": False}
+    if backbone_cfg.get("quantization") not in (None, "none"):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=gc_kwargs,
+        )
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    if gradient_checkpointing:
+        model.config.use_cache = False
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(init_seed))
+        if init_adapter:
+            peft_model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        else:
+            peft_model = get_peft_model(model, lora_config(backbone_cfg))
+    return peft_model
+
+
+class InstructionTuningModule(L.LightningModule):
+    """Trains only the LoRA weights; loss on the response tokens (prompt labels are -100).
+
+    `backbone` is the backbone config and `tuning` the stage's tuning config, both plain dicts
+    (they are saved as hyperparameters). Metrics are logged as `<stage>/<name>`.
+    """
+
+    def __init__(self, backbone: dict, tuning: dict, stage: str = "train",
+                 init_adapter: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone_cfg = backbone
+        self.tuning = tuning
+        self.stage_name = stage
+        self.init_adapter = init_adapter
+        self.model = None
+        self.strict_loading = False  # checkpoints hold the trainable weights only
+        self.step_losses: list[float] = []
+        self.tokens_seen = 0  # over the whole training, restored on resume
+        self.pad_tokens_seen = 0
+        self.session_tokens = 0  # in this process only (throughput)
+
+    # -- model ------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = build_peft_model(
+            self.backbone_cfg,
+            init_seed=int(self.tuning.get("init_seed", 0)),
+            gradient_checkpointing=bool(self.tuning.get("gradient_checkpointing", False)),
+            init_adapter=self.init_adapter,
+        )
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in self.model.parameters())
+        log.info("%s: %d trainable of %d parameters (%.3f%%)", self.stage_name, n_train, n_all,
+                 100.0 * n_train / max(1, n_all))
+        self.model.train()  # load_backbone returns eval mode; LoRA dropout needs train mode
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return response_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+    def _log(self, name: str, value, **kwargs) -> None:
+        self.log(f"{self.stage_name}/{name}", value, **kwargs)
+
+    # -- steps ------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        mask = batch["attention_mask"]
+        real = int(mask.sum())
+        self.tokens_seen += real
+        self.session_tokens += real
+        self.pad_tokens_seen += mask.numel() - real
+        bs = mask.shape[0]
+        self._log("train_loss", loss, prog_bar=True, batch_size=bs)
+        self._log("pad_frac", 1.0 - real / mask.numel(), batch_size=bs)
+        self._log("tokens", float(self.tokens_seen), batch_size=bs)
+        self.step_losses.append(float(loss.detach()))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self._log("val_loss", loss, prog_bar=True, sync_dist=True,
+                  batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        sched = self.lr_schedulers()
+        if sched is not None:
+            self._log("lr", sched.get_last_lr()[0])
+
+    # -- optimisation -----------------------------------------------------------------
+    def configure_optimizers(self):
+        t = self.tuning
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("no trainable parameters: check backbone.lora.target_modules")
+        opt = torch.optim.AdamW(params, lr=float(t.get("lr", 1e-4)),
+                                weight_decay=float(t.get("weight_decay", 0.0)),
+                                betas=tuple(t.get("betas", (0.9, 0.999))))
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = make_scheduler(opt, str(t.get("schedule", "cosine")), warmup_steps_for(t, total), total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints: trainable weights only ------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+        checkpoint["tuning_stats"] = {"tokens_seen": self.tokens_seen,
+                                      "pad_tokens_seen": self.pad_tokens_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing = names - set(checkpoint.get("state_dict", {}))
+        if names and missing:
+            raise ValueError(
+                f"the checkpoint lacks {len(missing)} trainable weight(s) of this model, e.g. "
+                f"{sorted(missing)[:3]}: it was written for another backbone or LoRA config"
+            )
+        stats = checkpoint.get("tuning_stats", {})
+        self.tokens_seen = int(stats.get("tokens_seen", 0))
+        self.pad_tokens_seen = int(stats.get("pad_tokens_seen", 0))

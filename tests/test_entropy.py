@@ -1,0 +1,232 @@
+"""Entropy-guided λ: greedy decoding, gradients, the direction of the update, the module."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from reccocktail.cocktail.entropy import (
+    EntropyMixModule,
+    LoraMixer,
+    PromptDataset,
+    greedy_tokens,
+    left_pad,
+    response_entropy,
+)
+from reccocktail.cocktail.mix import load_adapter
+from reccocktail.utils.io import write_json
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def _fresh(cfg, embed_scale: float = 1.0):
+    """A fresh tiny backbone; `embed_scale` > 1 makes its (tied) logits large enough that the
+    model can be confident (at init scale its outputs are near uniform whatever the LoRA does)."""
+    from reccocktail.models.backbone import load_backbone
+
+    model = load_backbone(cfg)[0]
+    if embed_scale != 1.0:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(embed_scale)
+    return model
+
+
+def _prompts(n: int = 6, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(6, 14, (n,), generator=g)
+    return [torch.randint(100, 5000, (int(k),), generator=g).tolist() for k in lengths]
+
+
+def _save(pm, path: Path, seed: int) -> None:
+    pm.save_pretrained(str(path))
+    write_json(path / "manifest.json", {"kind": "general", "backbone": "tiny_llama",
+                                        "init_seed": seed, "data_hash": "x"})
+
+
+def _peft(cfg, seed: int, embed_scale: float = 1.0, b_std: float = 0.2):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    pm = get_peft_model(_fresh(cfg, embed_scale), LoraConfig(
+        r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(100 + seed)
+    with torch.no_grad():
+        for name, p in sorted(pm.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * b_std)
+    return pm
+
+
+@pytest.fixture(scope="module")
+def random_adapters(tmp_path_factory, tiny_llama_cfg):
+    root = tmp_path_factory.mktemp("random_adapters")
+    out = []
+    for name, pseed in (("g", 1), ("s", 2)):
+        pm = _peft(tiny_llama_cfg, seed=7, b_std=0.2 * pseed)  # one init seed, different B
+        _save(pm, root / name, seed=7)
+        out.append(load_adapter(root / name))
+    return out
+
+
+def test_greedy_tokens_with_left_padding_match_single_uncached_decoding(tiny_llama_cfg):
+    model = _fresh(tiny_llama_cfg, embed_scale=10.0)
+    prompts = _prompts(3)
+    ids, mask = left_pad(prompts, pad_id=0)
+    assert mask.sum(1).tolist() == [len(p) for p in prompts]
+    batched = greedy_tokens(model, ids, mask, k=4)
+    for i, p in enumerate(prompts):
+        seq = torch.tensor([p])
+        with torch.no_grad():
+            for _ in range(4):  # plain decoding: full forward, no cache, no padding
+                seq = torch.cat([seq, model(input_ids=seq).logits[:, -1:].argmax(-1)], dim=1)
+        assert batched[i].tolist() == seq[0, len(p):].tolist()
+    # the teacher-forced entropy of one prompt is the same alone or in a padded batch
+    alone = response_entropy(model, *left_pad([prompts[0]], 0), batched[:1])
+    probs = [response_entropy(model, *left_pad([p], 0), batched[i:i + 1]) for i, p in enumerate(prompts)]
+    assert torch.allclose(response_entropy(model, ids, mask, batched), torch.stack(probs).mean(),
+                          atol=1e-4)
+    assert alone.item() > 0
+
+
+@pytest.mark.parametrize("mode", ["ab", "delta"])
+@pytest.mark.parametrize("granularity", ["model", "layer"])
+def test_entropy_gradient_matches_finite_differences(tiny_llama_cfg, random_adapters, mode,
+                                                     granularity):
+    model = _fresh(tiny_llama_cfg, embed_scale=10.0).double()
+    module = EntropyMixModule(model, random_adapters, mode=mode, granularity=granularity, k=3)
+    ids, mask = left_pad(_prompts(3), 0)
+    module.mixer.set_weights(module.lambdas().detach())
+    tokens = greedy_tokens(model, ids, mask, 3)  # fixed: the greedy tokens are piecewise constant
+
+    def entropy(logits: torch.Tensor) -> torch.Tensor:
+        module.mixer.set_weights(logits.softmax(-1))
+        return response_entropy(model, ids, mask, tokens)
+
+    logits = (torch.randn(module.lambda_logits.shape, generator=torch.Generator().manual_seed(0),
+                          dtype=torch.float64) * 0.5).requires_grad_(True)
+    (grad,) = torch.autograd.grad(entropy(logits), logits)
+    assert grad.abs().max() > 1e-6
+    eps = 1e-3  # the backbone's RMSNorm runs in float32 even in a float64 model: no tinier eps
+    numeric = grad.clone()  # entries not probed below compare equal
+    probe = range(logits.numel()) if logits.numel() <= 4 else (0, 3, 6, 9, 12, 15)
+    with torch.no_grad():
+        for idx in probe:
+            step = torch.zeros_like(logits).view(-1)
+            step[idx] = eps
+            step = step.view_as(logits)
+            numeric.view(-1)[idx] = (entropy(logits + step) - entropy(logits - step)) / (2 * eps)
+    scale = grad.abs().max()
+    assert torch.allclose(grad, numeric, rtol=2e-3, atol=2e-3 * scale), (grad, numeric)
+
+
+@pytest.fixture(scope="module")
+def confident_and_uniform(tmp_path_factory, tiny_llama_cfg):
+    """Two adapters on one (rescaled) backbone: `confident` keeps the backbone's peaked
+    distributions on the prompts; `uniform` was trained to maximise their entropy."""
+    root = tmp_path_factory.mktemp("cu")
+    ids, mask = left_pad(_prompts(), 0)
+    confident = _peft(tiny_llama_cfg, seed=3, embed_scale=10.0, b_std=0.01)
+    uniform = _peft(tiny_llama_cfg, seed=3, embed_scale=10.0, b_std=0.01)
+    opt = torch.optim.Adam([p for p in uniform.parameters() if p.requires_grad], lr=0.1)
+    tokens = greedy_tokens(uniform, ids, mask, 3)
+    for _ in range(5):
+        loss = -response_entropy(uniform, ids, mask, tokens)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        h_conf = response_entropy(confident, ids, mask, greedy_tokens(confident, ids, mask, 3))
+        h_unif = response_entropy(uniform, ids, mask, greedy_tokens(uniform, ids, mask, 3))
+    assert h_unif > h_conf + 3.0, (float(h_conf), float(h_unif))  # the premise of the test
+    _save(confident, root / "confident", seed=3)
+    _save(uniform, root / "uniform", seed=3)
+    return load_adapter(root / "confident"), load_adapter(root / "uniform")
+
+
+@pytest.mark.parametrize("mode,order", [("ab", "cu"), ("delta", "uc")])
+def test_minimisation_moves_lambda_toward_the_confident_adapter(tiny_llama_cfg,
+                                                                confident_and_uniform, mode, order):
+    import lightning as L
+
+    conf, unif = confident_and_uniform
+    ads = [conf, unif] if order == "cu" else [unif, conf]
+    c = 0 if order == "cu" else 1
+    module = EntropyMixModule(_fresh(tiny_llama_cfg, embed_scale=10.0), ads, mode=mode, k=3, lr=0.2)
+    ds = PromptDataset(_prompts(), pad_id=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=6, collate_fn=ds.collate)
+    trainer = L.Trainer(accelerator="cpu", max_steps=8, max_epochs=-1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader)
+    lam = module.learned_lambdas()
+    assert lam[c] > 0.75, (lam, module.curve)
+    assert module.curve[-1]["entropy"] < module.curve[0]["entropy"]
+
+
+def test_module_trains_only_lambda_and_logs_it(tiny_llama_cfg, random_adapters):
+    import lightning as L
+
+    model = _fresh(tiny_llama_cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module = EntropyMixModule(model, random_adapters, granularity="layer", k=2, lr=0.1)
+    assert torch.allclose(module.lambdas(), torch.full((8, 2), 0.5))
+    assert [n for n, p in module.named_parameters() if p.requires_grad] == ["lambda_logits"]
+    ds = PromptDataset(_prompts(4), pad_id=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=ds.collate)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, max_epochs=-1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, loader)
+    assert {"mix/entropy", "mix/lambda_g", "mix/lambda_s"} <= set(trainer.callback_metrics)
+    assert len(module.curve) == 3 and not module.model.training
+    lam = module.learned_lambdas()
+    assert isinstance(lam, dict) and len(lam) == 8
+    module.mixer.unwrap()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the backbone is untouched
+    # init_lambdas sets the start of the softmax
+    start = EntropyMixModule(_fresh(tiny_llama_cfg), random_adapters, init_lambdas=[0.8, 0.2])
+    assert torch.allclose(start.lambdas(), torch.tensor([[0.8, 0.2]]))
+    with pytest.raises(ValueError, match="mix.granularity"):
+        EntropyMixModule(_fresh(tiny_llama_cfg), random_adapters, granularity="block")
+
+
+def test_mixer_refuses_unset_lambda_and_bad_shapes(tiny_llama_cfg, random_adapters):
+    model = _fresh(tiny_llama_cfg)
+    mixer = LoraMixer(model, random_adapters, "ab")
+    with pytest.raises(RuntimeError, match="λ not set"):
+        model(input_ids=torch.tensor([[5, 6]]))
+    with pytest.raises(ValueError, match="λ of shape"):
+        mixer.set_weights(torch.ones(3, 2))
+    with pytest.raises(ValueError, match="already wrapped"):
+        LoraMixer(model, random_adapters, "ab")
+
+
+def test_micro_batches_give_the_full_batch_gradient(tiny_llama_cfg, random_adapters):
+    """One SGD step (lr 1) leaves logits = -grad: micro-batching (and trimming each micro-batch's
+    padding) must not change the gradient of the batch-mean entropy."""
+    import lightning as L
+
+    ds = PromptDataset(_prompts(5, seed=1), pad_id=0)
+    results = []
+    for micro in (None, 2):
+        module = EntropyMixModule(_fresh(tiny_llama_cfg, embed_scale=10.0), random_adapters,
+                                  mode="delta", granularity="layer", k=2,
+                                  micro_batch_size=micro)
+        module.configure_optimizers = lambda m=module: torch.optim.SGD([m.lambda_logits], lr=1.0)
+        loader = torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=ds.collate)
+        trainer = L.Trainer(accelerator="cpu", max_steps=1, max_epochs=-1, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+        trainer.fit(module, loader)
+        results.append((module.lambda_logits.detach().clone(), module.curve[0]["entropy"]))
+    (full, h_full), (micro, h_micro) = results
+    assert full.abs().max() > 0
+    assert torch.allclose(full, micro, rtol=1e-4, atol=1e-7)
+    assert abs(h_full - h_micro) < 1e-4
