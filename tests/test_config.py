@@ -32,22 +32,33 @@ def test_experiment_composes(name):
     domain, scenario = name.rsplit("_", 1) if name in PAPER else ("ml100k", "warm")
     assert cfg.domain.name == domain and cfg.scenario.name == scenario
     assert cfg.domain.source.reader._target_.startswith("reccocktail.data.readers.read_")
-    assert cfg.domain.source.reader.path.startswith("/data/")
+    if name == "ml100k_demo":  # resolved by the fetch chain (tests/test_fetch.py): not /data
+        raw = OmegaConf.to_container(cfg.domain.source.reader, resolve=False)["path"]
+        assert raw.startswith("${ml100k_dir:")
+    else:
+        assert cfg.domain.source.reader.path.startswith("/data/")
     assert cfg.domain.general.sources and cfg.domain.prompt.noun
     if name in PAPER:
         assert (cfg.backbone.name, cfg.trainer.accelerator) == ("qwen2_7b", "gpu")
+        assert cfg.tuning.lr == 1e-4 and cfg.tuning.general.max_samples is None
         assert cfg.data.max_test_users is None
     if scenario == "cold":
         assert 0 < cfg.scenario.new_item_fraction < 1
-    OmegaConf.to_container(cfg.domain, resolve=True)  # every interpolation resolves
+    if name != "ml100k_demo":
+        OmegaConf.to_container(cfg.domain, resolve=True)  # every interpolation resolves
 
 
 def test_demo_uses_the_root_defaults():
     root, demo = cfg_of(), cfg_of("+experiment=ml100k_demo")
-    for group in ("domain", "scenario", "backbone", "trainer"):
+    for group in ("domain", "scenario", "backbone", "trainer", "data", "tuning", "mix", "eval"):
         assert root[group] == demo[group], group
     assert demo.backbone.name == "smollm2_135m" and demo.trainer.accelerator == "cpu"
     assert demo.data.max_test_users == 100
+
+
+def test_demo_reads_the_shared_copy_when_there(shared_data):
+    cfg = cfg_of(f"paths.data_root={shared_data}")
+    assert Path(cfg.domain.source.reader.path) == shared_data / "ml-100k" / "raw"
 
 
 def test_unknown_group_option_names_it():

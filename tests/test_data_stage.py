@@ -18,11 +18,14 @@ from reccocktail.utils.io import read_json, read_jsonl
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 C = 30
+# the root config holds the demo caps; these tests check the full splits
+UNCAPPED = ["data.max_train_prompts=null", "data.max_test_users=null", "data.max_valid_users=null"]
 
 
-def make_cfg(shared_data: Path, cache: Path, *overrides: str):
+def make_cfg(shared_data: Path, cache: Path, *overrides: str, uncapped: bool = True):
+    caps = UNCAPPED if uncapped else []
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("run", overrides=[f"paths.data_root={shared_data}",
+        return compose("run", overrides=[f"paths.data_root={shared_data}", *caps,
                                          f"paths.cache_dir={cache}", "logger=none", *overrides])
 
 
@@ -143,7 +146,7 @@ def test_beauty_with_general_pool(shared_data, cache, tmp_path):
 
 
 def test_ml100k_demo_sizes(shared_data, cache, tmp_path):
-    cfg = make_cfg(shared_data, cache, "+experiment=ml100k_demo")
+    cfg = make_cfg(shared_data, cache, "+experiment=ml100k_demo", uncapped=False)
     out = run_data_stage(cfg, tmp_path)
     assert out["samples"] == {"train": 128, "valid": 30, "test": 100}
     assert out["general_samples"] == {"train": 128, "valid": 30}

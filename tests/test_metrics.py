@@ -146,9 +146,9 @@ def test_metric_synced_across_two_processes_equals_single_process(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "result.json"
-    # fork: the children reuse the imported modules (spawn would re-import torch, ~10 s)
+    # spawn, not fork: forking a process whose OpenMP pool earlier tests started can deadlock
     mp.start_processes(_ddp_worker, args=(2, port, str(out)), nprocs=2, join=True,
-                       start_method="fork")
+                       start_method="spawn")
     result = json.loads(out.read_text())
     scores, target = _random_batch()
     ref = ranking_metrics(scores, target)

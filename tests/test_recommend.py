@@ -23,7 +23,7 @@ ITEMS = {
 
 
 def make_cfg(**recommend) -> DictConfig:
-    overrides = ["task=recommend", "+recommend=default", "backbone=tiny_llama",
+    overrides = ["task=recommend", "backbone=tiny_llama",
                  "logger=none", "recommend.print=false", "recommend.output=null"]
     overrides += [f"recommend.{k}={v}" for k, v in recommend.items()]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

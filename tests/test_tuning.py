@@ -312,14 +312,15 @@ def test_interrupted_specific_stage_resumes_to_the_same_adapter(tiny_llama_cfg, 
     # reference: one uninterrupted run (8 samples, batch 2 -> 4 steps)
     ref_dir = tmp_path / "ref"
     write_domain(ref_dir / "data", general=False)
-    ref = run_specific_stage(make_cfg(ref_dir, tiny_llama_cfg), ref_dir)
+    no_cache = {"specific": {"reuse": False}}  # both runs train: neither takes the other's S
+    ref = run_specific_stage(make_cfg(ref_dir, tiny_llama_cfg, **no_cache), ref_dir)
     assert ref["metrics"]["steps"] == 4 and ref["metrics"]["train_samples"] == 8
     m = read_manifest(ref_dir / "adapters" / "specific")
     assert m["kind"] == "specific" and m["backbone"] == "tiny_llama" and m["init_seed"] == 0
 
     run_dir = tmp_path / "run"
     write_domain(run_dir / "data", general=False)
-    cfg = make_cfg(run_dir, tiny_llama_cfg)
+    cfg = make_cfg(run_dir, tiny_llama_cfg, **no_cache)
     with monkeypatch.context() as mp:
         _interrupt_at(mp, step=2)
         with pytest.raises(_Interrupt):

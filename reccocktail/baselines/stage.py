@@ -124,18 +124,15 @@ def popularity_scores(dm: SequenceDataModule, samples: list[Sample]) -> torch.Te
     return dm.item_counts[cands].float()
 
 
-def scored_test_samples(cfg: DictConfig, samples: list[Sample]) -> tuple[list[Sample], str]:
-    """The test samples the eval stage scores (same `split_unlabeled` call), and how chosen."""
-    mix = OmegaConf.select(cfg, "mix")
-    if mix is None or OmegaConf.select(cfg, "mix.num_prompts") is None:
-        return list(samples), "all test samples (no mix.num_prompts)"
-    from reccocktail.cocktail.unlabeled import split_unlabeled
+def scored_test_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], str]:
+    """The samples the eval stage scores (its own selection: split, unlabeled users left out,
+    `eval.max_users`), so that baseline rows and LLM rows share every sample."""
+    from reccocktail.evaluation.stage import eval_samples
 
-    transductive = bool(OmegaConf.select(cfg, "mix.transductive", default=False))
-    _, scored = split_unlabeled(samples, int(mix.num_prompts), int(cfg.seed), transductive)
-    how = "all test samples (transductive)" if transductive else \
-        "test samples of users not used as unlabeled tuning prompts"
-    return scored, how
+    samples, info = eval_samples(cfg, out_dir)
+    how = (f"{info['split']}: {'all users (transductive)' if info.get('transductive') else 'users not used as unlabeled tuning prompts'}"
+           + (f", {info['max_users']} users sampled" if info.get("max_users") else ""))
+    return samples, how
 
 
 def write_predictions(path: Path, samples: list[Sample], scores: torch.Tensor) -> None:
@@ -188,7 +185,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
         return {"baselines": []}
     dm0 = SequenceDataModule(data_dir)
     dm0.load()
-    samples, how = scored_test_samples(cfg, dm0.test_samples)
+    samples, how = scored_test_samples(cfg, out_dir)
     if not samples:
         raise ValueError(f"{data_dir / 'test.jsonl'}: no test samples to score")
     cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)

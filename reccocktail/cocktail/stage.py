@@ -152,7 +152,9 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
     loader = torch.utils.data.DataLoader(
         ds, batch_size=int(mcfg.get("batch_size", 10)), shuffle=True, collate_fn=ds.collate,
         generator=torch.Generator().manual_seed(int(cfg.seed)))
-    trainer = make_trainer(cfg, out_dir, "mix", max_steps=int(mcfg.get("steps", 20)), max_epochs=-1,
+    steps = int(mcfg.get("steps", 20))
+    epochs = -(-steps // max(1, len(loader)))  # enough passes over the prompts for `steps`
+    trainer = make_trainer(cfg, out_dir, "mix", max_steps=steps, max_epochs=epochs,
                            enable_checkpointing=False, limit_val_batches=0, log_every_n_steps=1,
                            gradient_clip_val=None)  # manual optimisation; Adam on 2 logits
     trainer.fit(module, loader)

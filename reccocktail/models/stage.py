@@ -7,9 +7,11 @@ S trains on the target domain's `valid.jsonl` plus N sampled `train.jsonl` promp
 recipe), optionally a seeded fraction of that (few-shot runs), optionally starting from G
 (`tuning.specific.init_from: general`, second-round fine-tuning).
 
-Lightning checkpoints go to `<run>/<stage>/checkpoints/<key>/`; a rerun of the same command
-resumes from `last.ckpt` there (or from `tuning.ckpt_path`), and a finished adapter whose key
-matches is not trained again.
+S is cached the same way (`adapters/specific/<key>/`, key: backbone, target data, tuning, prompt,
+init), so a rerun of the same command in a new run folder trains neither again.
+Lightning checkpoints go to `<run>/<stage>/checkpoints/<key>/`; a rerun in the same folder
+(`hydra.run.dir=...`) resumes an interrupted training from `last.ckpt` there (or from
+`tuning.ckpt_path`), and a finished adapter whose key matches is not trained again.
 """
 
 from __future__ import annotations
@@ -218,6 +220,11 @@ def _with_defaults(cfg: DictConfig, t: dict) -> dict:
     return t
 
 
+def _cache_dir(cfg: DictConfig) -> Path:
+    return Path(OmegaConf.select(cfg, "paths.cache_dir", default=None)
+                or OmegaConf.select(cfg, "backbone.cache_dir", default="outputs/cache"))
+
+
 def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Train (or reuse) the base spirit G on the general pool; writes `adapters/general/`."""
     out_dir = Path(out_dir)
@@ -228,8 +235,7 @@ def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
     prompt = _prompt_cfg(cfg, general=True)
     key = ad.general_cache_key(cfg.backbone, data_hash, result_config(t), prompt)
     dest = out_dir / "adapters" / "general"
-    cache_dir = Path(OmegaConf.select(cfg, "paths.cache_dir", default=None)
-                     or OmegaConf.select(cfg, "backbone.cache_dir", default="outputs/cache"))
+    cache_dir = _cache_dir(cfg)
 
     if _existing(dest, key):
         log.info("base spirit: %s already holds adapter %s; not training again", dest, key)
@@ -305,6 +311,19 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
     if _existing(dest, key):
         log.info("ingredient: %s already holds adapter %s; not training again", dest, key)
         return {"adapter": str(dest), "key": key, "reused": "run"}
+    cache_dir = _cache_dir(cfg)
+    if t.get("reuse", True):
+        cached = ad.lookup_general(cache_dir, key, "specific")
+        if cached is not None:
+            if _launched_rank() == 0:
+                ad.copy_adapter(cached, dest)
+            else:
+                _wait_for_adapter(dest, key)
+            trained_in = ad.read_manifest(cached).get("trained_in")
+            log.info("ingredient: reusing cached adapter %s (trained in %s) from %s",
+                     key, trained_in, cached)
+            return {"adapter": str(dest), "key": key, "reused": "cache", "cache": str(cached),
+                    "trained_in": trained_in}
 
     items = load_items(data_dir / "items.tsv")
     train = _load_split(data_dir / "train.jsonl", items)
@@ -317,5 +336,7 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
                                             init_adapter=str(init_adapter) if init_adapter else None)
     if trainer.is_global_zero:
         ad.save_adapter(model, dest, _manifest(cfg, "specific", t, data_hash, key, metrics, out_dir, extra))
+        if t.get("reuse", True):
+            ad.copy_adapter(dest, ad.general_cache_dir(cache_dir, key, "specific"))
     _barrier(trainer)
     return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}
