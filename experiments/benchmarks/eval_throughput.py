@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument("--methods", default="shared,naive,generate")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="backbone config overrides, e.g. dtype=bfloat16 config.num_hidden_layers=30")
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
     if args.threads:
@@ -97,6 +100,7 @@ def main() -> None:
     bcfg.cache_dir = cache
     if "tokenizer" in bcfg:
         bcfg.tokenizer.cache_dir = cache
+    bcfg = OmegaConf.merge(bcfg, OmegaConf.from_dotlist(args.set))
     n = args.users + 1
     if args.data_dir:
         items = load_items(args.data_dir / "items.tsv")
@@ -106,7 +110,7 @@ def main() -> None:
         root = Path(os.environ.get("RECCOCKTAIL_DATA", ROOT.parent / "shared" / "data"))
         samples, items = ml1m_samples(root, n, args.seed)
         source = str(root / "ml-1m")
-    model, tok = load_backbone(bcfg)
+    model, tok = load_backbone(bcfg, device=args.device)
     domain = OmegaConf.create({"prompt": {"noun": "movie", "verb": "watched"}})
     pb = build_prompt_builder(tok, items, domain, bcfg, max_title_tokens=32)
     # warm-up (first-call overhead) on a cut-down sample: the naive scorer is slow
@@ -118,7 +122,7 @@ def main() -> None:
     scorers = {"shared": LikelihoodScorer(model, pb, batch_size=args.batch_size),
                "naive": NaiveLikelihoodScorer(model, pb, batch_size=args.batch_size),
                "generate": GenerateMatchScorer(model, pb, batch_size=1)}
-    results: dict = {"backbone": args.backbone, "users": len(timed), "source": source,
+    results: dict = {"backbone": args.backbone, "overrides": args.set, "device": args.device, "users": len(timed), "source": source,
                      "num_candidates": len(timed[0].candidates), "threads": torch.get_num_threads(),
                      "mean_prompt_tokens": sum(prompt_tokens) / len(prompt_tokens), "methods": {}}
     scores = {}

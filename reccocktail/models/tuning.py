@@ -49,20 +49,24 @@ def response_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled (response) tokens.
 
-    Only the positions that predict a labelled token go through the LM head (`logits_to_keep`
-    as a boolean mask): with ~450-token prompts, ~10-token answers and a 49k-152k vocabulary,
-    projecting every position would spend most of the head's time and memory on logits that the
-    masked loss throws away. Equal to the model's own loss (`labels=`) up to rounding.
+    Only the positions that predict a labelled token go through the LM head: with ~450-token
+    prompts, ~10-token answers and a 49k-152k vocabulary, projecting every position would spend
+    most of the head's time and memory on logits that the masked loss throws away. The positions
+    go to `logits_to_keep` as one 1-D index tensor (their union over the batch; length-grouped
+    batches keep it tight), the form every transformers 5.x model accepts (transformers 5.17
+    rejects a 2-D mask). Equal to the model's own loss (`labels=`) up to rounding.
     """
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
     targets = labels[:, 1:][keep[:, :-1]]
     if targets.numel() == 0:
         raise ValueError("a batch without response tokens (every label is -100)")
-    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep)
+    pos = keep.any(dim=0).nonzero().squeeze(1)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=pos)
     logits = out.logits
-    if logits.dim() == 3:  # a model that ignores a mask-shaped logits_to_keep
-        logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits.reshape(-1, logits.shape[-1])
+    if logits.shape[1] != pos.numel():  # a model that ignores logits_to_keep
+        logits = logits[:, pos]
+    logits = logits[keep[:, pos]]
     return torch.nn.functional.cross_entropy(logits.float(), targets)
 
 
