@@ -162,14 +162,14 @@ def general_cache_key(backbone_cfg: Any, data_hash: str, tuning_cfg: Any, prompt
                        to_plain(prompt_cfg))
 
 
-def general_cache_dir(cache_dir: str | os.PathLike, key: str, kind: str = "general") -> Path:
+def adapter_cache_dir(cache_dir: str | os.PathLike, key: str, kind: str = "general") -> Path:
     return Path(cache_dir) / "adapters" / kind / key
 
 
-def lookup_general(cache_dir: str | os.PathLike, key: str, kind: str = "general") -> Path | None:
+def lookup_cached(cache_dir: str | os.PathLike, key: str, kind: str = "general") -> Path | None:
     """The cached adapter of `kind` (general: the base spirit; specific: an ingredient) for
     `key`, or None."""
-    path = general_cache_dir(cache_dir, key, kind)
+    path = adapter_cache_dir(cache_dir, key, kind)
     if is_adapter_dir(path) and read_manifest(path).get("key") == key:
         return path
     return None

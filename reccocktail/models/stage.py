@@ -228,7 +228,7 @@ def _cache_dir(cfg: DictConfig) -> Path:
 def _from_cache(cache_dir: Path, kind: str, key: str, dest: Path) -> dict | None:
     """Copy the cached adapter of `kind` for `key` into the run (rank 0; the other ranks wait
     for it) and return the stage summary, or None when there is none."""
-    cached = ad.lookup_general(cache_dir, key, kind)
+    cached = ad.lookup_cached(cache_dir, key, kind)
     if cached is None:
         return None
     if _launched_rank() == 0:
@@ -275,7 +275,7 @@ def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
         manifest = _manifest(cfg, "general", t, data_hash, key, metrics, out_dir, {"prompt": prompt})
         ad.save_adapter(model, dest, manifest)
         if t.get("reuse", True):
-            ad.copy_adapter(dest, ad.general_cache_dir(cache_dir, key))
+            ad.copy_adapter(dest, ad.adapter_cache_dir(cache_dir, key))
     _barrier(trainer)
     return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}
 
@@ -336,6 +336,6 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
     if trainer.is_global_zero:
         ad.save_adapter(model, dest, _manifest(cfg, "specific", t, data_hash, key, metrics, out_dir, extra))
         if t.get("reuse", True):
-            ad.copy_adapter(dest, ad.general_cache_dir(cache_dir, key, "specific"))
+            ad.copy_adapter(dest, ad.adapter_cache_dir(cache_dir, key, "specific"))
     _barrier(trainer)
     return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}
