@@ -160,12 +160,15 @@ def test_minimisation_moves_lambda_toward_the_confident_adapter(tiny_llama_cfg,
     trainer = L.Trainer(accelerator="cpu", max_steps=8, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
+    before = module.mean_entropy(loader)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, loader)
     lam = module.learned_lambdas()
     assert lam[c] > 0.75, (lam, module.curve)
     assert module.curve[-1]["entropy"] < module.curve[0]["entropy"]
+    assert before == pytest.approx(module.curve[0]["entropy"], rel=1e-4)  # same prompts, λ=init
+    assert module.mean_entropy(loader) < before
 
 
 def test_module_trains_only_lambda_and_logs_it(tiny_llama_cfg, random_adapters):

@@ -241,5 +241,9 @@ def test_record_results_merges_rows(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert md.count("**0.3500**") == 1  # a tie with the random row is bold only on the method
     assert (tmp_path / "results.md").read_text() == md
+    record_results(tmp_path, "wa", {"ndcg@1": 0.1, "ndcg@3": 0.2}, scorer="likelihood",
+                   normalize=True, num_users=5)
+    assert "| likelihood (mean) |" in (tmp_path / "results.md").read_text()
+    assert "| likelihood |" in (tmp_path / "results.md").read_text()  # the summed rows
     with pytest.raises(ValueError, match="non-numeric"):
         record_results(tmp_path, "bad", {"ndcg@1": "high"})

@@ -88,6 +88,7 @@ def test_pipeline_end_to_end_and_continues_after_a_failure(shared_data, tmp_path
         assert [r["id"] for r in rows] == ids, f"{v} scored other samples"
     lam = json.loads((out / "mix" / "lambda.json").read_text())
     assert len(lam["curve"]) == 2 and abs(sum(lam["lambdas"]) - 1) < 1e-5
+    assert lam["entropy_before"] > 0 and lam["entropy_after"] > 0
     assert "| RecCocktail |" in (out / "results.md").read_text()
     metric_cfg = OmegaConf.merge(cfg, {"optimized_metric": "eval.variants.cocktail.ndcg@1"})
     assert optimized_value(metric_cfg, summaries) == results["cocktail"]["metrics"]["ndcg@1"]

@@ -267,6 +267,22 @@ class EntropyMixModule(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam([self.lambda_logits], lr=self.lr)
 
+    @torch.no_grad()
+    def mean_entropy(self, batches) -> float:
+        """The objective over a whole set of prompts at the current λ (batches as the loader
+        yields them). The per-step curve is measured on changing batches; this is comparable
+        before and after learning."""
+        dev = next(self.model.parameters()).device
+        total, count = 0.0, 0
+        for batch in batches:
+            ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+            step = self.micro_batch_size or ids.shape[0]
+            for lo in range(0, ids.shape[0], step):
+                part = self.entropy_loss(*trim_left_padding(ids[lo:lo + step], mask[lo:lo + step]))
+                n = ids[lo:lo + step].shape[0]
+                total, count = total + float(part) * n, count + n
+        return total / max(count, 1)
+
     def learned_lambdas(self) -> list[float] | dict[str, list[float]]:
         """The learned λ in the form `mix.mix_adapters` takes."""
         return self.mixer.lambdas(self.lambdas())

@@ -137,7 +137,8 @@ def grid_search(model: Any, mixer: Any, builder: Any, samples: Sequence[Sample],
 def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer: Any,
                           adapters: Sequence[LoraAdapter], prompts: Sequence[Sequence[int]],
                           mcfg: dict[str, Any]) -> tuple[Any, list[dict]]:
-    """Train only the λ logits of an `EntropyMixModule`; returns (λ for `mix_adapters`, curve)."""
+    """Train only the λ logits of an `EntropyMixModule`; returns (λ for `mix_adapters`, the
+    per-step curve, the mean entropy over all tuning prompts before and after)."""
     from reccocktail.cocktail.entropy import EntropyMixModule, PromptDataset
     from reccocktail.pipeline import make_trainer
 
@@ -157,10 +158,18 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
     trainer = make_trainer(cfg, out_dir, "mix", max_steps=steps, max_epochs=epochs,
                            enable_checkpointing=False, limit_val_batches=0, log_every_n_steps=1,
                            gradient_clip_val=None)  # manual optimisation; Adam on 2 logits
+    # the objective on every tuning prompt at λ = init and at the learned λ (2 extra passes)
+    whole = torch.utils.data.DataLoader(ds, batch_size=int(mcfg.get("batch_size", 10)),
+                                        collate_fn=ds.collate)
+    measure = bool(mcfg.get("measure_entropy", True))
+    before = module.mean_entropy(whole) if measure else None
     trainer.fit(module, loader)
     lambdas = module.learned_lambdas()
+    after = module.mean_entropy(whole) if measure else None
     module.mixer.unwrap()
-    return lambdas, module.curve
+    if measure:
+        log.info("mix: mean entropy over the %d tuning prompts %.4f -> %.4f", len(ds), before, after)
+    return lambdas, module.curve, {"entropy_before": before, "entropy_after": after}
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -223,8 +232,9 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
             tuning, scored = split_unlabeled(test, int(mcfg.get("num_prompts", 50)), int(cfg.seed),
                                              bool(mcfg.get("transductive", False)))
             prompts = [builder.prompt_ids(s.history, s.candidates) for s in tuning]
-            lambdas, curve = learn_entropy_lambdas(cfg, out_dir, model, tokenizer, adapters,
-                                                   prompts, mcfg)
+            lambdas, curve, whole = learn_entropy_lambdas(cfg, out_dir, model, tokenizer,
+                                                          adapters, prompts, mcfg)
+            info.update(whole)
             info.update(granularity=granularity, k=int(mcfg.get("k", 3)),
                         lr=float(mcfg.get("lr", 0.05)), steps=int(mcfg.get("steps", 20)),
                         curve=curve, tuning_users=sorted({s.user for s in tuning}),

@@ -104,7 +104,10 @@ def results_table(data: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         row = variants[name]
         vals = [row.get("metrics", {}).get(m) for m in metrics]
         users = row.get("num_users", row.get("num_samples"))  # baselines may record samples
-        extra = [users, row.get("scorer", row.get("kind"))]
+        scorer = row.get("scorer", row.get("kind"))
+        if row.get("normalize"):  # per-token mean log-probability instead of the sum
+            scorer = f"{scorer} (mean)"
+        extra = [users, scorer]
         if has_valid:
             extra.append(row.get("valid_ratio"))
         rows.append([name, *vals, *extra])
