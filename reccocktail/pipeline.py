@@ -103,13 +103,6 @@ def finish_loggers(cfg: DictConfig) -> None:
             log.warning("closing logger %s failed: %s", type(lg).__name__, err)
 
 
-def _baseline_names(cfg: DictConfig) -> list[str]:
-    b = cfg.get("baseline")
-    if not b:
-        return []
-    return [str(b)] if isinstance(b, str) else [str(x) for x in b]
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run `cfg.task` (the stage pipeline, or `recommend`) and return per-stage summaries."""
     import lightning as L
@@ -120,8 +113,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if task != "train":
         raise ValueError(f"task: unknown value {task!r}; choose train or recommend")
 
+    from reccocktail.baselines.stage import baseline_names
+
     stages = list(cfg.stages)
-    if _baseline_names(cfg) and "baselines" not in stages:
+    # validated here, so that a misspelt baseline fails before hours of training, not after
+    if baseline_names(cfg.get("baseline")) and "baselines" not in stages:
         stages.append("baselines")  # `baseline=sasrec` alone asks for their rows too
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
