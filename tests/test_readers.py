@@ -189,3 +189,14 @@ def test_user_subset_halves_are_complementary():
     b = in_user_subset(users, 0.5, 0, complement=True)
     assert not (a & b).any() and (a | b).all()
     assert 850 < a.sum() < 1150  # a seeded hash, roughly the fraction
+
+
+def test_malformed_sample_line_is_named_even_after_blank_lines(tmp_path):
+    from reccocktail.data.samples import load_samples
+
+    good = '{"id": "a", "user": "u", "history": ["1"], "target": "2", "candidates": ["2", "3"]}'
+    bad = '{"id": "b", "user": "u", "history": ["1"], "target": "9", "candidates": ["2", "3"]}'
+    path = tmp_path / "test.jsonl"
+    path.write_text(f"{good}\n\n{bad}\n")
+    with pytest.raises(ValueError, match=r"test\.jsonl:3: target '9'"):
+        load_samples(path)

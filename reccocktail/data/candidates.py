@@ -70,7 +70,7 @@ def attach_candidates(seqs: Sequences, rows_by_split: Sequence[Rows], num_candid
     for rows in rows_by_split:
         mask = allowed.get(rows.split)
         pool = np.arange(n_items) if mask is None else np.flatnonzero(mask)
-        wp = np.where(np.zeros(n_items, bool) if mask is None else ~mask, 0.0, w)
+        wp = w if mask is None else np.where(mask, w, 0.0)  # weights of the allowed items
         cdf = None
         if weights is not None:
             cdf = np.cumsum(w[pool], dtype=np.float64)

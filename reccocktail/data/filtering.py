@@ -99,15 +99,17 @@ def build_sequences(table: SourceTable, name: str, min_core: int = 5,
     canon: dict[str, str] = {}      # raw item id -> canonical id
     first_of: dict[str, str] = {}   # normalised title -> canonical id
     title_of: dict[str, str] = {}   # canonical id -> cleaned title
+    norm_of: dict[str, str] = {}    # canonical id -> normalised title
     for item_id, raw in table.titles.items():
         t = clean_title(raw)
         if not t:
             continue
-        key = normalise_title(t) or t
-        c = first_of.setdefault(key, item_id)
+        norm = normalise_title(t)
+        c = first_of.setdefault(norm or t, item_id)
         canon[item_id] = c
         if c == item_id:
             title_of[c] = t
+            norm_of[c] = norm
     mapped = df["item"].map(canon)
     untitled = mapped.isna().to_numpy()
     stats["items_without_title"] = int(df.loc[untitled, "item"].nunique())
@@ -140,8 +142,7 @@ def build_sequences(table: SourceTable, name: str, min_core: int = 5,
         keep &= ~gone_u[ucode]
     if exclude_titles:
         ex = set(exclude_titles)
-        gone_i = np.fromiter((normalise_title(title_of[i]) in ex for i in items), dtype=bool,
-                             count=len(items))
+        gone_i = np.fromiter((norm_of[i] in ex for i in items), dtype=bool, count=len(items))
         stats["overlap_items_removed"] = int(len(np.unique(icode[keep & gone_i[icode]])))
         keep &= ~gone_i[icode]
 

@@ -45,7 +45,7 @@ def target_identity(table: SourceTable, user_subset: dict | None = None
                     ) -> tuple[set[str], set[str]]:
     """Normalised titles and user ids of a target dataset, before its own filtering (but after
     its user subset, when it is one part of a dataset split user-disjointly)."""
-    titles = {normalise_title(t) for t in (clean_title(x) for x in table.titles.values()) if t}
+    titles = {normalise_title(clean_title(x)) for x in table.titles.values()}
     titles.discard("")
     users = table.interactions["user"].unique()
     if user_subset:

@@ -57,18 +57,20 @@ class PromptBuilder:
             except KeyError as err:
                 raise KeyError(f"item {item_id!r} has no title in items.tsv") from err
             ids = self.tokenizer(raw, add_special_tokens=False)["input_ids"]
-            t = raw if len(ids) <= self.max_title_tokens else self.tokenizer.decode(
-                ids[: self.max_title_tokens]
-            ).strip()
+            if len(ids) <= self.max_title_tokens:
+                t = raw
+                self._response[item_id] = [*ids, self.eos_token_id]
+            else:
+                t = self.tokenizer.decode(ids[: self.max_title_tokens]).strip()
             self._titles[item_id] = t
         return t
 
     def response_ids(self, item_id: str) -> list[int]:
         """Token ids of the answer naming `item_id`, ending with the end-of-turn token."""
+        title = self.title(item_id)  # an uncut title caches its response ids on the way
         r = self._response.get(item_id)
         if r is None:
-            r = self.tokenizer(self.title(item_id), add_special_tokens=False)["input_ids"]
-            r = [*r, self.eos_token_id]
+            r = [*self.tokenizer(title, add_special_tokens=False)["input_ids"], self.eos_token_id]
             self._response[item_id] = r
         return r
 

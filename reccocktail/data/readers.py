@@ -168,21 +168,21 @@ def read_recbole(path: str | Path, dataset: str | None = None, encoding: str = "
 
 def read_ml100k(path: str | Path, encoding: str = "auto") -> SourceTable:
     """MovieLens-100k: `u.data` (user, item, rating, time; tabs) and `u.item` ('|', id|title|...)."""
-    folder = Path(path)
-    data = _require(folder / "u.data")
-    item = _require(folder / "u.item")
-    df = _read_interactions(read_text(data, encoding), data, "\t", (0, 1, 3), 4)
-    titles = _titles(_records(read_text(item, encoding), item, "|"), item, 0, 1)
-    return SourceTable(df, titles, [data, item])
+    return _read_movielens(Path(path), "u.data", "\t", "u.item", "|", encoding)
 
 
 def read_ml_dat(path: str | Path, encoding: str = "auto") -> SourceTable:
     """MovieLens-1M / 10M: `ratings.dat` (user::item::rating::time), `movies.dat` (id::title::genres)."""
-    folder = Path(path)
-    data = _require(folder / "ratings.dat")
-    item = _require(folder / "movies.dat")
-    df = _interactions(_records(read_text(data, encoding), data, "::"), data, (0, 1, 3), 4)
-    titles = _titles(_records(read_text(item, encoding), item, "::"), item, 0, 1)
+    return _read_movielens(Path(path), "ratings.dat", "::", "movies.dat", "::", encoding)
+
+
+def _read_movielens(folder: Path, data_name: str, data_sep: str, item_name: str, item_sep: str,
+                    encoding: str) -> SourceTable:
+    """Header-less MovieLens files: ratings (user, item, rating, time) and items (id, title, ...)."""
+    data = _require(folder / data_name)
+    item = _require(folder / item_name)
+    df = _read_interactions(read_text(data, encoding), data, data_sep, (0, 1, 3), 4)
+    titles = _titles(_records(read_text(item, encoding), item, item_sep), item, 0, 1)
     return SourceTable(df, titles, [data, item])
 
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from reccocktail.utils.io import iter_jsonl
+from reccocktail.utils.io import atomic_path, numbered_jsonl
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def load_samples(path: str | os.PathLike, items: dict[str, str] | None = None) -
     """Read a split; every malformed line raises with the file and line number."""
     path = Path(path)
     out = []
-    for lineno, row in enumerate(iter_jsonl(path), 1):
+    for lineno, row in numbered_jsonl(path):
         missing = [f for f in _FIELDS if f not in row]
         if missing:
             raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
@@ -84,8 +84,6 @@ def load_items(path: str | os.PathLike) -> dict[str, str]:
 
 def write_items(path: str | os.PathLike, items: dict[str, str]) -> None:
     """Atomic items.tsv; titles never hold tabs or newlines (the readers collapse whitespace)."""
-    from reccocktail.utils.io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write("item_id\ttitle\n")
         for item_id, title in items.items():

@@ -26,13 +26,22 @@ from reccocktail.data.candidates import attach_candidates, popularity_weights
 from reccocktail.data.filtering import Sequences, build_sequences, check_size
 from reccocktail.data.general import GeneralPool, build_general_pool, target_identity
 from reccocktail.data.readers import SourceTable
+from reccocktail.data.samples import write_items
 from reccocktail.data.splits import Rows, Split, cap_rows, cap_users, cold_split, warm_split
-from reccocktail.utils.io import atomic_dir, file_fingerprint, read_json, stable_hash, to_plain
+from reccocktail.utils.io import (
+    atomic_dir,
+    file_fingerprint,
+    read_json,
+    stable_hash,
+    to_plain,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_CODE_FILES = ("readers", "titles", "filtering", "splits", "candidates", "general", "stage")
+_CODE_FILES = ("readers", "titles", "filtering", "splits", "candidates", "general", "samples",
+               "stage")
 _PATH_ARGS = ("path", "reviews", "meta")
 _SCENARIOS = ("warm", "cold")
 _NEGATIVES = ("uniform", "popularity")
@@ -128,16 +137,9 @@ def _json_ids(ids: list[str], prefix: str = "") -> list[str]:
     return [json.dumps(prefix + i, ensure_ascii=False) for i in ids]
 
 
-def _write_items(path: Path, ids: list[str], titles: list[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write("item_id\ttitle\n")
-        for i, t in zip(ids, titles):
-            fh.write(f"{i}\t{t}\n")
-
-
 def _write_target(d: Path, seqs: Sequences, split: Split, history_len: int) -> dict[str, int]:
     items_json, users_json = _json_ids(seqs.items), _json_ids(seqs.users)
-    _write_items(d / "items.tsv", seqs.items, seqs.titles)
+    write_items(d / "items.tsv", dict(zip(seqs.items, seqs.titles)))
     counts = {}
     for name in ("train", "valid", "test"):
         counts[name] = _write_lines(d / f"{name}.jsonl",
@@ -152,16 +154,14 @@ def _write_target(d: Path, seqs: Sequences, split: Split, history_len: int) -> d
 
 def _write_general(d: Path, pool: GeneralPool, history_len: int) -> dict[str, int]:
     d.mkdir()
-    ids, titles = [], []
+    items: dict[str, str] = {}
     counts = {"train": 0, "valid": 0}
     parts = []
     for seqs, split in pool.parts:
-        ns = [f"{seqs.name}:{i}" for i in seqs.items]
-        ids += ns
-        titles += seqs.titles
+        items.update(zip([f"{seqs.name}:{i}" for i in seqs.items], seqs.titles))
         parts.append((seqs, split, _json_ids(seqs.items, f"{seqs.name}:"),
                       _json_ids(seqs.users, f"{seqs.name}:")))
-    _write_items(d / "items.tsv", ids, titles)
+    write_items(d / "items.tsv", items)
     for name in counts:
         def gen(name: str = name) -> Iterator[str]:
             for _seqs, split, items_json, users_json in parts:
@@ -332,8 +332,6 @@ def _complete(folder: Path, key: str) -> bool:
 
 def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Build (or reuse from the cache) the splits of `cfg` and place them in `out_dir/data`."""
-    from reccocktail.utils.io import write_json
-
     key, inputs = data_key(cfg)
     cache = Path(cfg.paths.cache_dir) / "data" / key
     reused = _complete(cache, key)

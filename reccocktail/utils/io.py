@@ -86,6 +86,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     """Yield the objects of a JSON-lines file; a bad line raises with the file and line number."""
+    for _, row in numbered_jsonl(path):
+        yield row
+
+
+def numbered_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number in the file, object) for each non-blank line, so that callers validating
+    the rows name the right line even when the file holds blank ones."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -99,7 +106,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
                 raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+            yield lineno, row
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
