@@ -107,7 +107,7 @@ def load_model(cfg: DictConfig):
     model, tokenizer = load_backbone(cfg.backbone, device=device)
     adapter = rc.get("adapter")
     if adapter and str(adapter).lower() not in ("none", "null"):
-        from peft import PeftModel
+        from reccocktail.models.adapters import load_adapter
 
         path = Path(adapter)
         if not (path / "adapter_config.json").exists():
@@ -123,7 +123,7 @@ def load_model(cfg: DictConfig):
                     f"recommend.adapter: {path} was trained on backbone {trained_on!r}, but "
                     f"backbone={cfg.backbone.name!r}; pass backbone={trained_on}"
                 )
-        model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+        model = load_adapter(model, path)
         model.to(device)
     model.eval()
     return model, tokenizer

@@ -59,6 +59,18 @@ def builder(tok, items, **kw) -> PromptBuilder:
     return PromptBuilder(tok, items, noun="movie", verb="watched", **kw)
 
 
+def assert_fast_equals_naive(model, pb, samples, fast_bs: int, naive_bs: int, batched_bs: int,
+                             **kw) -> torch.Tensor:
+    """Shared-prefix (packed and batched) scores equal naive full-sequence scores; returns the
+    packed scores."""
+    fast = LikelihoodScorer(model, pb, batch_size=fast_bs, **kw).score(samples)
+    slow = NaiveLikelihoodScorer(model, pb, batch_size=naive_bs, **kw).score(samples)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
+    batched = LikelihoodScorer(model, pb, batch_size=batched_bs, packed=False, **kw).score(samples)
+    torch.testing.assert_close(batched, slow, atol=1e-4, rtol=0)
+    return fast
+
+
 @pytest.mark.parametrize(("arch", "normalize"), [("llama", False), ("qwen2", False),
                                                  ("llama", True)])
 def test_shared_prefix_equals_naive_tiny(tiny_models, items, arch, normalize):
@@ -66,14 +78,9 @@ def test_shared_prefix_equals_naive_tiny(tiny_models, items, arch, normalize):
     pb = builder(tok, items)
     samples = make_samples(items, n_users=2, n_cand=30)
     # batch 7 over 30 candidates: several cache copies and a ragged last batch
-    fast = LikelihoodScorer(model, pb, batch_size=7, normalize=normalize).score(samples)
-    slow = NaiveLikelihoodScorer(model, pb, batch_size=30, normalize=normalize).score(samples)
+    fast = assert_fast_equals_naive(model, pb, samples, 7, 30, 12, normalize=normalize)
     assert fast.shape == (2, 30)
     assert torch.isfinite(fast).all()
-    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
-    batched = LikelihoodScorer(model, pb, batch_size=12, normalize=normalize,
-                               packed=False).score(samples)
-    torch.testing.assert_close(batched, slow, atol=1e-4, rtol=0)
     # one-sample-at-a-time equals batched (padding never leaks into real tokens)
     one = LikelihoodScorer(model, pb, batch_size=1, normalize=normalize).score(samples[:1])
     torch.testing.assert_close(one, fast[:1], atol=1e-4, rtol=0)
@@ -88,11 +95,7 @@ def test_shared_prefix_equals_naive_with_lora(tiny_models, items):
     try:
         pb = builder(tok, items)
         samples = make_samples(items, n_users=2, n_cand=30, seed=3)
-        fast = LikelihoodScorer(peft_model, pb, batch_size=16).score(samples)
-        slow = NaiveLikelihoodScorer(peft_model, pb, batch_size=30).score(samples)
-        torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
-        batched = LikelihoodScorer(peft_model, pb, batch_size=30, packed=False).score(samples)
-        torch.testing.assert_close(batched, slow, atol=1e-4, rtol=0)
+        fast = assert_fast_equals_naive(peft_model, pb, samples, 16, 30, 30)
         with peft_model.disable_adapter():
             bare = LikelihoodScorer(peft_model, pb, batch_size=16).score(samples)
         assert (bare - fast).abs().max() > 1e-3  # the adapter really changed the scores
@@ -106,11 +109,7 @@ def test_shared_prefix_equals_naive_smollm2(smollm2_cfg, items):
     model, tok = load_backbone(smollm2_cfg)
     pb = builder(tok, items)
     samples = make_samples(items, n_users=2, n_cand=6, hist=3)
-    fast = LikelihoodScorer(model, pb, batch_size=4).score(samples)
-    slow = NaiveLikelihoodScorer(model, pb, batch_size=6).score(samples)
-    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
-    batched = LikelihoodScorer(model, pb, batch_size=6, packed=False).score(samples)
-    torch.testing.assert_close(batched, slow, atol=1e-4, rtol=0)
+    fast = assert_fast_equals_naive(model, pb, samples, 4, 6, 6)
     # the real model prefers some titles over others (scores are not flat)
     assert (fast.max(1).values - fast.min(1).values).min() > 0.1
 

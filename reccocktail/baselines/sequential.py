@@ -173,17 +173,16 @@ class SequenceDataModule(L.LightningDataModule):
         self.sequences = load_sequences(d / "sequences.jsonl")
         self.users = {u: i + 1 for i, u in enumerate(self.sequences)}  # 0 = unknown user
         rows: list[tuple[int, list[int]]] = []
+        seen: list[int] = []  # every training interaction, for the item counts
         for user, seq in self.sequences.items():
             ids = self.vocab.encode(seq, where=f"{d / 'sequences.jsonl'} (user {user})")
+            seen += ids
             rows += [(self.users[user], w)
                      for w in training_windows(ids, self.max_len, self.max_windows_per_user)]
         if not rows:
             raise ValueError(f"{d / 'sequences.jsonl'}: no user has two or more training items")
         self.train_rows = rows
-        counts = torch.zeros(len(self.vocab), dtype=torch.long)
-        for seq in self.sequences.values():
-            for i in self.vocab.encode(seq):
-                counts[i] += 1
+        counts = torch.bincount(torch.tensor(seen, dtype=torch.long), minlength=len(self.vocab))
         self.item_counts = counts
         # the items a model may see as positives or negatives while training
         self.train_items = torch.nonzero(counts > 0).flatten()

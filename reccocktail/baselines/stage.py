@@ -27,7 +27,6 @@ from reccocktail.utils.io import write_jsonl
 log = logging.getLogger(__name__)
 
 NAMES = ("pop", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec")
-# keys of baselines.common that are training settings, not model constructor arguments
 TrainerFactory = Callable[..., L.Trainer]
 
 
@@ -135,17 +134,6 @@ def scored_test_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], s
     return samples, how
 
 
-def write_predictions(path: Path, samples: list[Sample], scores: torch.Tensor) -> None:
-    """One line per sample: its id, user, target, candidates, scores and the target's rank."""
-    from reccocktail.evaluation.metrics import target_ranks
-
-    ranks = target_ranks(scores, [s.target_index for s in samples]).tolist()
-    write_jsonl(path, ({"id": s.id, "user": s.user, "target": s.target,
-                        "candidates": s.candidates, "scores": [round(x, 6) for x in row],
-                        "rank": int(r)}
-                       for s, row, r in zip(samples, scores.tolist(), ranks)))
-
-
 def run_one(name: str, settings: dict[str, Any], data_dir: Path, samples: list[Sample],
             trainer_factory: TrainerFactory, seed: int, cache_dir: str | Path | None = None
             ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -175,6 +163,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Stage entry (contract): every baseline in `cfg.baseline`, scored and recorded."""
     from reccocktail.evaluation.metrics import ranking_metrics
     from reccocktail.evaluation.report import record_results
+    from reccocktail.evaluation.stage import prediction_rows
     from reccocktail.pipeline import make_trainer
 
     out_dir = Path(out_dir)
@@ -183,8 +172,6 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     if not names:
         log.info("baselines: cfg.baseline is empty; nothing to do")
         return {"baselines": []}
-    dm0 = SequenceDataModule(data_dir)
-    dm0.load()
     samples, how = scored_test_samples(cfg, out_dir)
     if not samples:
         raise ValueError(f"{data_dir / 'test.jsonl'}: no test samples to score")
@@ -204,7 +191,8 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
         if not info.pop("is_global_zero", True):
             continue
         metrics = ranking_metrics(scores, [s.target_index for s in samples])
-        write_predictions(out_dir / "predictions" / f"{name}.jsonl", samples, scores)
+        write_jsonl(out_dir / "predictions" / f"{name}.jsonl",
+                    prediction_rows(samples, scores, digits=6))
         record_results(out_dir, name, metrics, kind="baseline", num_samples=len(samples),
                        scored_on=how, **info)
         summary["metrics"][name] = {**metrics, **info}

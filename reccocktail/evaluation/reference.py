@@ -39,8 +39,6 @@ def popularity_scores(samples: Sequence[Sample], counts: Counter[str] | dict[str
     """
     from reccocktail.evaluation.scorers import num_candidates
 
-    c = num_candidates(samples)
-    out = torch.zeros(len(samples), c, dtype=torch.float32)
-    for i, s in enumerate(samples):
-        out[i] = torch.tensor([float(counts.get(cand, 0)) for cand in s.candidates])
-    return out
+    num_candidates(samples)  # rectangular, or a clear error
+    return torch.tensor([[float(counts.get(cand, 0)) for cand in s.candidates] for s in samples],
+                        dtype=torch.float32)

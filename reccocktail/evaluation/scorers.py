@@ -83,6 +83,18 @@ def _progress(items: Sequence[Any], enabled: bool, description: str):
     return track(items, description=description, total=len(items), transient=True)
 
 
+def _pad(seqs: Sequence[list[int]], width: int, pad: int, dev: Any,
+         left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[len(seqs), width]` token ids padded with `pad` (on the right, or the left) and the
+    matching 0/1 attention mask, built on the host and moved to `dev` in one copy each."""
+    fill = [[pad] * (width - len(q)) for q in seqs]
+    ids = [f + list(q) if left else list(q) + f for q, f in zip(seqs, fill)]
+    mask = [[0] * len(f) + [1] * len(q) if left else [1] * len(q) + [0] * len(f)
+            for q, f in zip(seqs, fill)]
+    return (torch.tensor(ids, dtype=torch.long, device=dev),
+            torch.tensor(mask, dtype=torch.long, device=dev))
+
+
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[targets] without materialising the full log-softmax."""
     logits = logits.float()
@@ -184,14 +196,8 @@ class LikelihoodScorer:
         right-padded with an attention mask (works with every attention implementation)."""
         b, t_len = len(chunk), max(len(r) for r in chunk) - 1
         pad = self.prompt_builder.eos_token_id
-        ids = torch.full((b, t_len), pad, dtype=torch.long, device=dev)
-        tgt = torch.full((b, t_len), pad, dtype=torch.long, device=dev)
-        mask = torch.zeros((b, t_len), dtype=torch.long, device=dev)
-        for j, r in enumerate(chunk):
-            n = len(r) - 1
-            ids[j, :n] = torch.tensor(r[:-1], device=dev)
-            tgt[j, :n] = torch.tensor(r[1:], device=dev)
-            mask[j, :n] = 1
+        ids, mask = _pad([r[:-1] for r in chunk], t_len, pad, dev)
+        tgt, _ = _pad([r[1:] for r in chunk], t_len, pad, dev)
         attn = torch.cat([torch.ones((b, p_len), dtype=torch.long, device=dev), mask], 1)
         pos = torch.arange(p_len, p_len + t_len, device=dev).expand(b, t_len)
         logits = _forward_cached(self.model, self._cache(prefix, b), input_ids=ids,
@@ -213,11 +219,7 @@ class NaiveLikelihoodScorer(LikelihoodScorer):
         for start in range(0, len(responses), self.batch_size):
             chunk = responses[start : start + self.batch_size]
             b, width = len(chunk), p_len + max(len(r) for r in chunk)
-            ids = torch.full((b, width), pad, dtype=torch.long, device=dev)
-            mask = torch.zeros((b, width), dtype=torch.long, device=dev)
-            for j, r in enumerate(chunk):
-                ids[j, : p_len + len(r)] = torch.tensor(prompt + r, device=dev)
-                mask[j, : p_len + len(r)] = 1
+            ids, mask = _pad([prompt + r for r in chunk], width, pad, dev)
             # position t predicts token t+1; response tokens sit at p_len .. p_len+len(r)-1, so
             # only positions p_len-1 .. width-2 need logits (the vocab projection dominates)
             keep = torch.arange(p_len - 1, width - 1, device=dev)
@@ -266,11 +268,7 @@ class GenerateMatchScorer:
             for batch in _progress(batches, self.progress, f"generating ({len(samples)} users)"):
                 prompts = [pb.prompt_ids(s.history, s.candidates) for s in batch]
                 width = max(len(p) for p in prompts)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long, device=dev)
-                mask = torch.zeros_like(ids)
-                for j, p in enumerate(prompts):
-                    ids[j, width - len(p) :] = torch.tensor(p, device=dev)
-                    mask[j, width - len(p) :] = 1
+                ids, mask = _pad(prompts, width, pad, dev, left=True)
                 out = self.model.generate(input_ids=ids, attention_mask=mask,
                                           generation_config=gen_cfg)
                 new = out[:, width:].cpu()

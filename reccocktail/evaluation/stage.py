@@ -168,14 +168,16 @@ class AdapterSwitcher:
             self.peft, self.active = None, None
 
 
-def _prediction_rows(samples: list[Sample], scores: torch.Tensor, scorer: Any) -> list[dict]:
-    """One row per sample: id, user, target, candidates, scores, the positive's rank (ties
-    against it) and, for generate-and-match, the raw output and what it matched."""
+def prediction_rows(samples: list[Sample], scores: torch.Tensor, scorer: Any = None,
+                    digits: int = 5) -> list[dict]:
+    """One row per sample: id, user, target, candidates, scores (rounded to `digits`), the
+    positive's rank (ties against it) and, for generate-and-match, the raw output and what it
+    matched. Also written by the baselines stage."""
     ranks = target_ranks(scores, [s.target_index for s in samples]).tolist()
     rows = []
-    for i, s in enumerate(samples):
+    for i, (s, row_scores) in enumerate(zip(samples, scores.tolist())):
         row = {"id": s.id, "user": s.user, "target": s.target, "candidates": s.candidates,
-               "scores": [round(float(v), 5) for v in scores[i]], "rank": int(ranks[i])}
+               "scores": [round(v, digits) for v in row_scores], "rank": int(ranks[i])}
         if getattr(scorer, "matches", None):
             m = scorer.matches[i]
             row["output"] = scorer.outputs[i]
@@ -239,7 +241,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             record_results(out_dir, "popularity", ranking_metrics(pop, targets, ks),
                            scorer="popularity", **info)
             write_jsonl(out_dir / "predictions" / "popularity.jsonl",
-                        _prediction_rows(samples, pop, None))
+                        prediction_rows(samples, pop))
             keys.append("popularity")
         else:
             log.warning("%s missing: no popularity row", seq)
@@ -275,11 +277,12 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     extra["valid_ratio"] = scorer.valid_ratio
                     extra["multi_title_ratio"] = sum(m.num_titles > 1 for m in scorer.matches) / len(samples)
                     extra["multi_match"] = scorer.multi
-                record_results(out_dir, key, ranking_metrics(scores, targets, ks), **meta, **extra)
+                metrics = ranking_metrics(scores, targets, ks)
+                record_results(out_dir, key, metrics, **meta, **extra)
                 write_jsonl(out_dir / "predictions" / f"{key}.jsonl",
-                            _prediction_rows(samples, scores, scorer))
+                            prediction_rows(samples, scores, scorer))
                 keys.append(key)
-                log.info("eval %s: %s", key, load_results(out_dir)["variants"][key]["metrics"])
+                log.info("eval %s: %s", key, metrics)
         switcher.drop()
 
     data = load_results(out_dir)
