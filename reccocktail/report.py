@@ -35,6 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.evaluation import chance
 from reccocktail.utils.io import read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -88,21 +89,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def random_expectation(metric: str, num_candidates: int) -> float | None:
-    """Expected value of a ranking metric under a uniformly random ranking of one positive
+    """Expected value of one ranking metric under a uniformly random ranking of one positive
     among `num_candidates` (NDCG@1 = 1/30, NDCG@3 = 0.0710 for 30); None if unknown."""
-    n = int(num_candidates)
     name, _, k = metric.partition("@")
-    ranks = range(1, n + 1)
-    if name == "mrr":
-        return sum(1.0 / r for r in ranks) / n
-    if not k.isdigit():
-        return None
-    k = min(int(k), n)
-    if name == "ndcg":
-        return sum(1.0 / math.log2(r + 1) for r in range(1, k + 1)) / n
-    if name in ("hr", "recall"):
-        return k / n
-    return None
+    # recall@k = HR@k with one positive; MRR has no cut-off
+    key = f"hr@{k}" if name == "recall" else "mrr" if name == "mrr" else metric
+    ks = [int(k)] if k.isdigit() else []
+    return chance.random_expectation(int(num_candidates), ks).get(key)
 
 
 def general_weight(lambdas: Any, index: int = 0) -> float | list[float] | None:
@@ -427,7 +420,7 @@ def render_markdown(agg: dict[str, Any], metrics: Sequence[str] = DEFAULT_METRIC
 
 def _jsonable(agg: dict[str, Any]) -> dict[str, Any]:
     out = []
-    for (_, _), t in agg["tables"].items():
+    for t in agg["tables"].values():
         out.append({
             "scenario": t["scenario"],
             "setting": t["setting"],
@@ -681,7 +674,8 @@ def run_experiment(args: argparse.Namespace, sweeps: Sequence[Sweep], **report_k
 
     out = Path(args.out).resolve()  # run.py runs from the repository root
     cmds = [sweep_command(s, out, args) for s in sweeps]
-    rep = report_argv([out / s.name for s in sweeps], out / "report", **report_kw)
+    folders = [out / s.name for s in sweeps]
+    rep = report_argv(folders, out / "report", **report_kw)
     missing = sorted({m for s in sweeps for m in missing_experiments(s.overrides)})
     if missing:
         msg = f"no conf/experiment/<name>.yaml for: {', '.join(missing)}"
@@ -700,7 +694,6 @@ def run_experiment(args: argparse.Namespace, sweeps: Sequence[Sweep], **report_k
     if not args.report_only:
         for cmd in cmds:
             subprocess.run(cmd, cwd=ROOT, check=True)
-    folders = [out / s.name for s in sweeps]
     present = [f for f in folders if f.exists()]
     for f in folders:
         if not f.exists():

@@ -22,13 +22,15 @@ approximations of means.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torchmetrics import Metric
 
-DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10)
+from reccocktail.evaluation.chance import DEFAULT_KS, random_expectation
+
+__all__ = ["DEFAULT_KS", "RankingMetrics", "metric_names", "metrics_from_ranks",
+           "random_expectation", "ranking_metrics", "target_ranks"]
 
 
 def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
@@ -78,23 +80,6 @@ def ranking_metrics(scores: torch.Tensor, target_index: torch.Tensor | Sequence[
     if ranks.numel() == 0:
         raise ValueError("no samples to score")
     return {name: float(v.mean()) for name, v in metrics_from_ranks(ranks, ks).items()}
-
-
-def random_expectation(num_candidates: int, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """Exact expected metrics of a uniformly random ranking (rank uniform on 1..c).
-
-    For c = 30: NDCG@1 = 1/30, NDCG@3 = (1 + 1/log2 3 + 1/2)/30 = 0.0710.
-    """
-    c = int(num_candidates)
-    if c < 1:
-        raise ValueError(f"num_candidates must be >= 1, got {c}")
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"ndcg@{k}"] = sum(1.0 / math.log2(r + 1) for r in range(1, min(k, c) + 1)) / c
-    for k in ks:
-        out[f"hr@{k}"] = min(k, c) / c
-    out["mrr"] = sum(1.0 / r for r in range(1, c + 1)) / c
-    return out
 
 
 class RankingMetrics(Metric):
