@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reccocktail.data.samples import write_items  # noqa: E402
-from reccocktail.utils.io import stable_hash, write_json, write_jsonl  # noqa: E402
+from reccocktail.utils.io import read_json, stable_hash, write_json, write_jsonl  # noqa: E402
 
 log = logging.getLogger("baselines_table")
 
@@ -87,7 +87,7 @@ def build_contract(folder: Path, out: Path, scenario: str, max_users: int | None
     data = out / "data"
     stamp = data / "contract.json"
     key = stable_hash(args)
-    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+    if stamp.exists() and read_json(stamp).get("key") == key:
         return data
     by_user, titles = _read_recbole(folder)
     seqs: dict[str, list[str]] = {}

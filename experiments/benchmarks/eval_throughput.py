@@ -18,64 +18,22 @@ user (3 candidates) is scored first as an untimed warm-up. Numbers depend on the
 from __future__ import annotations
 
 import argparse
-import os
-import random
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import DATA_ROOT, backbone_config, ml1m_samples  # puts the repository on sys.path
+from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from omegaconf import OmegaConf  # noqa: E402
-
-from reccocktail.data.prompts import build_prompt_builder  # noqa: E402
-from reccocktail.data.samples import Sample, load_items, load_samples  # noqa: E402
-from reccocktail.evaluation.scorers import (  # noqa: E402
+from reccocktail.data.prompts import build_prompt_builder
+from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.evaluation.scorers import (
     GenerateMatchScorer,
     LikelihoodScorer,
     NaiveLikelihoodScorer,
 )
-from reccocktail.models.backbone import load_backbone  # noqa: E402
-from reccocktail.utils.io import write_json  # noqa: E402
-
-
-def _read_recbole(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, encoding="utf-8") as fh:
-        header = [h.split(":")[0] for h in next(fh).rstrip("\n").split("\t")]
-        return header, [line.rstrip("\n").split("\t") for line in fh]
-
-
-def ml1m_samples(data_root: Path, n: int, seed: int, history: int = 10,
-                 num_candidates: int = 30) -> tuple[list[Sample], dict[str, str]]:
-    """Leave-one-out samples of `n` random ML-1M users (benchmark input only)."""
-    header, rows = _read_recbole(data_root / "ml-1m" / "ml-1m.item")
-    i_id, i_title = header.index("item_id"), header.index("title")
-    items = {r[i_id]: " ".join(r[i_title].split()) for r in rows if r[i_title].strip()}
-    header, rows = _read_recbole(data_root / "ml-1m" / "ml-1m.inter")
-    u, i, t = header.index("user_id"), header.index("item_id"), header.index("timestamp")
-    seqs: dict[str, list[tuple[float, str]]] = {}
-    for r in rows:
-        if r[i] in items:
-            seqs.setdefault(r[u], []).append((float(r[t]), r[i]))
-    rng = random.Random(seed)
-    pool = sorted(items)
-    samples = []
-    for user in rng.sample(sorted(seqs), n):
-        seq = [x for _, x in sorted(seqs[user])]
-        target, hist = seq[-1], seq[:-1][-history:]
-        seen = set(seq)
-        negs: list[str] = []
-        while len(negs) < num_candidates - 1:
-            c = rng.choice(pool)
-            if c not in seen and c not in negs:
-                negs.append(c)
-        cands = [target, *negs]
-        rng.shuffle(cands)
-        samples.append(Sample(f"{user}-bench", user, hist, target, cands))
-    return samples, items
+from reccocktail.models.backbone import load_backbone
+from reccocktail.utils.io import write_json
 
 
 def main() -> None:
@@ -95,21 +53,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    bcfg = OmegaConf.load(ROOT / "conf" / "backbone" / f"{args.backbone}.yaml")
-    cache = os.environ.get("RECCOCKTAIL_CACHE", str(ROOT / "outputs" / "cache"))
-    bcfg.cache_dir = cache
-    if "tokenizer" in bcfg:
-        bcfg.tokenizer.cache_dir = cache
-    bcfg = OmegaConf.merge(bcfg, OmegaConf.from_dotlist(args.set))
+    bcfg = OmegaConf.merge(backbone_config(args.backbone), OmegaConf.from_dotlist(args.set))
     n = args.users + 1
     if args.data_dir:
         items = load_items(args.data_dir / "items.tsv")
         samples = load_samples(args.data_dir / "test.jsonl", items)[:n]
         source = str(args.data_dir)
     else:
-        root = Path(os.environ.get("RECCOCKTAIL_DATA", ROOT.parent / "shared" / "data"))
-        samples, items = ml1m_samples(root, n, args.seed)
-        source = str(root / "ml-1m")
+        samples, items = ml1m_samples(DATA_ROOT, n, args.seed)
+        source = str(DATA_ROOT / "ml-1m")
     model, tok = load_backbone(bcfg, device=args.device)
     domain = OmegaConf.create({"prompt": {"noun": "movie", "verb": "watched"}})
     pb = build_prompt_builder(tok, items, domain, bcfg, max_title_tokens=32)

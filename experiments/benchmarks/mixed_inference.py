@@ -20,39 +20,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from common import DATA_ROOT, ROOT, backbone_config  # puts the repository on sys.path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from reccocktail.cocktail.entropy import (  # noqa: E402
+from reccocktail.cocktail.entropy import (
     EntropyMixModule,
     LoraMixer,
     left_pad,
     trim_left_padding,
 )
-from reccocktail.cocktail.mix import load_adapter, mix_and_save  # noqa: E402
-from reccocktail.data.prompts import PromptBuilder  # noqa: E402
-from reccocktail.models.backbone import load_backbone, lora_config  # noqa: E402
-from reccocktail.utils.io import write_json  # noqa: E402
-
-
-def _backbone_cfg(name: str):
-    cfg = OmegaConf.load(ROOT / "conf" / "backbone" / f"{name}.yaml")
-    cache = os.environ.get("RECCOCKTAIL_CACHE", str(ROOT / "outputs" / "cache"))
-    cfg.cache_dir = cache
-    if "tokenizer" in cfg:
-        cfg.tokenizer.cache_dir = cache
-    return cfg
+from reccocktail.cocktail.mix import load_adapter, mix_and_save
+from reccocktail.data.prompts import PromptBuilder
+from reccocktail.models.backbone import load_backbone, lora_config
+from reccocktail.utils.io import write_json
 
 
 def _ml100k(data_root: Path) -> tuple[dict[str, str], int]:
@@ -126,8 +112,7 @@ def _peft(cfg, folder: Path, merge: bool = False):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="smollm2_135m")
-    ap.add_argument("--data", default=os.environ.get("RECCOCKTAIL_DATA",
-                                                     str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(DATA_ROOT))
     ap.add_argument("--batch", type=int, default=1, help="prompts per timed forward")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--num-prompts", type=int, default=50)
@@ -143,7 +128,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = _backbone_cfg(args.backbone)
+    cfg = backbone_config(args.backbone)
     items, epoch_samples = _ml100k(Path(args.data))
     bare, tok = load_backbone(cfg)
     builder = PromptBuilder(tokenizer=tok, items=items, noun="movie", verb="watched",

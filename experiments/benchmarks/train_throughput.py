@@ -27,68 +27,25 @@ import argparse
 import logging
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import DATA_ROOT, ROOT, backbone_config, ml1m_samples  # puts the repository on sys.path
+from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from omegaconf import OmegaConf  # noqa: E402
-
-from reccocktail.data.prompts import build_prompt_builder  # noqa: E402
-from reccocktail.data.samples import Sample, load_items, load_samples  # noqa: E402
-from reccocktail.models.backbone import load_tokenizer  # noqa: E402
-from reccocktail.models.datamodule import (  # noqa: E402
+from reccocktail.data.prompts import build_prompt_builder
+from reccocktail.data.samples import load_items, load_samples
+from reccocktail.models.backbone import load_tokenizer
+from reccocktail.models.datamodule import (
     InstructionDataModule,
     LengthGroupedBatchSampler,
     padding_fraction,
 )
-from reccocktail.models.tuning import build_peft_model, response_loss  # noqa: E402
-from reccocktail.utils.io import write_json  # noqa: E402
+from reccocktail.models.tuning import build_peft_model, response_loss
+from reccocktail.utils.io import write_json
 
 log = logging.getLogger("train_throughput")
-
-
-def ml1m_samples(data_root: Path, n: int, seed: int = 0, history: int = 10,
-                 num_candidates: int = 30) -> tuple[list[Sample], dict[str, str]]:
-    """Leave-one-out test-like samples of `n` random ML-1M users (benchmark input only)."""
-    d = data_root / "ml-1m"
-    items: dict[str, str] = {}
-    with open(d / "ml-1m.item", encoding="utf-8") as fh:
-        header = next(fh).rstrip("\n").split("\t")
-        i_id, i_title = header.index("item_id:token"), header.index("title:token_seq")
-        for line in fh:
-            row = line.rstrip("\n").split("\t")
-            if row[i_title].strip():
-                items[row[i_id]] = " ".join(row[i_title].split())
-    seqs: dict[str, list[tuple[float, str]]] = {}
-    with open(d / "ml-1m.inter", encoding="utf-8") as fh:
-        header = next(fh).rstrip("\n").split("\t")
-        u, i, t = (header.index(k) for k in ("user_id:token", "item_id:token", "timestamp:float"))
-        for line in fh:
-            row = line.rstrip("\n").split("\t")
-            if row[i] in items:
-                seqs.setdefault(row[u], []).append((float(row[t]), row[i]))
-    rng = random.Random(seed)
-    users = rng.sample(sorted(seqs), n)
-    all_items = sorted(items)
-    out = []
-    for user in users:
-        seq = [x for _, x in sorted(seqs[user])]
-        target, hist = seq[-1], seq[:-1][-history:]
-        seen = set(seq)
-        negs: list[str] = []
-        while len(negs) < num_candidates - 1:
-            c = rng.choice(all_items)
-            if c not in seen and c not in negs:
-                negs.append(c)
-        cands = [*negs, target]
-        rng.shuffle(cands)
-        out.append(Sample(id=user, user=user, history=hist, target=target, candidates=cands))
-    return out, items
 
 
 class PlainLoop:
@@ -177,8 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="smollm2_135m", help="a conf/backbone/*.yaml name")
     ap.add_argument("--data-dir", type=Path, default=None, help="a run's data/ folder")
-    ap.add_argument("--data-root", type=Path,
-                    default=Path(os.environ.get("RECCOCKTAIL_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data-root", type=Path, default=DATA_ROOT)
     ap.add_argument("--num-samples", type=int, default=256, help="samples for the padding measurement")
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per loop (+1 warm-up)")
     ap.add_argument("--batch-size", type=int, default=4)
@@ -189,11 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("RECCOCKTAIL_CACHE", str(ROOT / "outputs" / "cache"))
 
-    backbone = OmegaConf.load(ROOT / "conf" / "backbone" / f"{args.backbone}.yaml")
-    backbone.cache_dir = os.environ["RECCOCKTAIL_CACHE"]
-    if "tokenizer" in backbone:
-        backbone.tokenizer.cache_dir = os.environ["RECCOCKTAIL_CACHE"]
-    backbone = OmegaConf.to_container(backbone)
+    backbone = OmegaConf.to_container(backbone_config(args.backbone))
     if args.data_dir is not None:
         items = load_items(args.data_dir / "items.tsv")
         samples = load_samples(args.data_dir / "train.jsonl", items)
