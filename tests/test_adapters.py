@@ -103,7 +103,7 @@ def test_base_spirit_is_trained_once_and_reused_by_another_domain(tiny_llama_cfg
     m = ad.read_manifest(g_a)
     assert m["kind"] == "general" and m["init_seed"] == 0 and m["key"] == out_a["key"]
     assert m["data_hash"] == ad.general_data_hash(run_a / "data")
-    cached = ad.lookup_cached(tmp_path / "cache", out_a["key"])
+    cached = ad.lookup_cached(tmp_path / "cache", out_a["key"], "general")
     assert cached is not None
 
     # a second domain's run: same general pool, another target split -> reuses G and says so

@@ -160,12 +160,13 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 def greedy_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   k: int) -> torch.Tensor:
     """The k greedy response tokens [b, k] of left-padded prompts (KV cache, no early stop)."""
+    positions = _positions(attention_mask)
     out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=_positions(attention_mask), use_cache=True, logits_to_keep=1)
+                position_ids=positions, use_cache=True, logits_to_keep=1)
     # transformers 5 renamed past_key_values to cache (the old name warns until 5.40)
     name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
     tokens = [out.logits[:, -1].argmax(-1)]
-    mask, pos = attention_mask, _positions(attention_mask)[:, -1:]
+    mask, pos = attention_mask, positions[:, -1:]
     for _ in range(k - 1):
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         pos = pos + 1

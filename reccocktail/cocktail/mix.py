@@ -18,7 +18,6 @@ what is learned is exactly what is written.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -29,7 +28,8 @@ from typing import Any
 
 import torch
 
-from reccocktail.utils.io import atomic_dir, to_plain
+from reccocktail.models.adapters import load_adapter_weights
+from reccocktail.utils.io import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +81,12 @@ def model_module_name(key: str) -> str:
 
 def load_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
     """Read a PEFT LoRA folder (safetensors + adapter_config.json, manifest.json if present)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
     for f in (cfg_file, weights):
         if not f.exists():
             raise FileNotFoundError(f"{f}: no such file (is {path} a PEFT adapter folder?)")
-    try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_file}:{err.lineno}: invalid JSON ({err.msg})") from err
+    config = read_json(cfg_file)
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LORA")
     for key in ("r", "lora_alpha", "target_modules"):
@@ -104,7 +99,7 @@ def load_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
         raise ValueError(f"{cfg_file}: LoRA options {unsupported} are not supported by the mixer")
     A: dict[str, torch.Tensor] = {}
     B: dict[str, torch.Tensor] = {}
-    for key, tensor in load_file(str(weights)).items():
+    for key, tensor in load_adapter_weights(path).items():
         for suffix, kind in _SUFFIXES.items():
             if key.endswith(suffix):
                 (A if kind == "A" else B)[key[: -len(suffix)]] = tensor
@@ -114,9 +109,7 @@ def load_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
     if set(A) != set(B) or not A:
         raise ValueError(f"{weights}: modules without both lora_A and lora_B: "
                          f"{sorted(set(A) ^ set(B)) or 'no LoRA tensors at all'}")
-    manifest: dict[str, Any] = {}
-    if (path / MANIFEST_FILE).exists():
-        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = read_json(path / MANIFEST_FILE) if (path / MANIFEST_FILE).exists() else {}
     return LoraAdapter(config=config, A=A, B=B, manifest=manifest, name=name or path.name)
 
 
@@ -247,10 +240,8 @@ def save_adapter(path: str | Path, config: Mapping[str, Any], tensors: Mapping[s
     with atomic_dir(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                   str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(to_plain(dict(config)), indent=2) + "\n",
-                                       encoding="utf-8")
-        (tmp / MANIFEST_FILE).write_text(json.dumps(to_plain(dict(manifest)), indent=2) + "\n",
-                                         encoding="utf-8")
+        write_json(tmp / CONFIG_FILE, dict(config))
+        write_json(tmp / MANIFEST_FILE, dict(manifest))
     return path
 
 

@@ -162,14 +162,17 @@ def general_cache_key(backbone_cfg: Any, data_hash: str, tuning_cfg: Any, prompt
                        to_plain(prompt_cfg))
 
 
-def adapter_cache_dir(cache_dir: str | os.PathLike, key: str, kind: str = "general") -> Path:
+def holds_adapter(path: str | os.PathLike, key: str) -> bool:
+    """True when `path` is a complete adapter folder whose manifest carries `key`."""
+    return is_adapter_dir(path) and read_manifest(path).get("key") == key
+
+
+def adapter_cache_dir(cache_dir: str | os.PathLike, key: str, kind: str) -> Path:
     return Path(cache_dir) / "adapters" / kind / key
 
 
-def lookup_cached(cache_dir: str | os.PathLike, key: str, kind: str = "general") -> Path | None:
+def lookup_cached(cache_dir: str | os.PathLike, key: str, kind: str) -> Path | None:
     """The cached adapter of `kind` (general: the base spirit; specific: an ingredient) for
     `key`, or None."""
     path = adapter_cache_dir(cache_dir, key, kind)
-    if is_adapter_dir(path) and read_manifest(path).get("key") == key:
-        return path
-    return None
+    return path if holds_adapter(path, key) else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,14 +201,10 @@ def _launched_rank() -> int:
 def _wait_for_adapter(path: Path, key: str, timeout_s: float = 600.0) -> None:
     """Other ranks wait for rank 0 to copy the adapter rather than race it on the same folder."""
     t0 = time.time()
-    while not _existing(path, key):
+    while not ad.holds_adapter(path, key):
         if time.time() - t0 > timeout_s:
             raise TimeoutError(f"rank {_launched_rank()}: {path} did not appear within {timeout_s}s")
         time.sleep(0.5)
-
-
-def _existing(dest: Path, key: str) -> bool:
-    return ad.is_adapter_dir(dest) and ad.read_manifest(dest).get("key") == key
 
 
 def _with_defaults(cfg: DictConfig, t: dict) -> dict:
@@ -225,6 +222,9 @@ def _cache_dir(cfg: DictConfig) -> Path:
                 or OmegaConf.select(cfg, "backbone.cache_dir", default="outputs/cache"))
 
 
+_LABELS = {"general": "base spirit", "specific": "ingredient"}
+
+
 def _from_cache(cache_dir: Path, kind: str, key: str, dest: Path) -> dict | None:
     """Copy the cached adapter of `kind` for `key` into the run (rank 0; the other ranks wait
     for it) and return the stage summary, or None when there is none."""
@@ -237,9 +237,37 @@ def _from_cache(cache_dir: Path, kind: str, key: str, dest: Path) -> dict | None
         _wait_for_adapter(dest, key)
     trained_in = ad.read_manifest(cached).get("trained_in")
     log.info("%s: reusing cached adapter %s (trained in %s) from %s",
-             "base spirit" if kind == "general" else "ingredient", key, trained_in, cached)
+             _LABELS[kind], key, trained_in, cached)
     return {"adapter": str(dest), "key": key, "reused": "cache", "cache": str(cached),
             "trained_in": trained_in}
+
+
+def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str, data_hash: str,
+                    extra: dict, load_data: Callable[[], tuple[dict[str, str], list[Sample],
+                                                               list[Sample]]],
+                    init_adapter: Path | None = None) -> dict:
+    """The adapter of `kind` for `key` into `adapters/<kind>/`: kept when the run already holds
+    it, copied from the cache when there, else trained on `load_data()` (items, train, val),
+    saved and cached. `extra` (with the `prompt`) goes into the manifest."""
+    dest = out_dir / "adapters" / kind
+    if ad.holds_adapter(dest, key):
+        log.info("%s: %s already holds adapter %s; not training again", _LABELS[kind], dest, key)
+        return {"adapter": str(dest), "key": key, "reused": "run"}
+    cache_dir = _cache_dir(cfg)
+    reused = _from_cache(cache_dir, kind, key, dest) if t.get("reuse", True) else None
+    if reused:
+        return reused
+
+    items, train, val = load_data()
+    builder = _prompt_builder(cfg, items, extra["prompt"])
+    model, metrics, trainer = train_adapter(cfg, out_dir, kind, t, train, val, builder, key,
+                                            init_adapter=str(init_adapter) if init_adapter else None)
+    if trainer.is_global_zero:
+        ad.save_adapter(model, dest, _manifest(cfg, kind, t, data_hash, key, metrics, out_dir, extra))
+        if t.get("reuse", True):
+            ad.copy_adapter(dest, ad.adapter_cache_dir(cache_dir, key, kind))
+    _barrier(trainer)
+    return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}
 
 
 def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
@@ -251,33 +279,19 @@ def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
     data_hash = ad.general_data_hash(data_dir)
     prompt = _prompt_cfg(cfg, general=True)
     key = ad.general_cache_key(cfg.backbone, data_hash, result_config(t), prompt)
-    dest = out_dir / "adapters" / "general"
-    cache_dir = _cache_dir(cfg)
 
-    if _existing(dest, key):
-        log.info("base spirit: %s already holds adapter %s; not training again", dest, key)
-        return {"adapter": str(dest), "key": key, "reused": "run"}
-    reused = _from_cache(cache_dir, "general", key, dest) if t.get("reuse", True) else None
-    if reused:
-        return reused
+    def load_data():
+        items = load_items(gen_dir / "items.tsv")
+        train = _load_split(gen_dir / "train.jsonl", items)
+        val = _load_split(gen_dir / "valid.jsonl", items, required=False)
+        if t.get("include_valid", False):
+            train, val = train + val, []
+        train = select_subset(train, t.get("fraction"), t.get("max_samples"), seed=int(t["seed"]))
+        val = select_subset(val, None, t.get("val_max_samples"), seed=int(t["seed"])) if val else []
+        log.info("base spirit: training on %d general samples (key %s)", len(train), key)
+        return items, train, val
 
-    items = load_items(gen_dir / "items.tsv")
-    train = _load_split(gen_dir / "train.jsonl", items)
-    val = _load_split(gen_dir / "valid.jsonl", items, required=False)
-    if t.get("include_valid", False):
-        train, val = train + val, []
-    train = select_subset(train, t.get("fraction"), t.get("max_samples"), seed=int(t["seed"]))
-    val = select_subset(val, None, t.get("val_max_samples"), seed=int(t["seed"])) if val else []
-    log.info("base spirit: training on %d general samples (key %s)", len(train), key)
-    builder = _prompt_builder(cfg, items, prompt)
-    model, metrics, trainer = train_adapter(cfg, out_dir, "general", t, train, val, builder, key)
-    if trainer.is_global_zero:
-        manifest = _manifest(cfg, "general", t, data_hash, key, metrics, out_dir, {"prompt": prompt})
-        ad.save_adapter(model, dest, manifest)
-        if t.get("reuse", True):
-            ad.copy_adapter(dest, ad.adapter_cache_dir(cache_dir, key))
-    _barrier(trainer)
-    return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}
+    return _reuse_or_train(cfg, out_dir, "general", t, key, data_hash, {"prompt": prompt}, load_data)
 
 
 def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[Sample]:
@@ -315,27 +329,15 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
         extra["init_from"] = {"adapter": "general", "key": g.get("key")}
         t["init_seed"] = int(g["init_seed"])
     key = stable_hash(ad.backbone_identity(cfg.backbone), data_hash, result_config(t), prompt, extra)
-    dest = out_dir / "adapters" / "specific"
-    if _existing(dest, key):
-        log.info("ingredient: %s already holds adapter %s; not training again", dest, key)
-        return {"adapter": str(dest), "key": key, "reused": "run"}
-    cache_dir = _cache_dir(cfg)
-    reused = _from_cache(cache_dir, "specific", key, dest) if t.get("reuse", True) else None
-    if reused:
-        return reused
 
-    items = load_items(data_dir / "items.tsv")
-    train = _load_split(data_dir / "train.jsonl", items)
-    valid = _load_split(data_dir / "valid.jsonl", items)
-    samples = specific_samples(train, valid, t)
-    log.info("ingredient: training on %d samples (%d valid + sampled train; key %s)",
-             len(samples), len(valid), key)
-    builder = _prompt_builder(cfg, items, prompt)
-    model, metrics, trainer = train_adapter(cfg, out_dir, "specific", t, samples, [], builder, key,
-                                            init_adapter=str(init_adapter) if init_adapter else None)
-    if trainer.is_global_zero:
-        ad.save_adapter(model, dest, _manifest(cfg, "specific", t, data_hash, key, metrics, out_dir, extra))
-        if t.get("reuse", True):
-            ad.copy_adapter(dest, ad.adapter_cache_dir(cache_dir, key, "specific"))
-    _barrier(trainer)
-    return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}
+    def load_data():
+        items = load_items(data_dir / "items.tsv")
+        train = _load_split(data_dir / "train.jsonl", items)
+        valid = _load_split(data_dir / "valid.jsonl", items)
+        samples = specific_samples(train, valid, t)
+        log.info("ingredient: training on %d samples (%d valid + sampled train; key %s)",
+                 len(samples), len(valid), key)
+        return items, samples, []
+
+    return _reuse_or_train(cfg, out_dir, "specific", t, key, data_hash, extra, load_data,
+                           init_adapter=init_adapter)

@@ -73,8 +73,9 @@ def response_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 def build_peft_model(backbone_cfg: Any, init_seed: int, gradient_checkpointing: bool = False,
                      init_adapter: str | None = None):
     """Backbone + a fresh LoRA (seeded) or a trainable copy of `init_adapter` (second round)."""
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
+    from reccocktail.models.adapters import load_adapter
     from reccocktail.models.backbone import load_backbone, lora_config
 
     model, _ = load_backbone(backbone_cfg)
@@ -91,7 +92,7 @@ def build_peft_model(backbone_cfg: Any, init_seed: int, gradient_checkpointing: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(init_seed))
         if init_adapter:
-            peft_model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+            peft_model = load_adapter(model, init_adapter, is_trainable=True)
         else:
             peft_model = get_peft_model(model, lora_config(backbone_cfg))
     return peft_model
@@ -184,18 +185,17 @@ class InstructionTuningModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints: trainable weights only ------------------------------------------
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
+    def _trainable_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        names = self._trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
         checkpoint["tuning_stats"] = {"tokens_seen": self.tokens_seen,
                                       "pad_tokens_seen": self.pad_tokens_seen}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        names = self._trainable_names()
         missing = names - set(checkpoint.get("state_dict", {}))
         if names and missing:
             raise ValueError(
