@@ -16,20 +16,22 @@ the paper's case study.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.data.titles import clean_title
+from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import iter_jsonl, read_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 
 def _norm(title: str) -> str:
-    return re.sub(r"\s+", " ", title).strip().casefold()
+    """A typed title as the data stage cleans titles (HTML entities, spaces, `||`), caseless."""
+    return clean_title(title).casefold()
 
 
 class ItemResolver:
@@ -51,14 +53,14 @@ class ItemResolver:
         found = self._by_title.get(_norm(text))
         if found is not None:
             return found
-        # A free-text title: give it a private id that can never collide with a real one.
-        item_id = f"title:{text}"
+        # A free-text title, cleaned like the catalogue's titles (`Tom &amp; Jerry` is shown and
+        # scored as `Tom & Jerry`), under a private id that can never collide with a real one.
+        title = clean_title(text)
+        item_id = f"title:{title}"
         if item_id not in self.items:
-            if re.search(r"[\t\n]", text):
-                raise ValueError(f"{where}: a title must not contain tabs or newlines: {text!r}")
-            self.items[item_id] = text
-            self._by_title[_norm(text)] = item_id
-            self.free.append(text)
+            self.items[item_id] = title
+            self._by_title[_norm(title)] = item_id
+            self.free.append(title)
         return item_id
 
 
@@ -99,15 +101,19 @@ def _items_path(rc: DictConfig) -> Path | None:
 
 
 def load_model(cfg: DictConfig):
-    """(model, tokenizer): the backbone with `recommend.adapter` on it (unless null/none)."""
+    """(model, tokenizer, prompt format): the backbone with `recommend.adapter` on it (unless
+    null/none), and the format that adapter was trained in (else `tuning.objective`)."""
+    from reccocktail.data.prompts import adapter_format, prompt_format
     from reccocktail.models.backbone import load_backbone
 
     rc = cfg.recommend
-    device = rc.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg, "recommend.device")
     model, tokenizer = load_backbone(cfg.backbone, device=device)
+    place_backbone(model, device, cfg, "recommend")
     adapter = rc.get("adapter")
+    fmt = prompt_format(cfg)
     if adapter and str(adapter).lower() not in ("none", "null"):
-        from reccocktail.models.adapters import load_adapter
+        from reccocktail.models.adapters import check_backbone, load_adapter
 
         path = Path(adapter)
         if not (path / "adapter_config.json").exists():
@@ -117,16 +123,12 @@ def load_model(cfg: DictConfig):
             )
         manifest = path / "manifest.json"
         if manifest.exists():
-            trained_on = read_json(manifest).get("backbone")
-            if trained_on and trained_on != cfg.backbone.name:
-                raise ValueError(
-                    f"recommend.adapter: {path} was trained on backbone {trained_on!r}, but "
-                    f"backbone={cfg.backbone.name!r}; pass backbone={trained_on}"
-                )
-        model = load_adapter(model, path)
-        model.to(device)
+            fmt = adapter_format(read_json(manifest))
+            # the full weights identity (source, path, init seed, architecture), not the name
+            check_backbone(read_json(manifest), cfg.backbone, f"recommend.adapter: {path}")
+        model = place_backbone(load_adapter(model, path), device, cfg, "recommend (adapter)")
     model.eval()
-    return model, tokenizer
+    return model, tokenizer, fmt
 
 
 @torch.no_grad()
@@ -154,7 +156,7 @@ def explain(model: Any, builder: Any, history: list[str], candidates: list[str],
     input_ids = torch.tensor([ids], device=device)
     out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                          max_new_tokens=int(max_new_tokens), do_sample=False,
-                         pad_token_id=tok.pad_token_id, eos_token_id=builder.eos_token_id)
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     return tok.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 
 
@@ -206,10 +208,10 @@ def run_recommend(cfg: DictConfig) -> dict[str, Any]:
         log.info("%d entr%s used as free-text titles (not ids or titles of %s)", len(resolver.free),
                  "y" if len(resolver.free) == 1 else "ies", items_path or "any items.tsv")
 
-    model, tokenizer = load_model(cfg)
+    model, tokenizer, fmt = load_model(cfg)
     builder = build_prompt_builder(tokenizer, resolver.items, cfg.get("domain"), cfg.backbone,
                                    max_title_tokens=int(OmegaConf.select(cfg, "data.max_title_tokens",
-                                                                         default=32)))
+                                                                         default=32)), fmt=fmt)
     scorer = LikelihoodScorer(model, builder, batch_size=int(rc.get("batch_size", 8)),
                               normalize=bool(rc.get("normalize", False)))
     results = []

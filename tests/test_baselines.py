@@ -269,6 +269,9 @@ def test_stage_scores_the_eval_stages_samples(planted, tmp_path, monkeypatch):
         assert all(len(p["scores"]) == 30 and 1 <= p["rank"] <= 30 for p in preds)
         assert results[name]["kind"] == "baseline"
         assert 0.0 <= results[name]["metrics"]["ndcg@1"] <= 1.0
+        ci = results[name]["ci"]  # a 95 % bootstrap interval for every metric
+        assert set(ci) == set(results[name]["metrics"])
+        assert all(lo <= results[name]["metrics"][m] <= hi for m, (lo, hi) in ci.items())
     with pytest.raises(ValueError, match="unknown name"):
         bstage.baseline_names(["sasrec", "bert4rec"])
 

@@ -233,3 +233,59 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_llama_cfg, random_adapt
     assert full.abs().max() > 0
     assert torch.allclose(full, micro, rtol=1e-4, atol=1e-7)
     assert abs(h_full - h_micro) < 1e-4
+
+
+def test_positions_after_the_end_token_are_masked_and_carry_no_gradient(tiny_llama_cfg,
+                                                                        random_adapters):
+    from reccocktail.cocktail.entropy import answer_positions
+
+    tokens = torch.tensor([[7, 2, 9, 9], [5, 6, 8, 2], [2, 4, 4, 4]])
+    keep = answer_positions(tokens, stop_ids=[2])
+    assert keep.tolist() == [[True, True, False, False], [True, True, True, True],
+                             [True, False, False, False]]
+    assert answer_positions(tokens, None).all()
+    model = _fresh(tiny_llama_cfg, embed_scale=10.0)
+    module = EntropyMixModule(model, random_adapters, k=3)
+    ids, mask = left_pad(_prompts(2), 0)
+    module.mixer.set_weights(module.lambdas())
+    stop = int(greedy_tokens(model, ids, mask, 1)[0, 0])  # prompt 0's first answer token ends it
+    tokens = greedy_tokens(model, ids, mask, 3)
+    # prompt 0 keeps only its first position: its later positions carry no gradient
+    keep = answer_positions(tokens, [stop])
+    assert keep[0].tolist() == [True, False, False]
+    prompts = _prompts(2)
+    expected, count = 0.0, 0
+    with torch.no_grad():
+        for i, p in enumerate(prompts):  # each kept position alone, no padding
+            for j in range(3):
+                if keep[i, j]:
+                    one = torch.tensor([p + tokens[i, :j].tolist()])
+                    expected += float(response_entropy(model, one, torch.ones_like(one),
+                                                       tokens[i:i + 1, j:j + 1]))
+                    count += 1
+    logits = module.lambda_logits.detach().clone().requires_grad_(True)
+    module.mixer.set_weights(logits.softmax(-1))
+    h = response_entropy(model, ids, mask, tokens, stop_ids=[stop])
+    assert h.item() == pytest.approx(expected / count, abs=1e-4)
+    assert h.item() != pytest.approx(response_entropy(model, ids, mask, tokens).item(), abs=1e-6)
+    assert torch.autograd.grad(h, logits)[0].abs().max() > 0
+
+
+def test_mixing_runs_in_fp32_in_a_bf16_model_and_matches_the_export(tiny_llama_cfg,
+                                                                   random_adapters):
+    from reccocktail.cocktail.mix import mix_adapters, mix_factors
+
+    model = _fresh(tiny_llama_cfg).to(torch.bfloat16)
+    mixer = LoraMixer(model, random_adapters, "ab")
+    lam = torch.tensor([0.3137, 0.6863])
+    mixer.set_weights(lam)
+    _, exported = mix_adapters(random_adapters, lam.tolist(), "ab")
+    for key, layer in zip(mixer.keys, mixer.layers):
+        As, Bs = layer.factors()
+        assert all(t.dtype == torch.float32 for t in (*As, *Bs))
+        A, B, s = mix_factors(As, Bs, layer.scalings, layer.weights.float(), "ab", layer.keep_scaling)
+        ea = exported[f"{key}.lora_A.weight"].float()
+        eb = exported[f"{key}.lora_B.weight"].float()
+        assert (A - ea).abs().max() < 1e-6 and (B - eb).abs().max() < 1e-6
+    out = model(input_ids=torch.tensor([[5, 6, 7]])).logits
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()

@@ -366,3 +366,25 @@ def test_stage_grid_with_the_real_likelihood_scorer(adapters, tiny_llama_cfg, tm
     assert len(info["grid"]) == 2 and all(0.0 <= r["ndcg@1"] <= 1.0 for r in info["grid"])
     best = max(info["grid"], key=lambda r: (r["ndcg@1"], r["ndcg@3"]))
     assert summary["lambdas"] == best["lambda"]
+
+
+def test_stage_grid_refuses_users_that_trained_s(adapters, tiny_llama_cfg, tmp_path):
+    """The grid's validation users must not have trained S (recorded in S's manifest)."""
+    from reccocktail.cocktail.stage import run_mix_stage
+    from reccocktail.data.samples import load_samples
+    from reccocktail.data.selection import selection_samples
+
+    out = _run_dir(tmp_path, adapters)
+    cfg = _cfg(out, tiny_llama_cfg, name="grid", grid=[0.0, 0.7], grid_max_users=2)
+    grid_users = {s.user for s in selection_samples(load_samples(out / "data" / "valid.jsonl"),
+                                                   cfg.mix, 0)}
+    mpath = out / "adapters" / "specific" / "manifest.json"
+    manifest = read_json(mpath)
+    manifest.setdefault("config", {})["valid_users_trained"] = [sorted(grid_users)[0], "u99"]
+    write_json(mpath, manifest)
+    with pytest.raises(ValueError, match="trained the ingredient"):
+        run_mix_stage(cfg, out, scorer_factory=_LambdaReadingScorer, metrics_fn=_metrics)
+    manifest["config"]["valid_users_trained"] = ["u99"]
+    write_json(mpath, manifest)
+    run_mix_stage(cfg, out, scorer_factory=_LambdaReadingScorer, metrics_fn=_metrics)
+    assert set(read_json(out / "mix" / "lambda.json")["valid_users"]) == grid_users

@@ -80,7 +80,8 @@ def test_recbole_missing_file_names_it(tmp_path):
 
 def test_ml100k_latin1_titles(tmp_path):
     (tmp_path / "u.data").write_text("1\t10\t5\t881250949\n2\t10\t3\t881250950\n")
-    (tmp_path / "u.item").write_bytes("10|Café Society (1995)|01-Jan-1995||http://x|0|1\n"
+    flags = "|".join(["0"] * 18 + ["1"])  # u.item has exactly 24 fields
+    (tmp_path / "u.item").write_bytes(f"10|Café Society (1995)|01-Jan-1995||http://x|{flags}\n"
                                       .encode("latin-1"))
     t = read_ml100k(tmp_path)
     assert t.titles["10"] == "Café Society (1995)"

@@ -32,11 +32,13 @@ def make_cfg(**recommend) -> DictConfig:
 
 
 def reference_scores(model, cfg: DictConfig, items: dict[str, str], history: list[str],
-                     candidates: list[str]) -> torch.Tensor:
-    """log p(title + eos | prompt) from one full forward pass per candidate (no shared cache)."""
+                     candidates: list[str], fmt: str) -> torch.Tensor:
+    """log p(answer | prompt) from one full forward pass per candidate (no shared cache), in
+    the prompt format `fmt` that recommend used."""
     from reccocktail.models.backbone import load_tokenizer
 
-    pb = build_prompt_builder(load_tokenizer(cfg.backbone), items, cfg.domain, cfg.backbone)
+    pb = build_prompt_builder(load_tokenizer(cfg.backbone), items, cfg.domain, cfg.backbone,
+                              fmt=fmt)
     out = []
     with torch.no_grad():
         for c in candidates:
@@ -96,10 +98,10 @@ def test_bare_backbone_ranking_matches_reference(items_tsv: Path):
     assert scores == sorted(scores, reverse=True)
     assert sum(r["share"] for r in ranking) == pytest.approx(1.0)
     assert res["history"] == ["Toy Story (1995)", "GoldenEye (1995)"]
-    model, _ = load_model(cfg)
+    model, _, fmt = load_model(cfg)
     items = {**ITEMS, "title:Not In Catalog": "Not In Catalog"}
     cands = ["3", "4", "5", "6", "title:Not In Catalog"]
-    ref = reference_scores(model, cfg, items, ["1", "2"], cands)
+    ref = reference_scores(model, cfg, items, ["1", "2"], cands, fmt)
     got = torch.tensor([next(r["score"] for r in ranking if r["item"] == c) for c in cands])
     torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-4)
 
@@ -115,9 +117,9 @@ def test_adapter_changes_scores_and_items_come_from_run(lora_adapter: Path):
     b = {r["item"]: r["score"] for r in bare["requests"][0]["ranking"]}
     assert max(abs(a[k] - b[k]) for k in a) > 1e-3  # the adapter is really applied
     cfg = make_cfg(adapter=str(lora_adapter))
-    model, _ = load_model(cfg)
+    model, _, fmt = load_model(cfg)
     order = ["2", "3", "4", "5", "6", "7"]
-    ref = reference_scores(model, cfg, ITEMS, ["1"], order)
+    ref = reference_scores(model, cfg, ITEMS, ["1"], order, fmt)
     torch.testing.assert_close(torch.tensor([a[k] for k in order]), ref, atol=1e-3, rtol=1e-4)
 
 

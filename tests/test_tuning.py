@@ -369,3 +369,26 @@ def test_pipeline_runs_both_stages_from_the_hydra_config(tmp_path):
     assert g["init_seed"] == s["init_seed"] == cfg.seed
     assert g["config"]["tuning"]["max_samples"] == 8 and s["kind"] == "specific"
     assert (out / "stages" / "specific.json").is_file()
+
+
+def test_grid_validation_users_are_held_out_of_the_ingredient(tiny_llama_cfg, tmp_path):
+    """With mix=grid, the validation users the grid will score never train S (instruction
+    objective, include_valid); the held-out set is recorded and equals the grid's choice."""
+    from reccocktail.data.samples import load_samples
+    from reccocktail.data.selection import selection_samples
+    from reccocktail.models.adapters import read_manifest
+    from reccocktail.models.stage import run_specific_stage
+
+    out = tmp_path / "run"
+    write_domain(out / "data", n_valid=6, general=False)
+    cfg = make_cfg(out, tiny_llama_cfg, max_steps=1)
+    cfg.mix = {"name": "grid", "grid_max_users": 2}
+    run_specific_stage(cfg, out)
+    conf = read_manifest(out / "adapters" / "specific")["config"]
+    valid = load_samples(out / "data" / "valid.jsonl")
+    grid_users = {s.user for s in selection_samples(valid, cfg.mix, 0)}
+    assert set(conf["held_out_valid_users"]) == grid_users and len(grid_users) == 2
+    assert not grid_users & set(conf["valid_users_trained"])
+    assert grid_users | set(conf["valid_users_trained"]) == {s.user for s in valid}
+    cfg.mix = {"name": "entropy"}  # nothing selects on validation data: no one held out
+    assert selection_samples(valid, cfg.mix, 0) == []

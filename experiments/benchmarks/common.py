@@ -37,13 +37,20 @@ def _read_recbole(path: Path) -> tuple[list[str], list[list[str]]]:
 
 def ml1m_samples(data_root: Path, n: int, seed: int = 0, history: int = 10,
                  num_candidates: int = 30) -> tuple[list[Sample], dict[str, str]]:
-    """Leave-one-out test-like samples of `n` random ML-1M users (benchmark input only): the
-    user's last item is the target, up to `history` items before it the history, items the user
-    never rated the negatives. Returns the samples and the titles."""
-    header, rows = _read_recbole(data_root / "ml-1m" / "ml-1m.item")
+    """Leave-one-out test-like samples of `n` random ML-1M users (see `recbole_samples`)."""
+    return recbole_samples(data_root, "ml-1m", n, seed, history, num_candidates)
+
+
+def recbole_samples(data_root: Path, dataset: str, n: int, seed: int = 0, history: int = 10,
+                    num_candidates: int = 30) -> tuple[list[Sample], dict[str, str]]:
+    """Leave-one-out test-like samples of `n` random users of a RecBole dataset folder
+    (`ml-1m`, `amazon-beauty`; benchmark input only): the user's last item is the target, up to
+    `history` items before it the history, items the user never touched the negatives. Returns
+    the samples and the titles."""
+    header, rows = _read_recbole(data_root / dataset / f"{dataset}.item")
     i_id, i_title = header.index("item_id"), header.index("title")
     items = {r[i_id]: " ".join(r[i_title].split()) for r in rows if r[i_title].strip()}
-    header, rows = _read_recbole(data_root / "ml-1m" / "ml-1m.inter")
+    header, rows = _read_recbole(data_root / dataset / f"{dataset}.inter")
     u, i, t = header.index("user_id"), header.index("item_id"), header.index("timestamp")
     seqs: dict[str, list[tuple[float, str]]] = {}
     for r in rows:

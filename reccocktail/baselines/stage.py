@@ -161,8 +161,9 @@ def run_one(name: str, settings: dict[str, Any], data_dir: Path, samples: list[S
 
 def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Stage entry (contract): every baseline in `cfg.baseline`, scored and recorded."""
-    from reccocktail.evaluation.metrics import ranking_metrics
-    from reccocktail.evaluation.report import record_results
+    from reccocktail.evaluation.confidence import ci_fields
+    from reccocktail.evaluation.metrics import DEFAULT_KS, ranking_metrics, target_ranks
+    from reccocktail.evaluation.report import record_results, update_paired
     from reccocktail.evaluation.stage import prediction_rows
     from reccocktail.pipeline import make_trainer
 
@@ -190,12 +191,17 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
         scores, info = run_one(name, settings, data_dir, samples, factory, seed, cache_dir)
         if not info.pop("is_global_zero", True):
             continue
-        metrics = ranking_metrics(scores, [s.target_index for s in samples])
+        targets = [s.target_index for s in samples]
+        metrics = ranking_metrics(scores, targets)
         write_jsonl(out_dir / "predictions" / f"{name}.jsonl",
                     prediction_rows(samples, scores, digits=6))
-        record_results(out_dir, name, metrics, kind="baseline", num_samples=len(samples),
-                       scored_on=how, **info)
+        record_results(out_dir, name, metrics,
+                       **ci_fields(target_ranks(scores, targets), [s.user for s in samples],
+                                   DEFAULT_KS),
+                       kind="baseline", num_samples=len(samples), scored_on=how, **info)
         summary["metrics"][name] = {**metrics, **info}
         log.info("baseline %s: ndcg@1=%.4f ndcg@3=%.4f (%.0fs training)", name,
                  metrics["ndcg@1"], metrics["ndcg@3"], info["train_seconds"])
+    if summary["metrics"]:  # cocktail (when already scored) against the new rows, per sample
+        update_paired(out_dir)
     return summary

@@ -45,14 +45,16 @@ class MixedLoraLinear(nn.Module):
         super().__init__()
         self.base = base
         weight = getattr(base, "weight", None)
-        dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
         device = weight.device if weight is not None else None
         self.n = len(As)
+        # The factors stay in float32 whatever the backbone's dtype: λ and the mix are computed
+        # in fp32 and only the mixed A and B are cast to the activations' dtype, so a bf16
+        # model is tuned at the exact λ that the (fp32) export writes, not at λ rounded to bf16.
         for i, (a, b) in enumerate(zip(As, Bs)):
-            self.register_buffer(f"lora_A{i}", a.detach().to(device=device, dtype=dtype).clone(),
-                                 persistent=False)
-            self.register_buffer(f"lora_B{i}", b.detach().to(device=device, dtype=dtype).clone(),
-                                 persistent=False)
+            self.register_buffer(f"lora_A{i}", a.detach().to(device=device, dtype=torch.float32)
+                                 .clone(), persistent=False)
+            self.register_buffer(f"lora_B{i}", b.detach().to(device=device, dtype=torch.float32)
+                                 .clone(), persistent=False)
         self.scalings = [float(s) for s in scalings]
         self.mode = mode
         self.keep_scaling = keep_scaling
@@ -66,7 +68,7 @@ class MixedLoraLinear(nn.Module):
         if self.weights is None:
             raise RuntimeError("MixedLoraLinear: λ not set (call LoraMixer.set_weights first)")
         As, Bs = self.factors()
-        A, B, s = mix_factors(As, Bs, self.scalings, self.weights.to(x.dtype), self.mode,
+        A, B, s = mix_factors(As, Bs, self.scalings, self.weights.float(), self.mode,
                               self.keep_scaling)
         return self.base(x) + s * F.linear(F.linear(x, A.to(x.dtype)), B.to(x.dtype))
 
@@ -176,10 +178,22 @@ def greedy_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     return torch.stack(tokens, dim=1)
 
 
+def answer_positions(tokens: torch.Tensor, stop_ids: Sequence[int] | None) -> torch.Tensor:
+    """[b, k] bool: the response positions that still belong to the answer. Position j (the
+    distribution of token j) counts while none of tokens[:j] is a stop token, so the position
+    that predicts the end token counts and the ones after it (the next turn) do not."""
+    keep = torch.ones_like(tokens, dtype=torch.bool)
+    if stop_ids:
+        stop = torch.isin(tokens, torch.as_tensor(list(stop_ids), device=tokens.device))
+        keep[:, 1:] = stop.cumsum(1)[:, :-1] == 0
+    return keep
+
+
 def response_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     tokens: torch.Tensor) -> torch.Tensor:
+                     tokens: torch.Tensor, stop_ids: Sequence[int] | None = None) -> torch.Tensor:
     """Mean Shannon entropy (nats) of the next-token distributions at the k response positions,
-    teacher-forced on `tokens` [b, k] (one forward; differentiable)."""
+    teacher-forced on `tokens` [b, k] (one forward; differentiable). With `stop_ids`, positions
+    after the answer's end token are left out (`answer_positions`)."""
     k = tokens.shape[1]
     ids = torch.cat([input_ids, tokens[:, :-1]], dim=1)
     mask = torch.cat([attention_mask, attention_mask.new_ones(tokens.shape[0], k - 1)], dim=1)
@@ -187,7 +201,9 @@ def response_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
                 use_cache=False, logits_to_keep=k)
     logits = out.logits[:, -k:]
     logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1).mean()
+    ent = -(logp.exp() * logp).sum(-1)
+    keep = answer_positions(tokens, stop_ids)
+    return (ent * keep).sum() / keep.sum()
 
 
 class EntropyMixModule(L.LightningModule):
@@ -196,7 +212,8 @@ class EntropyMixModule(L.LightningModule):
     def __init__(self, model: nn.Module, adapters: Sequence[LoraAdapter], mode: str = "ab",
                  granularity: str = "model", k: int = 3, lr: float = 0.05,
                  init_lambdas: Sequence[float] | None = None,
-                 micro_batch_size: int | None = None) -> None:
+                 micro_batch_size: int | None = None,
+                 stop_ids: Sequence[int] | None = None) -> None:
         super().__init__()
         # Manual optimisation: a batch is backpropagated in micro-batches whose gradients add
         # up before one Adam step, so memory (the attention maps kept for backward, ~1.5 GB per
@@ -214,6 +231,7 @@ class EntropyMixModule(L.LightningModule):
         self.model.requires_grad_(False)
         self.mixer = LoraMixer(model, adapters, mode)
         self.granularity, self.k, self.lr = granularity, int(k), float(lr)
+        self.stop_ids = sorted({int(i) for i in stop_ids}) if stop_ids else None
         groups = 1 if granularity == "model" else len(self.mixer.layers)
         init = torch.zeros(self.mixer.num_adapters)
         if init_lambdas is not None:
@@ -242,7 +260,7 @@ class EntropyMixModule(L.LightningModule):
     def entropy_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         self.mixer.set_weights(self.lambdas())
         tokens = greedy_tokens(self.model, input_ids, attention_mask, self.k)
-        return response_entropy(self.model, input_ids, attention_mask, tokens)
+        return response_entropy(self.model, input_ids, attention_mask, tokens, self.stop_ids)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()

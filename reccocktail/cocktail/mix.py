@@ -122,9 +122,9 @@ def check_compatible(adapters: Sequence[LoraAdapter], mode: str) -> None:
     ref = adapters[0]
     for other in adapters[1:]:
         pair = f"adapters {ref.name!r} and {other.name!r}"
-        b0, b1 = ref.manifest.get("backbone"), other.manifest.get("backbone")
-        if b0 is not None and b1 is not None and b0 != b1:
-            raise ValueError(f"{pair} were trained on different backbones: {b0!r} vs {b1!r}")
+        from reccocktail.models.adapters import check_same_weights
+
+        check_same_weights({ref.name: ref.manifest, other.name: other.manifest})
         if ref.target_modules != other.target_modules:
             raise ValueError(f"{pair} have different target modules: "
                              f"{ref.target_modules} vs {other.target_modules}")
@@ -248,11 +248,14 @@ def save_adapter(path: str | Path, config: Mapping[str, Any], tensors: Mapping[s
 def mix_and_save(adapters: Sequence[LoraAdapter], lambdas: Lambdas, mode: str, out: str | Path,
                  extra: Mapping[str, Any] | None = None) -> Path:
     """Mix `adapters` with `lambdas` and write the result as a `mixed` adapter folder."""
+    from reccocktail.models.adapters import recorded_weights
+
     config, tensors = mix_adapters(adapters, lambdas, mode)
     ref = adapters[0].manifest
     manifest = {
         "kind": "mixed",
         "backbone": ref.get("backbone"),
+        "backbone_identity": recorded_weights(ref),
         "init_seed": ref.get("init_seed"),
         "data_hash": ref.get("data_hash"),
         "mode": mode,

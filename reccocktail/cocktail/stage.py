@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +30,8 @@ from reccocktail.cocktail.mix import (
 )
 from reccocktail.cocktail.unlabeled import split_unlabeled
 from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.data.selection import selection_samples
+from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,6 @@ def check_lambdas(lambdas: Sequence[float], n: int, key: str = "mix.lambdas") ->
     return lam
 
 
-def _device(cfg: DictConfig) -> torch.device:
-    acc = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
-    return torch.device("cuda" if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-                        else "cpu")
-
-
 def _is_rank_zero() -> bool:
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -86,20 +81,29 @@ def _is_rank_zero() -> bool:
 
 
 def _prompt_builder(cfg: DictConfig, tokenizer: Any, items: dict[str, str]):
-    from reccocktail.data.prompts import build_prompt_builder
+    from reccocktail.data.prompts import build_prompt_builder, prompt_format
 
     return build_prompt_builder(tokenizer, items, cfg.get("domain"), cfg.backbone,
-                                int(OmegaConf.select(cfg, "data.max_title_tokens", default=32)))
+                                int(OmegaConf.select(cfg, "data.max_title_tokens", default=32)),
+                                fmt=prompt_format(cfg))
 
 
-def choose_users(samples: Sequence[Sample], max_users: int | None, seed: int) -> list[Sample]:
-    """All samples of a seeded choice of at most `max_users` users (None: every sample)."""
-    if max_users is None:
-        return list(samples)
-    users = sorted({s.user for s in samples})
-    random.Random(int(seed)).shuffle(users)
-    keep = set(users[: int(max_users)])
-    return [s for s in samples if s.user in keep]
+def _specific_users(out_dir: Path) -> set[str]:
+    """The users whose validation samples trained S (recorded in its manifest)."""
+    m = out_dir / "adapters" / "specific" / "manifest.json"
+    return set((read_json(m).get("config") or {}).get("valid_users_trained", [])) \
+        if m.exists() else set()
+
+
+def check_formats(paths: dict[str, Path], fmt: str) -> None:
+    """G and S must have learned the prompt format the λ is tuned and the cocktail scored in."""
+    from reccocktail.data.prompts import adapter_format
+
+    for name, p in paths.items():
+        m = p / "manifest.json"
+        if m.exists() and adapter_format(read_json(m)) != fmt:
+            raise ValueError(f"{m}: adapter {name!r} was trained with tuning.objective="
+                             f"{adapter_format(read_json(m))!r}, but this run uses {fmt!r}")
 
 
 # -- λ by validation grid ------------------------------------------------------------------
@@ -136,7 +140,8 @@ def grid_search(model: Any, mixer: Any, builder: Any, samples: Sequence[Sample],
 
 def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer: Any,
                           adapters: Sequence[LoraAdapter], prompts: Sequence[Sequence[int]],
-                          mcfg: dict[str, Any]) -> tuple[Any, list[dict]]:
+                          mcfg: dict[str, Any], stop_ids: Sequence[int] | None = None
+                          ) -> tuple[Any, list[dict]]:
     """Train only the λ logits of an `EntropyMixModule`; returns (λ for `mix_adapters`, the
     per-step curve, the mean entropy over all tuning prompts before and after)."""
     from reccocktail.cocktail.entropy import EntropyMixModule, PromptDataset
@@ -147,7 +152,7 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
     module = EntropyMixModule(model, adapters, mode=mcfg.get("mode", "ab"),
                               granularity=mcfg.get("granularity", "model"), k=int(mcfg.get("k", 3)),
                               lr=float(mcfg.get("lr", 0.05)), init_lambdas=mcfg.get("init_lambdas"),
-                              micro_batch_size=mcfg.get("micro_batch_size"))
+                              micro_batch_size=mcfg.get("micro_batch_size"), stop_ids=stop_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ds = PromptDataset(prompts, pad)
     loader = torch.utils.data.DataLoader(
@@ -164,6 +169,8 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
     measure = bool(mcfg.get("measure_entropy", True))
     before = module.mean_entropy(whole) if measure else None
     trainer.fit(module, loader)
+    # Lightning's teardown moved the module (backbone included) to the CPU: back to the device
+    place_backbone(module, resolve_device(cfg), cfg, "mix (after fit)")
     lambdas = module.learned_lambdas()
     after = module.mean_entropy(whole) if measure else None
     module.mixer.unwrap()
@@ -188,11 +195,18 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     paths = {a: out_dir / "adapters" / a for a in ADAPTERS}
     adapters = [load_adapter(p, a) for a, p in paths.items()]
     check_compatible(adapters, mode)
+    from reccocktail.data.prompts import prompt_format
+    from reccocktail.models.adapters import check_backbone
+
+    for a, p in zip(adapters, paths.values()):
+        check_backbone(a.manifest, cfg.backbone, f"mix: adapter {a.name!r} at {p}")
+    fmt = prompt_format(cfg)
+    check_formats(paths, fmt)
     data_manifest = out_dir / "data" / "manifest.json"
     data_hash = read_json(data_manifest).get("data_hash") if data_manifest.exists() else None
     key = stable_hash(mcfg, int(cfg.seed), OmegaConf.select(cfg, "data.max_title_tokens"),
                       OmegaConf.select(cfg, "backbone.name"), data_hash,
-                      [_sha256(p / "adapter_model.safetensors") for p in paths.values()])
+                      [_sha256(p / "adapter_model.safetensors") for p in paths.values()], fmt)
     cocktail, wa, lam_file = out_dir / "adapters" / "cocktail", out_dir / "adapters" / "wa", \
         out_dir / "mix" / "lambda.json"
     if lam_file.exists() and (cocktail / "manifest.json").exists() and wa.exists():
@@ -203,6 +217,7 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
 
     t0 = time.time()
     info: dict[str, Any] = {"name": name, "mode": mode, "adapters": list(ADAPTERS),
+                            "objective": fmt,
                             "transductive": bool(mcfg.get("transductive", False)),
                             "num_prompts": int(mcfg.get("num_prompts", 0))}
     if name == "fixed":
@@ -211,14 +226,22 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     else:
         from reccocktail.models.backbone import load_backbone
 
-        model, tokenizer = load_backbone(cfg.backbone, device=_device(cfg))
+        device = resolve_device(cfg)
+        model, tokenizer = load_backbone(cfg.backbone, device=device)
+        place_backbone(model, device, cfg, "mix")
         items = load_items(out_dir / "data" / "items.tsv")
         builder = _prompt_builder(cfg, tokenizer, items)
         if name == "grid":
             from reccocktail.cocktail.entropy import LoraMixer
 
-            valid = load_samples(out_dir / "data" / "valid.jsonl")
-            valid = choose_users(valid, mcfg.get("grid_max_users"), int(cfg.seed))
+            valid = selection_samples(load_samples(out_dir / "data" / "valid.jsonl"), mcfg,
+                                      int(cfg.seed))
+            trained = _specific_users(out_dir)
+            if trained & {s.user for s in valid}:
+                raise ValueError(
+                    f"mix=grid: validation users {sorted(trained & {s.user for s in valid})[:5]} "
+                    "trained the ingredient S; rerun the `specific` stage with this mix config "
+                    "(it leaves the grid's users out)")
             mixer = LoraMixer(model, adapters, mode)
             lambdas, rows = grid_search(
                 model, mixer, builder, valid, mcfg.get("grid", [i / 10 for i in range(11)]),
@@ -232,8 +255,15 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
             tuning, scored = split_unlabeled(test, int(mcfg.get("num_prompts", 50)), int(cfg.seed),
                                              bool(mcfg.get("transductive", False)))
             prompts = [builder.prompt_ids(s.history, s.candidates) for s in tuning]
+            # the answer ends at the builder's end token (end of turn, or the sequence
+            # separator): positions after it are the next turn, not the answer (masked)
+            stop_ids = sorted({int(builder.eos_token_id), int(tokenizer.eos_token_id)})
             lambdas, curve, whole = learn_entropy_lambdas(cfg, out_dir, model, tokenizer,
-                                                          adapters, prompts, mcfg)
+                                                          adapters, prompts, mcfg, stop_ids)
+            info["entropy_positions"] = {
+                "k": int(mcfg.get("k", 3)), "stop_token_ids": stop_ids,
+                "rule": "the first k greedy answer tokens up to and including the first stop "
+                        "token; positions after it are masked"}
             info.update(whole)
             info.update(granularity=granularity, k=int(mcfg.get("k", 3)),
                         lr=float(mcfg.get("lr", 0.05)), steps=int(mcfg.get("steps", 20)),
@@ -242,13 +272,14 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     info["lambdas"] = describe_lambdas(lambdas)["lambdas"]
     info["seconds"] = round(time.time() - t0, 2)
     if _is_rank_zero():
-        mix_and_save(adapters, [0.5, 0.5], mode, wa, extra={"name": "wa"})
+        mix_and_save(adapters, [0.5, 0.5], mode, wa, extra={"name": "wa", "objective": fmt})
         metrics = {}
         if info.get("curve"):
             metrics = {"entropy_first": info["curve"][0]["entropy"],
                        "entropy_last": info["curve"][-1]["entropy"]}
         mix_and_save(adapters, lambdas, mode, cocktail,
-                     extra={"name": name, "mix_key": key, "metrics": metrics})
+                     extra={"name": name, "mix_key": key, "metrics": metrics,
+                            "objective": fmt})
         write_json(lam_file, info)
     summary = {k: info[k] for k in ("name", "mode", "granularity", "transductive", "seconds")}
     summary["lambdas"] = lambdas if not isinstance(lambdas, dict) else {

@@ -190,18 +190,34 @@ def ensure_ml100k(dest: str | Path, data_root: str | Path | None = None, *,
             return rebuild_from_recbole(inter, item, dest)
         except FetchError as err:
             errors.append(str(err))
+    where = (Path(data_root) / "ml-100k" / "raw" if data_root is not None else dest)
     raise FetchError(
-        "could not obtain ML-100k into " + str(dest) + ":\n  " + "\n  ".join(errors or ["no source enabled"])
-        + "\nPut u.data and u.item into <data_root>/ml-100k/raw, or run "
-        "`pip install --no-deps recbole==1.2.1` and retry."
+        f"could not obtain ML-100k into {dest}:\n  " + "\n  ".join(errors or ["no source enabled"])
+        + f"\nPut u.data and u.item into {where}"
+        + ("" if data_root is not None else " (or set paths.data_root to a folder holding ml-100k/raw)")
+        + ", or run `pip install --no-deps recbole==1.2.1` and retry."
     )
+
+
+_FAILED: dict[tuple[str | None, str], FetchError] = {}
 
 
 def ml100k_dir(data_root: str | None, cache_dir: str) -> str:
     """`ensure_ml100k` for configs: register it as an OmegaConf resolver (`ml100k_dir`) and
     write `path: ${ml100k_dir:${paths.data_root},${paths.cache_dir}}`; the files are fetched
-    into `<cache_dir>/data/ml-100k` only when `<data_root>/ml-100k/raw` lacks them."""
-    return str(ensure_ml100k(Path(cache_dir) / "data" / "ml-100k", data_root))
+    into `<cache_dir>/data/ml-100k` only when `<data_root>/ml-100k/raw` lacks them.
+
+    A config is resolved several times in one run (loggers, the cache key, the stage); a fetch
+    that failed is not tried again in the same process (a 30 s download timeout each time),
+    its error is raised again."""
+    key = (None if data_root is None else str(data_root), str(cache_dir))
+    if key in _FAILED:
+        raise _FAILED[key]
+    try:
+        return str(ensure_ml100k(Path(cache_dir) / "data" / "ml-100k", data_root))
+    except FetchError as err:
+        _FAILED[key] = err
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,11 +1,12 @@
 """From a canonical table to clean per-user sequences: titles, duplicates, k-core.
 
-Order of operations (each step counted in the stats): clean titles and drop items without one;
-merge items of one dataset whose normalised titles are equal (an LLM cannot tell them apart, and
-a candidate list must not show one title twice); sort each user's interactions by time (stable,
-so ties keep file order; times are never compared across users); keep a user's first interaction
-with an item; keep a seeded subset of users if asked; remove excluded users/items (the overlap of
-a general source with the target); k-core filtering iterated until stable.
+Order of operations (each step counted in the stats): clean titles (a `||` inside a title, the
+prompt separator, becomes `|`) and drop items without one; merge items of one dataset whose
+normalised titles are equal (an LLM cannot tell them apart, and a candidate list must not show
+one title twice); sort each user's interactions by time (stable, so ties keep file order; times
+are never compared across users); keep a user's first interaction with an item; keep a seeded
+subset of users if asked; remove excluded users/items (the overlap of a general source with the
+target); k-core filtering iterated until stable.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from reccocktail.data.readers import SourceTable
-from reccocktail.data.titles import clean_title, normalise_title
+from reccocktail.data.titles import clean_title_flagged, normalise_title
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ def build_sequences(table: SourceTable, name: str, min_core: int = 5,
     first_of: dict[str, str] = {}   # normalised title -> canonical id
     title_of: dict[str, str] = {}   # canonical id -> cleaned title
     norm_of: dict[str, str] = {}    # canonical id -> normalised title
+    with_separator = 0  # titles that held the prompt separator `||` (replaced by `|`)
     for item_id, raw in table.titles.items():
-        t = clean_title(raw)
+        t, had_separator = clean_title_flagged(raw)
+        with_separator += had_separator
         if not t:
             continue
         norm = normalise_title(t)
@@ -115,6 +118,10 @@ def build_sequences(table: SourceTable, name: str, min_core: int = 5,
     stats["items_without_title"] = int(df.loc[untitled, "item"].nunique())
     stats["interactions_without_title"] = int(untitled.sum())
     stats["items_merged_by_title"] = sum(1 for i, c in canon.items() if c != i)
+    stats["titles_with_separator"] = with_separator
+    if with_separator:
+        log.info("%s: %d title(s) held the prompt separator '||', replaced by '|'", name,
+                 with_separator)
     if stats["items_without_title"]:
         log.info("%s: dropped %d items without a title (%d interactions)", name,
                  stats["items_without_title"], stats["interactions_without_title"])

@@ -8,7 +8,9 @@ and candidate scoring) so the model is never asked for a title it was shown diff
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 DEFAULT_TEMPLATE = (
@@ -18,7 +20,14 @@ DEFAULT_TEMPLATE = (
 
 
 class PromptTooLongError(ValueError):
-    """Even with no history the prompt exceeds the token budget."""
+    """Even with no history the prompt exceeds the token budget.
+
+    Raised by `check_prompts` with the split, the sample id and the `file:line` of the first
+    sample over the budget (None when the builder raises it for a bare prompt)."""
+
+    split: str | None = None
+    sample_id: str | None = None
+    file: str | None = None
 
 
 @dataclass
@@ -35,6 +44,8 @@ class PromptBuilder:
     system_prompt: str | None = None
     _titles: dict[str, str] = field(default_factory=dict, repr=False)
     _response: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    format = "instruction"  # the prompt format (`tuning.objective`), recorded with results
 
     def __post_init__(self) -> None:
         for key in ("{history}", "{candidates}"):
@@ -125,12 +136,63 @@ class PromptBuilder:
         r = self.response_ids(target)
         return {"input_ids": p + r, "labels": [-100] * len(p) + r}
 
+    def clean_output(self, text: str) -> str:
+        """A generated answer as the title it names (the whole answer in this format)."""
+        return text.strip()
+
+
+FORMATS = ("instruction", "sequence")
+
+
+_SPLITS = ("train", "valid", "test")
+
+
+def _split_of(sample: Any, file: str | None) -> str | None:
+    """The split a sample belongs to: its file's name (train.jsonl), else its id (`user:split:pos`)."""
+    if file:
+        path, _, line = file.rpartition(":")
+        stem = Path(path if line.isdigit() else file).stem  # `train.jsonl:12` or `train.jsonl`
+        if stem in _SPLITS:
+            return stem
+    parts = str(sample.id).rsplit(":", 2)
+    return parts[1] if len(parts) == 3 and parts[1] in _SPLITS else None
+
+
+def check_prompts(samples: Sequence[Any], builder: Any, where: str | None = None
+                  ) -> list[dict[str, list[int]]]:
+    """Every sample's training example (`builder.example`), all checked before any is used.
+
+    Samples whose prompt exceeds the budget even without history are counted, and the first
+    is named in the PromptTooLongError: its split, its id and its `file:line` (from
+    `load_samples`, else `where`, the file or split the caller read them from). The examples
+    are returned, so checking costs no second tokenisation."""
+    out: list[dict[str, list[int]]] = []
+    first: tuple[Any, PromptTooLongError] | None = None
+    bad = 0
+    for s in samples:
+        try:
+            out.append(builder.example(s.history, s.candidates, s.target))
+        except PromptTooLongError as err:
+            bad += 1
+            first = first or (s, err)
+    if first is None:
+        return out
+    s, err = first
+    file = getattr(s, "where", None) or where
+    split = _split_of(s, file)
+    more = f" (and {bad - 1} more of {len(samples)} samples)" if bad > 1 else ""
+    new = PromptTooLongError(
+        f"{file or 'unknown file'}: split {split or '?'}, sample {s.id!r}{more}: {err}")
+    new.split, new.sample_id, new.file = split, str(s.id), file
+    raise new from err
+
 
 def build_prompt_builder(tokenizer: Any, items: dict[str, str], domain_cfg: Any, backbone_cfg: Any,
-                         max_title_tokens: int = 32) -> PromptBuilder:
-    """A PromptBuilder from the `domain.prompt` and `backbone` config blocks."""
+                         max_title_tokens: int = 32, fmt: str = "instruction") -> PromptBuilder:
+    """The prompt builder of format `fmt` (`tuning.objective`: instruction | sequence) from the
+    `domain.prompt` and `backbone` config blocks."""
     p = domain_cfg.get("prompt", {}) if domain_cfg is not None else {}
-    return PromptBuilder(
+    common = dict(
         tokenizer=tokenizer,
         items=items,
         noun=p.get("noun", "item"),
@@ -142,3 +204,26 @@ def build_prompt_builder(tokenizer: Any, items: dict[str, str], domain_cfg: Any,
         max_title_tokens=int(max_title_tokens),
         use_chat_template=bool(backbone_cfg.get("chat_template", True)),
     )
+    if fmt == "instruction":
+        return PromptBuilder(**common)
+    if fmt == "sequence":
+        from reccocktail.data.sequence_prompts import DEFAULT_HEADER, SequencePromptBuilder
+
+        return SequencePromptBuilder(**common, header=p.get("sequence_header", DEFAULT_HEADER))
+    raise ValueError(f"tuning.objective: unknown value {fmt!r}; choose one of {list(FORMATS)}")
+
+
+def prompt_format(cfg: Any) -> str:
+    """The prompt format every stage of a run uses: `tuning.objective` (what G and S learned)."""
+    from omegaconf import OmegaConf
+
+    fmt = str(OmegaConf.select(cfg, "tuning.objective", default="instruction"))
+    if fmt not in FORMATS:
+        raise ValueError(f"tuning.objective: unknown value {fmt!r}; choose one of {list(FORMATS)}")
+    return fmt
+
+
+def adapter_format(manifest: dict) -> str:
+    """The format an adapter was trained in, from its manifest (older ones: instruction)."""
+    tuning = (manifest.get("config") or {}).get("tuning") or {}
+    return str(manifest.get("objective") or tuning.get("objective") or "instruction")

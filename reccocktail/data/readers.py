@@ -3,7 +3,10 @@
 Every reader returns one canonical `SourceTable`: interactions (user, item, time) as strings and
 floats, in file order, plus the raw titles by item id. Nothing is filtered here (that is
 `filtering.py`), so each reader only knows its format. A malformed line raises a ValueError that
-names the file and the line. Readers are chosen in the domain config by `_target_`.
+names the file and the line; so does a row with more or fewer fields than its header or format
+says (a row is never cut or padded silently). The one repair: a MovieLens title holding the
+field separator (`|` in u.item, `::` in movies.dat, formats without quoting) is joined back when
+the fields after it keep their fixed form, since the count then explains itself exactly. Readers are chosen in the domain config by `_target_`.
 
 Time is whatever orders a user's interactions: a unix timestamp, or the position in the user's
 sequence (RecBole files here), never compared across users.
@@ -18,7 +21,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,9 +73,10 @@ def _interactions(records: Iterator[tuple[int, list[str]]], path: Path, cols: tu
     lines: list[int] = []
     ui, ii, ti = cols
     for lineno, row in records:
-        if len(row) < n_fields:
+        if len(row) != n_fields:
             raise ValueError(
                 f"{path}:{lineno}: expected {n_fields} fields, got {len(row)}: {row!r:.120}"
+                + ("" if len(row) < n_fields else " (a separator inside a field?)")
             )
         u, i = row[ui].strip(), row[ii].strip()
         if not u or not i:
@@ -158,31 +162,66 @@ def read_recbole(path: str | Path, dataset: str | None = None, encoding: str = "
     tt = _header_index(header, item, title_field)
     titles: dict[str, str | None] = {}
     for lineno, row in records:
-        if len(row) <= ii:
-            raise ValueError(f"{item}:{lineno}: expected {len(header)} fields, got {len(row)}")
-        titles[row[ii].strip()] = row[tt] if tt < len(row) else None
+        if len(row) != len(header):
+            # RecBole files cannot quote: a tab inside a title shifts every field after it
+            raise ValueError(
+                f"{item}:{lineno}: expected {len(header)} tab-separated fields (as the header), "
+                f"got {len(row)}: {row!r:.120}"
+                + ("" if len(row) < len(header) else " (a tab inside a field?)")
+            )
+        titles[row[ii].strip()] = row[tt]
     return SourceTable(df, titles, [inter, item])
 
 
 # -- MovieLens ------------------------------------------------------------------------------
 
 def read_ml100k(path: str | Path, encoding: str = "auto") -> SourceTable:
-    """MovieLens-100k: `u.data` (user, item, rating, time; tabs) and `u.item` ('|', id|title|...)."""
-    return _read_movielens(Path(path), "u.data", "\t", "u.item", "|", encoding)
+    """MovieLens-100k: `u.data` (user, item, rating, time; tabs) and `u.item` ('|', 24 fields:
+    id|title|release date|video release date|IMDb URL|19 genre flags).
+
+    The placeholder title "unknown" (item 267) is dropped like a missing title."""
+    table = _read_movielens(Path(path), "u.data", "\t", "u.item", "|", 24, _u_item_tail, encoding)
+    unknown = [i for i, t in table.titles.items() if t is not None and t.strip() == "unknown"]
+    for i in unknown:
+        table.titles[i] = None
+    if unknown:
+        log.info("%s: %d placeholder title(s) 'unknown' dropped (items %s)", table.files[1],
+                 len(unknown), unknown[:5])
+    return table
 
 
 def read_ml_dat(path: str | Path, encoding: str = "auto") -> SourceTable:
     """MovieLens-1M / 10M: `ratings.dat` (user::item::rating::time), `movies.dat` (id::title::genres)."""
-    return _read_movielens(Path(path), "ratings.dat", "::", "movies.dat", "::", encoding)
+    return _read_movielens(Path(path), "ratings.dat", "::", "movies.dat", "::", 3, _genres_tail,
+                           encoding)
+
+
+_DATE = re.compile(r"(\d{1,2}-[A-Za-z]{3}-\d{4})?")
+_GENRES = re.compile(r"[A-Za-z' -]+(\|[A-Za-z' -]+)*|\(no genres listed\)")
+
+
+def _u_item_tail(fields: list[str]) -> bool:
+    """The fixed fields after a u.item title: two dates (or empty), a URL (or empty), 19 flags."""
+    release, video, url, *flags = fields
+    return (bool(_DATE.fullmatch(release)) and bool(_DATE.fullmatch(video))
+            and (not url or url.startswith("http")) and len(flags) == 19
+            and all(f in ("0", "1") for f in flags))
+
+
+def _genres_tail(fields: list[str]) -> bool:
+    """The field after a movies.dat title: `Genre|Genre|...`."""
+    return len(fields) == 1 and bool(_GENRES.fullmatch(fields[0]))
 
 
 def _read_movielens(folder: Path, data_name: str, data_sep: str, item_name: str, item_sep: str,
-                    encoding: str) -> SourceTable:
+                    item_fields: int, tail_ok: Callable[[list[str]], bool], encoding: str
+                    ) -> SourceTable:
     """Header-less MovieLens files: ratings (user, item, rating, time) and items (id, title, ...)."""
     data = _require(folder / data_name)
     item = _require(folder / item_name)
     df = _read_interactions(read_text(data, encoding), data, data_sep, (0, 1, 3), 4)
-    titles = _titles(_records(read_text(item, encoding), item, item_sep), item, 0, 1)
+    records = _records(read_text(item, encoding), item, item_sep)
+    titles = _titles(records, item, item_fields, 0, 1, sep=item_sep, tail_ok=tail_ok)
     return SourceTable(df, titles, [data, item])
 
 
@@ -197,19 +236,40 @@ def read_ml_latest(path: str | Path, encoding: str = "auto") -> SourceTable:
     df = _read_interactions(text, data, ",", cols, len(header), skip=1, quoting=csv.QUOTE_MINIMAL)
     records = _records(read_text(item, encoding), item, ",", csv.QUOTE_MINIMAL)
     _, header = next(records, (0, []))
-    titles = _titles(records, item, _header_index(header, item, "movieId"),
+    titles = _titles(records, item, len(header), _header_index(header, item, "movieId"),
                      _header_index(header, item, "title"))
     return SourceTable(df, titles, [data, item])
 
 
-def _titles(records: Iterator[tuple[int, list[str]]], path: Path, id_col: int, title_col: int
-            ) -> dict[str, str | None]:
-    need = max(id_col, title_col) + 1
+def _titles(records: Iterator[tuple[int, list[str]]], path: Path, n_fields: int, id_col: int,
+            title_col: int, sep: str | None = None,
+            tail_ok: Callable[[list[str]], bool] | None = None) -> dict[str, str | None]:
+    """Titles by item id; every row must have exactly `n_fields` fields.
+
+    A longer row of a format that cannot quote (u.item, movies.dat) is a title holding the
+    separator when the fields after the title still have their fixed form (`tail_ok`): its
+    extra fields are joined back into the title (never a silent cut). Any other count raises
+    naming the file and line."""
     titles: dict[str, str | None] = {}
+    rejoined: list[int] = []
     for lineno, row in records:
-        if len(row) < need:
-            raise ValueError(f"{path}:{lineno}: expected at least {need} fields, got {len(row)}: {row!r:.120}")
+        extra = len(row) - n_fields
+        if extra > 0 and tail_ok is not None and sep is not None:
+            end = title_col + extra + 1
+            if tail_ok(row[end:]):
+                row = [*row[:title_col], sep.join(row[title_col:end]), *row[end:]]
+                rejoined.append(lineno)
+        if len(row) != n_fields:
+            hint = "" if len(row) < n_fields else (
+                f" (a separator inside a field; a title holding {sep!r} is joined back only "
+                "when the fields after it keep their fixed form)" if sep else
+                " (a separator inside an unquoted field?)")
+            raise ValueError(
+                f"{path}:{lineno}: expected {n_fields} fields, got {len(row)}: {row!r:.160}{hint}")
         titles[row[id_col].strip()] = row[title_col]
+    if rejoined:
+        log.warning("%s:%d: %d title(s) hold the separator %r; their fields were joined back "
+                    "into the title", path, rejoined[0], len(rejoined), sep)
     return titles
 
 

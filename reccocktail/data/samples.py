@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reccocktail.utils.io import atomic_path, numbered_jsonl
@@ -21,6 +21,15 @@ class Sample:
     history: list[str]
     target: str
     candidates: list[str]
+    # the file and line it was read from (set by `load_samples`), so that an error about the
+    # sample can name them; not part of its identity
+    file: str | None = field(default=None, compare=False, repr=False)
+    line: int | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def where(self) -> str | None:
+        """`file:line` it was read from, if known."""
+        return None if self.file is None else f"{self.file}:{self.line}"
 
     @property
     def target_index(self) -> int:
@@ -42,6 +51,7 @@ _FIELDS = ("id", "user", "history", "target", "candidates")
 def load_samples(path: str | os.PathLike, items: dict[str, str] | None = None) -> list[Sample]:
     """Read a split; every malformed line raises with the file and line number."""
     path = Path(path)
+    fname = str(path)  # one string shared by all its samples
     out = []
     for lineno, row in numbered_jsonl(path):
         missing = [f for f in _FIELDS if f not in row]
@@ -53,6 +63,8 @@ def load_samples(path: str | os.PathLike, items: dict[str, str] | None = None) -
             history=[str(i) for i in row["history"]],
             target=str(row["target"]),
             candidates=[str(i) for i in row["candidates"]],
+            file=fname,
+            line=lineno,
         )
         if s.target not in s.candidates:
             raise ValueError(f"{path}:{lineno}: target {s.target!r} is not among the candidates")

@@ -36,6 +36,7 @@ from reccocktail.utils.io import (
     to_plain,
     write_json,
 )
+from reccocktail.utils.leftovers import clean_stale_tmp
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +145,19 @@ def _write_target(d: Path, seqs: Sequences, split: Split, history_len: int) -> d
     for name in ("train", "valid", "test"):
         counts[name] = _write_lines(d / f"{name}.jsonl",
                                     _chunks(split.rows[name], users_json, items_json, history_len))
-    to, tf = split.train_offsets.tolist(), split.train_flat.tolist()
     with open(d / "sequences.jsonl", "w", encoding="utf-8") as fh:
-        for u, uj in enumerate(users_json):
-            its = ",".join([items_json[i] for i in tf[to[u] : to[u + 1]]])
-            fh.write(f'{{"user":{uj},"items":[{its}]}}\n')
+        fh.writelines(_sequence_lines(split, users_json, items_json))
     return counts
+
+
+def _sequence_lines(split: Split, users_json: list[str], items_json: list[str]) -> Iterator[str]:
+    """`{"user", "items"}` per user: the training part of their sequence only (no validation or
+    test target, no new item of the cold scenario), for popularity, the ID baselines and the
+    sequence objective."""
+    to, tf = split.train_offsets.tolist(), split.train_flat.tolist()
+    for u, uj in enumerate(users_json):
+        its = ",".join([items_json[i] for i in tf[to[u] : to[u + 1]]])
+        yield f'{{"user":{uj},"items":[{its}]}}\n'
 
 
 def _write_general(d: Path, pool: GeneralPool, history_len: int) -> dict[str, int]:
@@ -167,6 +175,9 @@ def _write_general(d: Path, pool: GeneralPool, history_len: int) -> dict[str, in
             for _seqs, split, items_json, users_json in parts:
                 yield from _chunks(split.rows[name], users_json, items_json, history_len)
         counts[name] = _write_lines(d / f"{name}.jsonl", gen())
+    with open(d / "sequences.jsonl", "w", encoding="utf-8") as fh:
+        for _seqs, split, items_json, users_json in parts:
+            fh.writelines(_sequence_lines(split, users_json, items_json))
     return counts
 
 
@@ -334,6 +345,10 @@ def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Build (or reuse from the cache) the splits of `cfg` and place them in `out_dir/data`."""
     key, inputs = data_key(cfg)
     cache = Path(cfg.paths.cache_dir) / "data" / key
+    # temporary folders of a data stage killed earlier (an hour untouched) are never renamed
+    # into place: remove them, in the cache and in this run's folder
+    clean_stale_tmp(cache.parent)
+    clean_stale_tmp(out_dir, prefix="data.")
     reused = _complete(cache, key)
     if reused:
         log.info("data stage: reusing the cached splits in %s (key %s)", cache, key)
@@ -350,7 +365,7 @@ def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 # the pool's own identity, so the base spirit G is shared by runs whose pools
                 # are equal even when their targets differ
                 manifest["general_hash"] = _content_hash(
-                    [tmp / "general" / f for f in ("items.tsv", "train.jsonl", "valid.jsonl")])
+                    [tmp / "general" / f for f in ("items.tsv", "train.jsonl", "valid.jsonl", "sequences.jsonl")])
             write_json(tmp / "manifest.json", manifest)
     target = Path(out_dir) / "data"
     if not _complete(target, key):

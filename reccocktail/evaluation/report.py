@@ -4,11 +4,19 @@ Several stages (eval, baselines) add rows to the same run folder, possibly from 
 processes, so a row is merged under a file lock and both files are rewritten atomically.
 `results.md` is shaped like the paper's Tables 1/2: one row per method (reference rows first,
 then baselines, then the LLM variants), one column per metric, the best value in bold.
+
+Uncertainty (see `evaluation/confidence.py`): a scored row may carry `"ci": {metric: [lo, hi]}`
+(95 % percentile bootstrap over users) with `ci_method`, `ci_level`, `n_boot`; the random row is
+a closed-form expectation and has none. `update_paired` adds a top-level `"paired"` block,
+`{"cocktail_vs_<other>": {metric: {"diff", "ci", "p", ...}}}`, recomputed from the per-sample
+ranks in `predictions/<variant>.jsonl` (matched by sample id), and `"paired_info"` (how).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -16,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from reccocktail.evaluation.metrics import DEFAULT_KS, metric_names
-from reccocktail.utils.io import read_json, to_plain, write_json, write_text
+from reccocktail.utils.io import read_json, read_jsonl, to_plain, write_json, write_text
+
+log = logging.getLogger(__name__)
 
 REFERENCE_ROWS = ("random", "popularity")
 LLM_ORDER = ("zero_shot", "general", "specific", "wa", "cocktail")
@@ -24,6 +34,8 @@ _LABELS = {"zero_shot": "Zero-shot backbone", "general": "RecCocktail-G (general
            "specific": "RecCocktail-S (specific)", "wa": "RecCocktail-WA (λ=0.5)",
            "cocktail": "RecCocktail", "random": "Random (expectation)",
            "popularity": "Popularity"}
+PAIRED_REFERENCE = "cocktail"
+PAIRED_SHOWN = ("ndcg@1", "ndcg@3", "mrr")  # in results.md; results.json holds every metric
 
 
 @contextlib.contextmanager
@@ -53,22 +65,173 @@ def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _check_ci(variant: str, metrics: dict[str, float], ci: Any) -> dict[str, list[float]]:
+    if not isinstance(ci, dict):
+        raise ValueError(f"record_results({variant!r}): ci must be {{metric: [lo, hi]}}")
+    out = {}
+    for k, pair in ci.items():
+        if k not in metrics:
+            raise ValueError(f"record_results({variant!r}): ci for {k!r}, which is not a metric")
+        try:
+            lo, hi = (float(x) for x in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"record_results({variant!r}): ci[{k!r}] must be [lo, hi], "
+                             f"got {pair!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ValueError(f"record_results({variant!r}): ci[{k!r}] = {pair!r} is not an interval")
+        out[k] = [lo, hi]
+    missing = sorted(set(metrics) - set(out))
+    if missing:
+        raise ValueError(f"record_results({variant!r}): no ci for {missing}")
+    return out
+
+
+def _drop_stale_paired(data: dict[str, Any], variant: str) -> None:
+    """A re-recorded row makes the comparisons it takes part in stale: remove them (the stage
+    that recorded it recomputes the block with `update_paired`)."""
+    paired = data.get("paired")
+    if not isinstance(paired, dict):
+        return
+    ref = (data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE)
+    if variant == ref:
+        paired.clear()
+    else:
+        paired.pop(f"{ref}_vs_{variant}", None)
+    if not paired:
+        data.pop("paired", None)
+        data.pop("paired_info", None)
+
+
+def _write(out_dir: Path, data: dict[str, Any]) -> None:
+    write_json(out_dir / "results.json", data)
+    write_text(out_dir / "results.md", render_markdown(data))
+
+
 def record_results(out_dir: str | os.PathLike, variant: str, metrics: dict[str, float],
-                   **meta: Any) -> dict[str, Any]:
-    """Merge one row (replacing an earlier row of the same name) and re-render results.md."""
+                   ci: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
+    """Merge one row (replacing an earlier row of the same name) and re-render results.md.
+
+    `ci` (optional): `{metric: [lo, hi]}` for every metric, e.g. from
+    `confidence.ci_fields(ranks, users, ks)`, whose other keys (ci_method, ci_level, n_boot)
+    arrive as `meta`."""
     if not variant:
         raise ValueError("record_results: empty variant name")
     bad = {k: v for k, v in metrics.items() if not isinstance(v, (int, float))}
     if bad:
         raise ValueError(f"record_results({variant!r}): non-numeric metric values {bad}")
+    ci = None if ci is None else _check_ci(variant, metrics, ci)
     out_dir = Path(out_dir)
     with _locked(out_dir / ".results.lock"):
         data = load_results(out_dir)
-        row = {"metrics": {k: float(v) for k, v in metrics.items()}, **to_plain(meta)}
+        row = {"metrics": {k: float(v) for k, v in metrics.items()}}
+        if ci is not None:
+            row["ci"] = ci
+        row.update(to_plain(meta))
         row.setdefault("recorded_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
         data["variants"][variant] = row
-        write_json(out_dir / "results.json", data)
-        write_text(out_dir / "results.md", render_markdown(data))
+        _drop_stale_paired(data, variant)
+        _write(out_dir, data)
+    return data
+
+
+def _read_ranks(path: Path) -> tuple[list[str], list[Any], list[int]]:
+    """(ids, users, ranks) of a predictions file; a row without `user` is its own user."""
+    ids, users, ranks = [], [], []
+    for r in read_jsonl(path):
+        if "id" not in r or "rank" not in r:
+            raise ValueError(f"{path}: every row needs 'id' and 'rank'")
+        ids.append(str(r["id"]))
+        users.append(r.get("user", f"sample:{r['id']}"))
+        ranks.append(int(r["rank"]))
+    dup = len(ids) - len(set(ids))
+    if dup:
+        raise ValueError(f"{path}: {dup} duplicate sample id(s)")
+    if not ids:
+        raise ValueError(f"{path}: no predictions")
+    return ids, users, ranks
+
+
+def _ks_of(names: Any) -> list[int]:
+    return sorted({int(m.split("@")[1]) for m in names
+                   if "@" in m and m.split("@")[1].isdigit()}) or list(DEFAULT_KS)
+
+
+def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
+                 reference: str = PAIRED_REFERENCE, **test_kw: Any
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(`paired`, `paired_info`): `reference` against every other row that has a predictions
+    file, per metric both rows report, from the per-sample ranks matched by sample id.
+    Empty when `reference` has no row or no predictions. Raises ValueError when two variants
+    were not scored on the same samples (a paired test would be meaningless)."""
+    import torch
+
+    from reccocktail.evaluation import confidence
+    from reccocktail.evaluation.metrics import metrics_from_ranks
+
+    pred_dir = Path(pred_dir)
+    variants = data.get("variants", {})
+    ref_path = pred_dir / f"{reference}.jsonl"
+    if reference not in variants or not ref_path.exists():
+        return {}, {}
+    ids, users, ref_ranks = _read_ranks(ref_path)
+    pos = {i: n for n, i in enumerate(ids)}
+    names = metric_names(_ks_of(variants[reference].get("metrics", {})))
+    ref_vals = metrics_from_ranks(torch.tensor(ref_ranks), _ks_of(names))
+    block: dict[str, Any] = {}
+    for other in ordered_variants(variants):
+        path = pred_dir / f"{other}.jsonl"
+        if other == reference or not path.exists():
+            continue  # the random expectation (closed form) has no per-sample ranks
+        o_ids, _, o_ranks = _read_ranks(path)
+        if set(o_ids) != set(ids):
+            only_o = sorted(set(o_ids) - set(pos))
+            only_r = sorted(set(pos) - set(o_ids))
+            raise ValueError(
+                f"paired test {reference} vs {other}: not the same samples ({path.name}: "
+                f"{len(o_ids)}, {ref_path.name}: {len(ids)}; {len(only_o)} only in {other} "
+                f"{only_o[:3]}, {len(only_r)} only in {reference} {only_r[:3]}). Every variant "
+                f"must be scored on the same samples: rerun {other} with the current eval "
+                f"settings, or remove its row and predictions/{other}.jsonl")
+        ranks = [0] * len(ids)
+        for i, r in zip(o_ids, o_ranks):
+            ranks[pos[i]] = r
+        o_vals = metrics_from_ranks(torch.tensor(ranks), _ks_of(names))
+        shared = [m for m in names if m in variants[other].get("metrics", {})]
+        for m in shared:
+            recorded = variants[other]["metrics"][m]
+            if abs(float(o_vals[m].mean()) - recorded) > 1e-6:
+                log.warning("%s: mean %s %.6f != %.6f in results.json (stale predictions?)",
+                            path, m, float(o_vals[m].mean()), recorded)
+        if not shared:
+            continue
+        res = confidence.paired_tests({m: ref_vals[m] for m in shared},
+                                      {m: o_vals[m] for m in shared}, users, **test_kw)
+        block[f"{reference}_vs_{other}"] = {m: r.to_dict() for m, r in res.items()}
+    info = {"reference": reference, "num_samples": len(ids), "num_users": len(set(users)),
+            "ci_method": f"paired {confidence.CI_METHOD}", "test": confidence.TEST_METHOD,
+            "ci_level": test_kw.get("level", confidence.LEVEL),
+            "n_boot": test_kw.get("n_boot", confidence.N_BOOT),
+            "n_draws": test_kw.get("n_draws", confidence.N_DRAWS),
+            "exact_max_users": test_kw.get("exact_max", confidence.EXACT_MAX_USERS),
+            "seed": test_kw.get("seed", confidence.SEED)}
+    return block, info
+
+
+def update_paired(out_dir: str | os.PathLike, reference: str = PAIRED_REFERENCE,
+                  **test_kw: Any) -> dict[str, Any]:
+    """Recompute the `paired` block of results.json from `predictions/` (see `paired_block`)
+    and rewrite results.json/results.md atomically under the results lock. Called by every
+    stage after it has recorded its rows; a no-op block (removed) without `reference`."""
+    out_dir = Path(out_dir)
+    with _locked(out_dir / ".results.lock"):
+        data = load_results(out_dir)
+        block, info = paired_block(data, out_dir / "predictions", reference, **test_kw)
+        data.pop("paired", None)
+        data.pop("paired_info", None)
+        if block:
+            data["paired"], data["paired_info"] = block, info
+        if data["variants"] or block:
+            _write(out_dir, data)
     return data
 
 
@@ -93,12 +256,18 @@ def _metric_columns(variants: dict[str, Any]) -> list[str]:
     return [m for m in order if m in present] + sorted(present - set(order))
 
 
-def results_table(data: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Column names and rows (plain values) of the results table, for any renderer/logger."""
+def results_table(data: dict[str, Any], ci: bool = False) -> tuple[list[str], list[list[Any]]]:
+    """Column names and rows (plain values) of the results table, for any renderer/logger.
+
+    Metric columns hold the plain means; with `ci=True`, `<metric>_ci_lo`/`<metric>_ci_hi`
+    columns follow at the end (None where a row has no interval, e.g. the random expectation).
+    """
     variants = data.get("variants", {})
     metrics = _metric_columns(variants)
     has_valid = any("valid_ratio" in row for row in variants.values())
     columns = ["variant", *metrics, "users", "scorer"] + (["valid"] if has_valid else [])
+    if ci:
+        columns += [f"{m}_ci_{end}" for m in metrics for end in ("lo", "hi")]
     rows = []
     for name in ordered_variants(variants):
         row = variants[name]
@@ -110,6 +279,9 @@ def results_table(data: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         extra = [users, scorer]
         if has_valid:
             extra.append(row.get("valid_ratio"))
+        if ci:
+            cis = row.get("ci") or {}
+            extra += [(cis.get(m) or (None, None))[j] for m in metrics for j in (0, 1)]
         rows.append([name, *vals, *extra])
     return columns, rows
 
@@ -128,56 +300,163 @@ def _header(col: str) -> str:
             "variant": "Method"}.get(col, col)
 
 
-def render_markdown(data: dict[str, Any]) -> str:
-    """A Markdown table like the paper's Tables 1/2; the best value per metric column in bold
-    (every row competes but the random expectation, popularity included)."""
-    columns, rows = results_table(data)
-    if not rows:
-        return "# Results\n\n(no results yet)\n"
-    metric_cols = [i for i, c in enumerate(columns) if c not in ("variant", "users", "scorer", "valid")]
+def _metric_cell(v: float, interval: Any, bold: bool, sep: str = " ") -> str:
+    """`0.2600 [0.201, 0.322]`: the mean (bold when best) and its interval when there is one."""
+    cell = f"**{v:.4f}**" if bold else f"{v:.4f}"
+    if interval:
+        cell += f"{sep}[{interval[0]:.3f}, {interval[1]:.3f}]"
+    return cell
+
+
+def _best(columns: list[str], rows: list[list[Any]]) -> dict[int, float]:
+    """Best mean per metric column; every row competes but the random expectation."""
     best: dict[int, float] = {}
-    for i in metric_cols:
+    for i, c in enumerate(columns):
+        if c in ("variant", "users", "scorer", "valid"):
+            continue
         vals = [r[i] for r in rows if r[i] is not None and r[0] != "random"]
         if vals:
             best[i] = max(vals)
-    lines = ["# Results", "",
-             "Ranking of 1 positive among the candidates; ties count against the positive.", "",
-             "| " + " | ".join(_header(c) for c in columns) + " |",
-             "|" + "|".join(":---" if c in ("variant", "scorer") else "---:" for c in columns) + "|"]
+    return best
+
+
+def _cells(data: dict[str, Any], markdown: bool) -> tuple[list[str], list[list[str]]]:
+    """The results table as text cells (shared by results.md and the terminal table)."""
+    columns, rows = results_table(data)
+    best = _best(columns, rows)
+    variants = data.get("variants", {})
+    out = []
     for r in rows:
+        cis = variants[r[0]].get("ci") or {}
         cells = []
         for i, (col, v) in enumerate(zip(columns, r)):
             if col == "variant":
-                cells.append(_label(v))
+                cells.append(_label(v) if markdown else v)
             elif v is None:
                 cells.append("–")
             elif i in best:
-                cell = f"{v:.4f}"
-                cells.append(f"**{cell}**" if v == best[i] and r[0] != "random" else cell)
+                bold = markdown and v == best[i] and r[0] != "random"
+                # the terminal puts the interval under the mean, to keep the table narrow
+                cells.append(_metric_cell(v, cis.get(col), bold, " " if markdown else "\n"))
             elif col == "valid":
                 cells.append(f"{v:.1%}")
             else:
                 cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
+        out.append(cells)
+    return columns, out
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.4f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def paired_rows(data: dict[str, Any], metrics: tuple[str, ...] = PAIRED_SHOWN
+                ) -> list[tuple[str, str, float, list[float], float]]:
+    """(other variant, metric, diff, [lo, hi], p) of the `paired` block, in table order."""
+    paired = data.get("paired") or {}
+    ref = (data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE)
+    prefix = f"{ref}_vs_"
+    by_other = {k[len(prefix):]: v for k, v in paired.items() if k.startswith(prefix)}
+    order = [n for n in ordered_variants(data.get("variants", {})) if n in by_other]
+    order += [n for n in by_other if n not in order]
+    rows = []
+    for other in order:
+        for m in metrics:
+            if m in by_other[other]:
+                t = by_other[other][m]
+                rows.append((other, m, float(t["diff"]), list(t["ci"]), float(t["p"])))
+    return rows
+
+
+def _paired_note(data: dict[str, Any]) -> str:
+    info = data.get("paired_info") or {}
+    level = float(info.get("ci_level", 0.95))
+    return (f"Mean per-sample difference ({info.get('reference', PAIRED_REFERENCE)} − other) on "
+            f"the same {info.get('num_samples', '?')} samples ({info.get('num_users', '?')} "
+            f"users), its {level:.0%} bootstrap CI over users ({info.get('n_boot', '?')} "
+            f"resamples), and the two-sided p of a sign-flip randomisation test over users (exact "
+            f"when at most {info.get('exact_max_users', 16)} users differ, else "
+            f"{info.get('n_draws', '?')} Monte Carlo draws).")
+
+
+_SCORER_TEXT = {"likelihood": "likelihood ranking", "naive": "likelihood ranking (naive)",
+                "generate": "generate-and-match"}
+
+
+def table_title(data: dict[str, Any]) -> str:
+    """`Results (<how the LLM rows were scored>; <prompt format>)`: the scorer and its
+    normalisation belong in the title, since the same adapters rank differently under each."""
+    parts = []
+    for row in data.get("variants", {}).values():
+        s = row.get("scorer")
+        if s not in _SCORER_TEXT:
+            continue
+        text = _SCORER_TEXT[s]
+        if s in ("likelihood", "naive"):
+            text += ", mean log-prob per token" if row.get("normalize") else ", sum of log-probs"
+        if row.get("objective"):
+            text += f"; {row['objective']} prompts"
+        if text not in parts:
+            parts.append(text)
+    return "Results" + (f" ({' | '.join(parts)})" if parts else "")
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    """A Markdown table like the paper's Tables 1/2; the best mean per metric column in bold
+    (every row competes but the random expectation, popularity included), each mean followed by
+    its 95 % CI when the row has one; then the paired tests of cocktail against the others."""
+    columns, rows = _cells(data, markdown=True)
+    if not rows:
+        return "# Results\n\n(no results yet)\n"
+    lines = [f"# {table_title(data)}", "",
+             "Ranking of 1 positive among the candidates; ties count against the positive."]
+    with_ci = [r for r in data.get("variants", {}).values() if r.get("ci")]
+    if with_ci:
+        n_boot = with_ci[0].get("n_boot", "?")
+        level = float(with_ci[0].get("ci_level", 0.95))
+        lines.append(f"Each metric: the mean over the samples [its {level:.0%} percentile bootstrap "
+                     f"CI over users, {n_boot} resamples]; differences inside these intervals "
+                     "are not results. The random row is a closed-form expectation (no CI).")
+    lines += ["",
+              "| " + " | ".join(_header(c) for c in columns) + " |",
+              "|" + "|".join(":---" if c in ("variant", "scorer") else "---:" for c in columns) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    paired = paired_rows(data)
+    if paired:
+        ref = _label((data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE))
+        lines += ["", f"## Paired tests ({ref} vs …)", "", _paired_note(data), "",
+                  "| vs | Metric | Δ | 95 % CI | p |", "|:---|:---|---:|---:|---:|"]
+        for other, m, diff, (lo, hi), p in paired:
+            lines.append(f"| {_label(other)} | {_header(m)} | {diff:+.4f} | "
+                         f"[{lo:+.3f}, {hi:+.3f}] | {_fmt_p(p)} |")
     return "\n".join(lines) + "\n"
 
 
 def print_results(data: dict[str, Any]) -> None:
-    """The results table on the terminal (rich)."""
+    """The results table on the terminal (rich), then the paired tests."""
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
-    columns, rows = results_table(data)
-    table = Table(title="Results")
+    columns, rows = _cells(data, markdown=False)
+    table = Table(title=table_title(data))
     for c in columns:
         table.add_column("Valid" if c == "valid" else _header(c), no_wrap=True,
                          justify="left" if c in ("variant", "scorer") else "right")
-    for r in rows:
-        table.add_row(*[
-            "–" if v is None else f"{v:.4f}" if isinstance(v, float) and c != "valid"
-            else f"{v:.1%}" if c == "valid" else str(v)
-            for c, v in zip(columns, r)
-        ])
+    for cells in rows:
+        table.add_row(*cells)
     console = Console()
-    console.width = max(console.width, 150)  # logs are not terminals: keep the rows whole
+    # logs are not terminals: keep the rows whole
+    need = Measurement.get(console, console.options.update_width(1000), table).maximum
+    console.width = max(console.width, 150, need)
     console.print(table)
+    paired = paired_rows(data)
+    if paired:
+        ref = (data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE)
+        pt = Table(title=f"Paired tests ({ref} vs …)")
+        for c in ("vs", "metric", "Δ", "95 % CI", "p"):
+            pt.add_column(c, no_wrap=True, justify="left" if c in ("vs", "metric") else "right")
+        for other, m, diff, (lo, hi), p in paired:
+            pt.add_row(other, _header(m), f"{diff:+.4f}", f"[{lo:+.3f}, {hi:+.3f}]", _fmt_p(p))
+        console.print(pt)
+        console.print(_paired_note(data), soft_wrap=True)

@@ -273,7 +273,7 @@ class GenerateMatchScorer:
                                           generation_config=gen_cfg)
                 new = out[:, width:].cpu()
                 texts += tok.batch_decode(new, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+        return [pb.clean_output(t) for t in texts]
 
     def scores_from_outputs(self, samples: Sequence[Sample], outputs: Sequence[str]) -> torch.Tensor:
         """Match each output to its sample's candidates: 1 for the match, 0 elsewhere."""

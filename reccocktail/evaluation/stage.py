@@ -20,13 +20,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.evaluation.confidence import ci_fields
 from reccocktail.evaluation.metrics import (
     DEFAULT_KS,
     random_expectation,
     ranking_metrics,
     target_ranks,
 )
-from reccocktail.evaluation.report import load_results, print_results, record_results, results_table
+from reccocktail.evaluation.report import (
+    load_results,
+    print_results,
+    record_results,
+    results_table,
+    update_paired,
+)
+from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import read_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -114,23 +122,17 @@ def resolve_variants(cfg: DictConfig, out_dir: Path) -> list[tuple[str, Path | N
     return out
 
 
-def _check_manifest(name: str, path: Path, backbone: str) -> dict[str, Any]:
+def _check_manifest(name: str, path: Path, backbone_cfg: Any) -> dict[str, Any]:
+    """The adapter's manifest, refused when it was trained on other weights than the run's."""
+    from reccocktail.models.adapters import check_backbone
+
     mpath = path / "manifest.json"
     if not mpath.exists():
         log.warning("adapter %s at %s has no manifest.json; cannot check its backbone", name, path)
         return {}
     manifest = read_json(mpath)
-    if manifest.get("backbone") not in (None, backbone):
-        raise ValueError(f"{mpath}: adapter {name!r} was trained on backbone "
-                         f"{manifest.get('backbone')!r}, but backbone.name is {backbone!r}")
+    check_backbone(manifest, backbone_cfg, f"{mpath}: adapter {name!r}")
     return manifest
-
-
-def _device(cfg: DictConfig) -> str:
-    dev = str(_get(cfg, "eval.device", "auto"))
-    if dev == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return dev
 
 
 class AdapterSwitcher:
@@ -197,7 +199,7 @@ def _log_results(cfg: DictConfig, data: dict[str, Any], keys: list[str]) -> None
         log.warning("no loggers for the eval results: %s", err)
         return
     flat = {f"eval/{k}/{m}": v for k in keys for m, v in data["variants"][k]["metrics"].items()}
-    columns, rows = results_table(data)
+    columns, rows = results_table(data, ci=True)
     for lg in loggers:
         try:
             lg.log_metrics(flat)
@@ -210,6 +212,8 @@ def _log_results(cfg: DictConfig, data: dict[str, Any], keys: list[str]) -> None
 
 def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Score the configured variants; write results.json/.md and predictions/<variant>.jsonl.
+    Every scored row carries 95 % bootstrap CIs; the `paired` block (cocktail vs the others)
+    is recomputed from predictions/ at the end.
 
     Runs on global rank 0 only: under DDP, Lightning re-runs the pipeline in every rank, and
     scoring is a single-process job here (the other ranks return at once)."""
@@ -222,9 +226,10 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     scorer_names = _scorers(cfg)
     variants = resolve_variants(cfg, out_dir)  # fail on a missing adapter before loading models
     backbone_name = str(_get(cfg, "backbone.name", ""))
-    manifests = {n: _check_manifest(n, p, backbone_name) for n, p in variants if p is not None}
+    manifests = {n: _check_manifest(n, p, cfg.backbone) for n, p in variants if p is not None}
     samples, info = eval_samples(cfg, out_dir)
     targets = torch.tensor([s.target_index for s in samples])
+    users = [s.user for s in samples]  # the unit of the bootstrap and of the paired test
     from reccocktail.evaluation.scorers import build_scorer, num_candidates
 
     c = num_candidates(samples)
@@ -239,6 +244,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
             pop = popularity_scores(samples, load_popularity(seq))
             record_results(out_dir, "popularity", ranking_metrics(pop, targets, ks),
+                           **ci_fields(target_ranks(pop, targets), users, ks),
                            scorer="popularity", **info)
             write_jsonl(out_dir / "predictions" / "popularity.jsonl",
                         prediction_rows(samples, pop))
@@ -247,17 +253,26 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             log.warning("%s missing: no popularity row", seq)
 
     if variants:
-        from reccocktail.data.prompts import build_prompt_builder
+        from reccocktail.data.prompts import adapter_format, build_prompt_builder, prompt_format
         from reccocktail.models.backbone import load_backbone
 
-        model, tokenizer = load_backbone(cfg.backbone, device=_device(cfg))
+        fmt = prompt_format(cfg)
+        wrong = {n: adapter_format(m) for n, m in manifests.items()
+                 if m and adapter_format(m) != fmt}
+        if wrong:
+            raise ValueError(f"eval: adapter(s) trained with another tuning.objective than this "
+                             f"run's {fmt!r}: {wrong}; set tuning.objective to match")
+
+        device = resolve_device(cfg, "eval.device")
+        model, tokenizer = load_backbone(cfg.backbone, device=device)
+        place_backbone(model, device, cfg, "eval")
         items = load_items(out_dir / "data" / "items.tsv")
         pb = build_prompt_builder(tokenizer, items, _get(cfg, "domain"), cfg.backbone,
-                                  int(_get(cfg, "data.max_title_tokens", 32)))
+                                  int(_get(cfg, "data.max_title_tokens", 32)), fmt=fmt)
         switcher = AdapterSwitcher(model)
         for name, path in variants:
             meta: dict[str, Any] = {"adapter": None if path is None else str(path),
-                                    "backbone": backbone_name, **info}
+                                    "backbone": backbone_name, "objective": fmt, **info}
             if path is not None:
                 meta["adapter_kind"] = manifests[name].get("kind")
                 if name == "cocktail" and (out_dir / "mix" / "lambda.json").exists():
@@ -278,14 +293,17 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     extra["multi_title_ratio"] = sum(m.num_titles > 1 for m in scorer.matches) / len(samples)
                     extra["multi_match"] = scorer.multi
                 metrics = ranking_metrics(scores, targets, ks)
-                record_results(out_dir, key, metrics, **meta, **extra)
+                record_results(out_dir, key, metrics,
+                               **ci_fields(target_ranks(scores, targets), users, ks),
+                               **meta, **extra)
                 write_jsonl(out_dir / "predictions" / f"{key}.jsonl",
                             prediction_rows(samples, scores, scorer))
                 keys.append(key)
                 log.info("eval %s: %s", key, metrics)
         switcher.drop()
 
-    data = load_results(out_dir)
+    # cocktail against every other row, per sample (all of predictions/, baselines included)
+    data = update_paired(out_dir) if keys else load_results(out_dir)
     _log_results(cfg, data, keys)
     if bool(_get(cfg, "eval.print", True)):
         print_results(data)

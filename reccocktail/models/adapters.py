@@ -2,7 +2,9 @@
 
 An adapter folder holds `adapter_model.safetensors` + `adapter_config.json` (what
 `PeftModel.from_pretrained` reads) and `manifest.json`:
-`{"kind", "backbone", "init_seed", "data_hash", "config", "metrics", ...}`. The base spirit G
+`{"kind", "backbone", "init_seed", "data_hash", "config", "metrics", ...}`, where `backbone` is
+the config's name and `backbone_identity` (or `config.backbone`) what its weights were, the
+identity that mixing, evaluation and `recommend` compare (`check_backbone`). The base spirit G
 depends only on the backbone, the general pool and the tuning config, so it is trained once and
 cached under `<cache_dir>/adapters/general/<key>/`; runs of other domains copy it from there.
 """
@@ -104,6 +106,106 @@ def backbone_identity(backbone_cfg: Any) -> dict:
         return obj
 
     return strip(plain)
+
+
+# the fields of a backbone config that decide its frozen weights (and token ids); dtype,
+# quantization, attention kernel, prompt budget and the config's name do not
+_WEIGHT_KEYS = ("source", "pretrained", "revision", "gguf_package", "gguf_file", "gguf_path",
+                "arch", "init_seed", "config", "tokenizer")
+
+
+def weights_identity(backbone_cfg: Any) -> dict:
+    """What an adapter's frozen weights were: their source (hub name, or the resolved local
+    folder or GGUF file, or the GGUF package and file), and for a random backbone its
+    architecture, init seed and tokenizer. Two adapters can be mixed, or one applied, only on
+    equal identities; the backbone's *name* says nothing (one name, other weights).
+
+    Record it in a manifest as `backbone_identity`; `recorded_weights` reads it back."""
+    from reccocktail.models.backbone import looks_like_path
+
+    plain = backbone_identity(backbone_cfg)
+    out = {k: plain[k] for k in _WEIGHT_KEYS if plain.get(k) is not None}
+    for k in ("pretrained", "gguf_path"):
+        if k in out and (k == "gguf_path" or looks_like_path(str(out[k]))):
+            out[k] = str(Path(str(out[k])).expanduser().resolve())
+    if isinstance(out.get("tokenizer"), dict):
+        out["tokenizer"] = weights_identity(out["tokenizer"])
+    return out
+
+
+def recorded_weights(manifest: dict) -> dict | None:
+    """The weights identity an adapter manifest records: `backbone_identity`, else derived from
+    the backbone config it keeps (`config.backbone`); None when it has neither."""
+    if isinstance(manifest.get("backbone_identity"), dict):
+        return manifest["backbone_identity"]
+    cfg = (manifest.get("config") or {}).get("backbone")
+    return weights_identity(cfg) if isinstance(cfg, dict) and cfg.get("source") else None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def weights_differences(a: dict, b: dict) -> list[str]:
+    """`key: a vs b` for every field in which two weights identities differ."""
+    fa, fb = _flat(a), _flat(b)
+    return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k)]
+
+
+def check_backbone(manifest: dict, backbone_cfg: Any, where: str) -> None:
+    """Refuse an adapter (its manifest) trained on other weights than `backbone_cfg`, naming the
+    fields that differ; `where` names the adapter (e.g. `recommend.adapter: <path>`).
+
+    A manifest without a recorded identity (older, or written by hand) is compared by name."""
+    name = _cfg_name(backbone_cfg)
+    trained_on = manifest.get("backbone")
+    recorded = recorded_weights(manifest)
+    if recorded is None:
+        if trained_on and trained_on != name:
+            raise ValueError(f"{where} was trained on backbone {trained_on!r}, but "
+                             f"backbone={name!r}; pass backbone={trained_on}")
+        return
+    diff = weights_differences(recorded, weights_identity(backbone_cfg))
+    if diff:
+        raise ValueError(
+            f"{where} was trained on backbone {trained_on!r} with other weights than the "
+            f"configured backbone={name!r} (adapter vs configured: {'; '.join(diff)}); run with "
+            "the backbone it was trained on")
+
+
+def check_same_weights(manifests: dict[str, dict]) -> None:
+    """Refuse mixing adapters (name -> manifest) trained on different weights, naming the pair
+    and the fields; adapters whose manifests record no identity are compared by name."""
+    items = list(manifests.items())
+    for i, (n0, m0) in enumerate(items):
+        for n1, m1 in items[i + 1:]:
+            _check_pair(n0, m0, n1, m1)
+
+
+def _check_pair(n0: str, m0: dict, n1: str, m1: dict) -> None:
+    w0, w1 = recorded_weights(m0), recorded_weights(m1)
+    pair = f"adapters {n0!r} and {n1!r}"
+    if w0 is None or w1 is None:
+        b0, b1 = m0.get("backbone"), m1.get("backbone")
+        if b0 is not None and b1 is not None and b0 != b1:
+            raise ValueError(f"{pair} were trained on different backbones: {b0!r} vs {b1!r}")
+        return
+    diff = weights_differences(w0, w1)
+    if diff:
+        raise ValueError(f"{pair} were trained on different backbone weights "
+                         f"({'; '.join(diff)}): they cannot be mixed")
+
+
+def _cfg_name(backbone_cfg: Any) -> str | None:
+    plain = to_plain(backbone_cfg)
+    return plain.get("name") if isinstance(plain, dict) else None
 
 
 def files_hash(paths: list[str | os.PathLike]) -> str:

@@ -80,25 +80,78 @@ def _converted_gguf_dir(gguf: Path, cache_dir: Path) -> Path:
     return out
 
 
-def resolve_pretrained(cfg: Any) -> str:
-    """The folder or hub name that `from_pretrained` should read for this backbone config."""
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+
+
+def looks_like_path(name: str) -> bool:
+    """True for a value that can only be a local path: hub ids are `name` or `org/name`."""
+    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+            or Path(name).exists())
+
+
+def check_model_folder(path: Path, key: str, weights: bool = True) -> None:
+    """Fail naming `key`, the path and what is missing, before transformers reads the folder."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{key}: {path} does not exist (a value that looks like a path is never taken as a "
+            "Hugging Face hub name); point it at a model folder holding config.json, the "
+            "tokenizer and the weights")
+    if not path.is_dir():
+        hint = (f"; for a GGUF file set backbone.source=gguf backbone.gguf_path={path}"
+                if path.suffix == ".gguf" else "")
+        raise NotADirectoryError(f"{key}: {path} is a file, not a model folder{hint}")
+    missing = []
+    if not (path / "config.json").is_file():
+        missing.append("config.json")
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        missing.append(f"a tokenizer (one of {', '.join(_TOKENIZER_FILES)})")
+    if weights and not any(next(path.glob(g), None) for g in _WEIGHT_PATTERNS):
+        missing.append("weights (*.safetensors or pytorch_model*.bin)")
+    if missing:
+        content = sorted(f.name for f in path.iterdir())[:10]
+        raise FileNotFoundError(
+            f"{key}: the folder {path} lacks {'; '.join(missing)} (it holds "
+            f"{content or 'nothing'}); download the model there, e.g. `hf download <repo> "
+            f"--local-dir {path}`")
+
+
+def resolve_pretrained(cfg: Any, key: str = "backbone", weights: bool = True) -> str:
+    """The folder or hub name that `from_pretrained` should read for this backbone config.
+
+    `key` names the config block in errors; `weights=False` checks a local folder for the
+    tokenizer only. `pretrained` is read only with `source: hub`: on a gguf or tiny backbone it
+    would be ignored (the weights come from the GGUF / a random init), so setting it raises."""
     source = _cfg_get(cfg, "source")
     cache_dir = Path(_cfg_get(cfg, "cache_dir") or default_cache_dir())
+    pretrained = _cfg_get(cfg, "pretrained")
+    if source in ("gguf", "tiny") and pretrained:
+        raise ValueError(
+            f"{key}.pretrained={pretrained} is not read with {key}.source={source}; for a local "
+            f"model folder or a hub name set {key}.source=hub {key}.pretrained={pretrained} "
+            f"(with a hub backbone, e.g. backbone=qwen2_7b), for a GGUF file "
+            f"{key}.gguf_path=<file.gguf>")
     if source == "gguf":
         gguf = _cfg_get(cfg, "gguf_path")
         path = Path(gguf) if gguf else locate_gguf(_cfg_get(cfg, "gguf_package"), _cfg_get(cfg, "gguf_file"))
         if not path.exists():
-            raise FileNotFoundError(f"backbone.gguf_path: {path} does not exist")
+            raise FileNotFoundError(f"{key}.gguf_path: {path} does not exist")
         return str(_converted_gguf_dir(path, cache_dir))
     if source == "hub":
-        name = _cfg_get(cfg, "pretrained")
-        if not name:
-            raise ValueError("backbone.pretrained: a hub name or a local folder is required for source=hub")
-        return str(name)
+        if not pretrained:
+            raise ValueError(f"{key}.pretrained: a hub name or a local folder is required for source=hub")
+        name = str(pretrained)
+        if looks_like_path(name):
+            path = Path(name).expanduser()
+            check_model_folder(path, f"{key}.pretrained", weights=weights)
+            return str(path)
+        return name
     if source == "tiny":
         tok_cfg = _cfg_get(cfg, "tokenizer")
-        return resolve_pretrained(tok_cfg)
-    raise ValueError(f"backbone.source: unknown value {source!r}; choose gguf, hub or tiny")
+        if tok_cfg is None:
+            raise ValueError(f"{key}.tokenizer: missing (a tiny backbone borrows a tokenizer)")
+        return resolve_pretrained(tok_cfg, f"{key}.tokenizer", weights=False)
+    raise ValueError(f"{key}.source: unknown value {source!r}; choose gguf, hub or tiny")
 
 
 def _hub_error(name: str, err: Exception) -> OSError:
@@ -202,19 +255,33 @@ def load_backbone(cfg: Any, device: str | torch.device | None = None):
     return model, tokenizer
 
 
-def lora_config(cfg: Any):
-    """The peft LoraConfig of a backbone config's `lora` block (paper: r=16, alpha=32, 0.05)."""
+def lora_config(cfg: Any, num_layers: int | None = None):
+    """The peft LoraConfig of a backbone config's `lora` block (paper: r=16, alpha=32, 0.05).
+
+    `lora.top_layers: N` puts the LoRA on the top N decoder layers only (needs `num_layers`):
+    the backward pass then stops at the lowest adapted layer, which on a CPU roughly halves a
+    training step for N ~ a quarter of the layers (experiments/benchmarks/sequence_training.py).
+    """
     from peft import LoraConfig
 
     lora = _cfg_get(cfg, "lora")
     if lora is None:
         raise ValueError("backbone.lora: missing (r, alpha, dropout, target_modules)")
     modules = list(_cfg_get(lora, "target_modules"))
+    layers = None
+    top = _cfg_get(lora, "top_layers")
+    if top is not None:
+        if num_layers is None:
+            raise ValueError("backbone.lora.top_layers needs the backbone's layer count")
+        if not 1 <= int(top) <= int(num_layers):
+            raise ValueError(f"backbone.lora.top_layers: {top} outside 1..{num_layers}")
+        layers = list(range(int(num_layers) - int(top), int(num_layers)))
     return LoraConfig(
         r=int(_cfg_get(lora, "r")),
         lora_alpha=int(_cfg_get(lora, "alpha")),
         lora_dropout=float(_cfg_get(lora, "dropout")),
         target_modules=modules,
+        layers_to_transform=layers,
         bias="none",
         task_type="CAUSAL_LM",
     )

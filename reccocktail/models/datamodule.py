@@ -154,9 +154,15 @@ class TokenizedDataset(Dataset):
         return self.examples[i]
 
 
-def tokenize_samples(samples: Sequence[Sample], prompt_builder: Any) -> list[dict[str, list[int]]]:
-    """Input ids + labels (prompt masked with -100) of every sample, via the PromptBuilder."""
-    return [prompt_builder.example(s.history, s.candidates, s.target) for s in samples]
+def tokenize_samples(samples: Sequence[Sample], prompt_builder: Any, where: str | None = None
+                     ) -> list[dict[str, list[int]]]:
+    """Input ids + labels (prompt masked with -100) of every sample, via the PromptBuilder.
+
+    All are built before any is used (`check_prompts`): a prompt over budget raises naming the
+    split, the sample id and its file (`where` when the samples do not carry their file)."""
+    from reccocktail.data.prompts import check_prompts
+
+    return check_prompts(samples, prompt_builder, where)
 
 
 def collate(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -211,6 +217,10 @@ class InstructionDataModule(L.LightningDataModule):
         self.val_examples: list[dict[str, list[int]]] | None = None
         self.batch_sampler: LengthGroupedBatchSampler | None = None
 
+    def tokenize(self, samples: Sequence[Any]) -> list[dict[str, list[int]]]:
+        """Input ids + labels of each sample (the sequence objective renders windows instead)."""
+        return tokenize_samples(samples, self.prompt_builder)
+
     @property
     def pad_token_id(self) -> int:
         tok = self.prompt_builder.tokenizer
@@ -218,8 +228,8 @@ class InstructionDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_examples is None:
-            self.train_examples = tokenize_samples(self.train_samples, self.prompt_builder)
-            self.val_examples = tokenize_samples(self.val_samples, self.prompt_builder)
+            self.train_examples = self.tokenize(self.train_samples)
+            self.val_examples = self.tokenize(self.val_samples)
             lengths = [len(e["input_ids"]) for e in self.train_examples]
             log.info("tokenised %d training examples (%d-%d tokens, mean %.0f), %d validation",
                      len(lengths), min(lengths), max(lengths), float(np.mean(lengths)),

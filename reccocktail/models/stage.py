@@ -26,6 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.data.selection import selection_samples
 from reccocktail.models import adapters as ad
 from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
 from reccocktail.utils.io import stable_hash, to_plain
@@ -61,13 +62,39 @@ def _prompt_cfg(cfg: DictConfig, general: bool) -> dict:
     return to_plain(p) if p is not None else {}
 
 
-def _prompt_builder(cfg: DictConfig, items: dict[str, str], prompt: dict):
+def _prompt_builder(cfg: DictConfig, items: dict[str, str], prompt: dict, fmt: str):
     from reccocktail.data.prompts import build_prompt_builder
     from reccocktail.models.backbone import load_tokenizer
 
     tok = load_tokenizer(cfg.backbone)
     max_title = int(OmegaConf.select(cfg, "data.max_title_tokens", default=32))
-    return build_prompt_builder(tok, items, {"prompt": prompt}, cfg.backbone, max_title)
+    return build_prompt_builder(tok, items, {"prompt": prompt}, cfg.backbone, max_title, fmt=fmt)
+
+
+OBJECTIVES = ("instruction", "sequence")
+
+
+def objective(t: dict) -> str:
+    """`tuning.objective`: instruction (the paper's prompts) | sequence (title sequences)."""
+    obj = str(t.get("objective") or "instruction")
+    if obj not in OBJECTIVES:
+        raise ValueError(f"tuning.objective: unknown value {obj!r}; choose one of {list(OBJECTIVES)}")
+    return obj
+
+
+def sequence_training_windows(path: Path, items: dict[str, str], t: dict,
+                              exclude_items: set[str] | frozenset[str] = frozenset()) -> list:
+    """The sequence objective's rows: windows of `sequences.jsonl`, then the seeded
+    `fraction`/`max_samples` of them (a budget in windows, i.e. ~max_titles targets each)."""
+    from reccocktail.models.sequence_data import build_windows, load_user_sequences
+
+    s = t.get("sequence") or {}
+    windows = build_windows(load_user_sequences(path, items), int(s.get("max_titles", 40)),
+                            int(s.get("min_context", 3)), s.get("windows_per_user"),
+                            exclude_items=exclude_items)
+    if not windows:
+        raise ValueError(f"{path}: no user has more than tuning.sequence.min_context titles")
+    return select_subset(windows, t.get("fraction"), t.get("max_samples"), seed=int(t["seed"]))
 
 
 def _load_split(path: Path, items: dict[str, str], required: bool = True) -> list[Sample]:
@@ -83,15 +110,17 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def _find_resume(t: dict, ckpt_dir: Path) -> str | None:
+    from reccocktail.utils.leftovers import check_checkpoint
+
     if t.get("ckpt_path"):
         p = Path(t["ckpt_path"])
         if not p.is_file():
             raise FileNotFoundError(f"tuning.ckpt_path: {p} does not exist")
-        return str(p)
+        return str(check_checkpoint(p, "tuning.ckpt_path"))
     last = ckpt_dir / "last.ckpt"
     if t.get("resume", True) and last.is_file():
         log.info("resuming from %s", last)
-        return str(last)
+        return str(check_checkpoint(last))
     return None
 
 
@@ -105,11 +134,13 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from reccocktail.models.sequence_data import SequenceDataModule
     from reccocktail.models.tuning import InstructionTuningModule
     from reccocktail.pipeline import make_trainer
 
     L.seed_everything(int(t.get("seed", cfg.seed)), workers=True, verbose=False)
-    dm = InstructionDataModule(
+    dm_cls = SequenceDataModule if objective(t) == "sequence" else InstructionDataModule
+    dm = dm_cls(
         train, prompt_builder, val_samples=val, batch_size=int(t.get("batch_size", 4)),
         val_batch_size=t.get("val_batch_size"), group_by_length=bool(t.get("group_by_length", True)),
         mega_batch_mult=int(t.get("mega_batch_mult", 50)), seed=int(t.get("seed", cfg.seed)),
@@ -146,7 +177,9 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
     val_loss = cm.get(f"{stage}/val_loss")
     total = module.tokens_seen + module.pad_tokens_seen
     metrics = {
+        "objective": objective(t),
         "train_samples": len(train),
+        "targets": sum(getattr(x, "num_targets", 1) for x in train),
         "val_samples": len(val),
         "steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
@@ -169,6 +202,8 @@ def _manifest(cfg: DictConfig, kind: str, t: dict, data_hash: str, key: str, met
     return {
         "kind": kind,
         "backbone": str(cfg.backbone.name),
+        "backbone_identity": ad.weights_identity(cfg.backbone),
+        "objective": objective(t),
         "init_seed": int(t["init_seed"]),
         "data_hash": data_hash,
         "key": key,
@@ -259,7 +294,7 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
         return reused
 
     items, train, val = load_data()
-    builder = _prompt_builder(cfg, items, extra["prompt"])
+    builder = _prompt_builder(cfg, items, extra["prompt"], objective(t))
     model, metrics, trainer = train_adapter(cfg, out_dir, kind, t, train, val, builder, key,
                                             init_adapter=str(init_adapter) if init_adapter else None)
     if trainer.is_global_zero:
@@ -282,6 +317,11 @@ def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
 
     def load_data():
         items = load_items(gen_dir / "items.tsv")
+        if objective(t) == "sequence":
+            windows = sequence_training_windows(gen_dir / "sequences.jsonl", items, t)
+            log.info("base spirit: training on %d general sequence windows, %d targets (key %s)",
+                     len(windows), sum(w.num_targets for w in windows), key)
+            return items, windows, []
         train = _load_split(gen_dir / "train.jsonl", items)
         val = _load_split(gen_dir / "valid.jsonl", items, required=False)
         if t.get("include_valid", False):
@@ -308,6 +348,13 @@ def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[
     return pool
 
 
+def _cold_targets(cfg: DictConfig, data_dir: Path) -> set[str]:
+    """In the cold scenario the test targets are new items: no training row may hold one."""
+    if str(OmegaConf.select(cfg, "scenario.name", default="warm")) != "cold":
+        return set()
+    return {s.target for s in load_samples(data_dir / "test.jsonl")}
+
+
 def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Train the ingredient S on the target domain; writes `adapters/specific/`."""
     out_dir = Path(out_dir)
@@ -328,15 +375,30 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
         g = ad.read_manifest(init_adapter)
         extra["init_from"] = {"adapter": "general", "key": g.get("key")}
         t["init_seed"] = int(g["init_seed"])
+    held_out: set[str] = set()
+    if objective(t) == "instruction" and t.get("include_valid", True):
+        # validation users a later stage selects on (mix=grid) never train S
+        valid_all = _load_split(data_dir / "valid.jsonl", None)
+        valid_users = {s.user for s in valid_all}
+        held_out = {s.user for s in selection_samples(valid_all, cfg.get("mix"), int(cfg.seed))}
+        extra["held_out_valid_users"] = sorted(held_out)
+        extra["valid_users_trained"] = sorted(valid_users - held_out)
     key = stable_hash(ad.backbone_identity(cfg.backbone), data_hash, result_config(t), prompt, extra)
 
     def load_data():
         items = load_items(data_dir / "items.tsv")
+        if objective(t) == "sequence":
+            windows = sequence_training_windows(data_dir / "sequences.jsonl", items, t,
+                                                exclude_items=_cold_targets(cfg, data_dir))
+            log.info("ingredient: training on %d sequence windows, %d targets (key %s)",
+                     len(windows), sum(w.num_targets for w in windows), key)
+            return items, windows, []
         train = _load_split(data_dir / "train.jsonl", items)
-        valid = _load_split(data_dir / "valid.jsonl", items)
+        valid = [s for s in _load_split(data_dir / "valid.jsonl", items) if s.user not in held_out]
         samples = specific_samples(train, valid, t)
-        log.info("ingredient: training on %d samples (%d valid + sampled train; key %s)",
-                 len(samples), len(valid), key)
+        log.info("ingredient: training on %d samples (%d valid + sampled train, %d validation "
+                 "users held out for selection; key %s)", len(samples), len(valid),
+                 len(held_out), key)
         return items, samples, []
 
     return _reuse_or_train(cfg, out_dir, "specific", t, key, data_hash, extra, load_data,

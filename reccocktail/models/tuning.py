@@ -94,7 +94,8 @@ def build_peft_model(backbone_cfg: Any, init_seed: int, gradient_checkpointing: 
         if init_adapter:
             peft_model = load_adapter(model, init_adapter, is_trainable=True)
         else:
-            peft_model = get_peft_model(model, lora_config(backbone_cfg))
+            layers = getattr(model.config, "num_hidden_layers", None)
+            peft_model = get_peft_model(model, lora_config(backbone_cfg, layers))
     return peft_model
 
 

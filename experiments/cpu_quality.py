@@ -1,0 +1,195 @@
+"""Does the method learn on a CPU? ML-1M warm and cold with SmolLM2-135M, the sequence objective.
+
+For each scenario one pipeline run (`python run.py +experiment=ml1m_<scenario> ...`): G on the
+general pool (ml-latest-small without ML-1M's movies), S on ML-1M's training sequences, the
+entropy cocktail (λ learned on `--lambda-users` test users that are then NOT scored), WA,
+zero-shot, popularity, random and the ID/text baselines, all scored on the same `--users` test
+users and 30 candidates. G is trained once and reused by the second scenario (same general
+pool). Then one table: NDCG@1 / NDCG@3 with 95 % bootstrap CIs over users, the paired tests of
+the cocktail against every other row, the training budget in seconds, and the issue's targets
+(warm: S and the cocktail at or above popularity; cold: the cocktail above S and above every ID
+baseline; the cocktail never below max(G, S) by more than the CI) checked, misses included.
+
+    python experiments/cpu_quality.py                    # ~1.5 h on 2 quiet cores
+    python experiments/cpu_quality.py --dry-run          # the two commands only
+    python experiments/cpu_quality.py --report-only      # the table from finished runs
+    python experiments/cpu_quality.py --users 20 --general-windows 8 --specific-windows 8 \
+        --lambda-users 4 --lambda-steps 1 --baselines pop -- debug-size smoke check
+
+Runs go to `--out` (default outputs/cpu_quality/<scenario>); a run that died is continued by
+running the same command again (finished stages are reused). Extra Hydra overrides after `--`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reccocktail.utils.io import read_json, write_json, write_text  # noqa: E402
+
+ROWS = ("random", "popularity", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec", "zero_shot",
+        "general", "specific", "wa", "cocktail")
+ID_BASELINES = ("bpr", "gru4rec", "sasrec", "fmlp")
+LABELS = {"random": "Random (expectation)", "popularity": "Popularity", "bpr": "BPR-MF",
+          "gru4rec": "GRU4Rec", "sasrec": "SASRec", "fmlp": "FMLP-Rec",
+          "unisrec": "UniSRec-style (text)", "zero_shot": "Zero-shot SmolLM2-135M",
+          "general": "RecCocktail-G", "specific": "RecCocktail-S", "wa": "RecCocktail-WA",
+          "cocktail": "RecCocktail (entropy λ)"}
+
+
+def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[str]:
+    out = Path(args.out) / scenario
+    return [sys.executable, str(ROOT / "run.py"), f"+experiment=ml1m_{scenario}",
+            "backbone=smollm2_135m", "trainer=cpu", "tuning=cpu_sequence", "logger=csv",
+            f"hydra.run.dir={out}", f"seed={args.seed}",
+            f"tuning.general.max_samples={args.general_windows}",
+            f"tuning.specific.max_samples={args.specific_windows}",
+            f"mix.num_prompts={args.lambda_users}", f"mix.steps={args.lambda_steps}",
+            "mix.batch_size=10", f"eval.max_users={args.users}", "eval.progress=false",
+            f"baseline=[{','.join(args.baselines)}]",
+            # the baselines' CPU caps (README, baselines table): one window per user, 5 epochs
+            "baselines.common.max_windows_per_user=1", "baselines.common.max_epochs=5",
+            "baselines.common.patience=2", "baselines.common.num_threads=1",
+            *extra]
+
+
+def _cell(row: dict | None, metric: str) -> str:
+    if row is None:
+        return "–"
+    v = row["metrics"].get(metric)
+    ci = (row.get("ci") or {}).get(metric)
+    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _budget(run: Path) -> dict:
+    out = {}
+    for stage in ("general", "specific", "mix", "eval", "baselines"):
+        p = run / "stages" / f"{stage}.json"
+        if p.exists():
+            s = read_json(p)
+            m = s.get("metrics") or {}
+            out[stage] = {"seconds": s.get("seconds"), "reused": s.get("reused"),
+                          "train_seconds": m.get("seconds"), "targets": m.get("targets"),
+                          "tokens": m.get("tokens"), "tokens_per_s": m.get("tokens_per_s")}
+    return out
+
+
+def _above(a: dict, b: dict, metric: str = "ndcg@1") -> bool:
+    return a["metrics"][metric] >= b["metrics"][metric]
+
+
+def targets(res: dict, scenario: str) -> list[tuple[str, bool]]:
+    """The issue's targets for one scenario, each with whether it was met."""
+    v = res["variants"]
+    out = []
+    if "cocktail" in v and "general" in v and "specific" in v:
+        best = max(("general", "specific"), key=lambda k: v[k]["metrics"]["ndcg@1"])
+        lo_gap = v[best]["metrics"]["ndcg@1"] - v["cocktail"]["metrics"]["ndcg@1"]
+        paired = res.get("paired", {}).get(f"cocktail_vs_{best}", {}).get("ndcg@1", {})
+        half = (paired["ci"][1] - paired["ci"][0]) / 2 if paired.get("ci") else 0.0
+        out.append((f"cocktail not below max(G, S) = {best} by more than the CI "
+                    f"(gap {lo_gap:+.3f}, CI half-width {half:.3f})", lo_gap <= half))
+    if scenario == "warm":
+        for k in ("specific", "cocktail"):
+            if k in v and "popularity" in v:
+                out.append((f"{LABELS[k]} >= popularity (NDCG@1)", _above(v[k], v["popularity"])))
+    else:
+        if "cocktail" in v and "specific" in v:
+            out.append(("cocktail > S (NDCG@1)", v["cocktail"]["metrics"]["ndcg@1"]
+                        > v["specific"]["metrics"]["ndcg@1"]))
+        for b in ID_BASELINES:
+            if b in v and "cocktail" in v:
+                out.append((f"cocktail > {LABELS[b]} (NDCG@1)",
+                            v["cocktail"]["metrics"]["ndcg@1"] > v[b]["metrics"]["ndcg@1"]))
+    return out
+
+
+def report(args: argparse.Namespace) -> str:
+    runs = {s: Path(args.out) / s for s in args.scenarios}
+    results = {s: read_json(r / "results.json") for s, r in runs.items()
+               if (r / "results.json").exists()}
+    if not results:
+        raise SystemExit(f"no results.json under {args.out}/<scenario>: run the experiment first")
+    lines = ["# CPU quality: ML-1M, SmolLM2-135M, sequence objective", "",
+             f"Machine: {args.machine}. Date: {time.strftime('%Y-%m-%d')}. NDCG@k with 95 % "
+             "bootstrap CIs over the scored users; ties count against the positive.", ""]
+    head = "| Method | " + " | ".join(f"{s} NDCG@1 | {s} NDCG@3" for s in results) + " |"
+    lines += [head, "|:---|" + "---:|" * (2 * len(results))]
+    for name in ROWS:
+        if not any(name in r["variants"] for r in results.values()):
+            continue
+        cells = []
+        for r in results.values():
+            row = r["variants"].get(name)
+            cells += [_cell(row, "ndcg@1"), _cell(row, "ndcg@3")]
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    for s, r in results.items():
+        v = r["variants"]
+        info = next((v[k] for k in ("cocktail", "specific", "zero_shot") if k in v), {})
+        lam = ((info.get("lambda") or {}).get("lambdas") if isinstance(info.get("lambda"), dict)
+               else None)
+        lines += ["", f"## {s}", "",
+                  f"Scored users: {info.get('num_users')} (test users; the {info.get('num_tuning_users')} "
+                  f"users whose unlabeled prompts tuned λ are not among them). λ (G, S): {lam}.", ""]
+        paired = r.get("paired") or {}
+        if paired:
+            lines += ["| cocktail vs | Δ NDCG@1 [95 % CI] | p | Δ NDCG@3 [95 % CI] | p |",
+                      "|:---|---:|---:|---:|---:|"]
+            for key, m in paired.items():
+                other = key.removeprefix("cocktail_vs_")
+                c = [f"{m[x]['diff']:+.3f} [{m[x]['ci'][0]:+.3f}, {m[x]['ci'][1]:+.3f}] | "
+                     f"{m[x]['p']:.3f}" for x in ("ndcg@1", "ndcg@3")]
+                lines.append(f"| {LABELS.get(other, other)} | " + " | ".join(c) + " |")
+        b = _budget(runs[s])
+        lines += ["", "Budget (seconds; training = time inside `trainer.fit`): " + json.dumps(b), ""]
+        for text, ok in targets(r, s):
+            lines.append(f"- {'met' if ok else '**missed**'}: {text}")
+    md = "\n".join(lines) + "\n"
+    write_text(Path(args.out) / "cpu_quality.md", md)
+    write_json(Path(args.out) / "cpu_quality.json",
+               {s: {"results": r, "budget": _budget(runs[s]), "targets": targets(r, s)}
+                for s, r in results.items()})
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(ROOT / "outputs" / "cpu_quality"))
+    p.add_argument("--scenarios", default="warm,cold")
+    p.add_argument("--users", type=int, default=200, help="scored test users per scenario")
+    p.add_argument("--lambda-users", type=int, default=50, help="unlabeled λ users (not scored)")
+    p.add_argument("--lambda-steps", type=int, default=10)
+    p.add_argument("--general-windows", type=int, default=300, help="G's training windows")
+    p.add_argument("--specific-windows", type=int, default=300, help="S's training windows")
+    p.add_argument("--baselines", default="bpr,gru4rec,sasrec,fmlp,unisrec")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--machine", default="2 CPU cores, 24 GiB, torch CPU build, fp32")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--report-only", action="store_true")
+    a, extra = p.parse_known_args(argv)
+    extra = [x for x in extra if x != "--"]
+    a.scenarios = a.scenarios.split(",")
+    a.baselines = [b for b in a.baselines.split(",") if b]
+    if not a.report_only:
+        for s in a.scenarios:
+            cmd = command(a, s, extra)
+            print(" ".join(cmd), flush=True)
+            if not a.dry_run:
+                t0 = time.time()
+                subprocess.run(cmd, check=True, cwd=ROOT)
+                print(f"{s}: {time.time() - t0:.0f} s", flush=True)
+    if a.dry_run:
+        return 0
+    print(report(a))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
