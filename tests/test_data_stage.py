@@ -210,3 +210,25 @@ def test_too_small_domain_after_filtering(shared_data, cache, tmp_path):
     cfg = make_cfg(shared_data, cache, "data.min_core=100000")
     with pytest.raises(ValueError, match="no user is left.*data.min_core"):
         run_data_stage(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("cold_negatives", ["mixed", "new"])
+def test_cold_negatives_new_items_only(shared_data, cache, tmp_path, cold_negatives):
+    """scenario.cold_negatives=new: every test candidate is a new item (never in training or
+    validation), so the target is not the one unfamiliar title; mixed: most negatives are warm."""
+    cfg = make_cfg(shared_data, cache, "scenario=cold", f"scenario.cold_negatives={cold_negatives}")
+    run_data_stage(cfg, tmp_path)
+    d = tmp_path / "data"
+    warm = {i for r in read_jsonl(d / "sequences.jsonl") for i in r["items"]}
+    for split in ("train", "valid"):
+        warm |= {i for s in load_samples(d / f"{split}.jsonl") for i in (*s.history, s.target)}
+    test = load_samples(d / "test.jsonl")
+    negs = [c for s in test for c in s.candidates if c != s.target]
+    warm_share = sum(c in warm for c in negs) / len(negs)
+    if cold_negatives == "new":
+        assert warm_share == 0.0
+    else:
+        assert warm_share > 0.7
+    assert all(s.target not in warm for s in test)
+    assert read_json(d / "stats.json")["cold_negatives"] == cold_negatives
+    check_samples(test, None)

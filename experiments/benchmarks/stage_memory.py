@@ -32,7 +32,7 @@ from reccocktail.utils.io import write_json  # noqa: E402
 STAGES = ["data", "general", "specific", "mix", "eval"]
 PRESETS = {
     "fast": ["debug=fast"],
-    "demo-short": ["tuning.general.max_samples=8", "tuning.max_samples=8",
+    "demo-short": ["tuning.general.max_samples=8", "tuning.specific.max_samples=8",
                    "tuning.val_max_samples=4", "mix.num_prompts=4", "mix.steps=1",
                    "mix.batch_size=2", "eval.max_users=2", "eval.progress=false"],
 }

@@ -46,6 +46,7 @@ _CODE_FILES = ("readers", "titles", "filtering", "splits", "candidates", "genera
 _PATH_ARGS = ("path", "reviews", "meta")
 _SCENARIOS = ("warm", "cold")
 _NEGATIVES = ("uniform", "popularity")
+_COLD_NEGATIVES = ("mixed", "new")
 
 
 def code_version() -> str:
@@ -263,7 +264,15 @@ def build_data(cfg: DictConfig, dest: Path) -> dict[str, Any]:
             )
     weights = (popularity_weights(split.train_flat, seqs.num_items)
                if negatives == "popularity" else None)
-    allowed = {"train": split.allowed_train, "valid": split.allowed_train, "test": None}
+    cold_negatives = str(scen.get("cold_negatives", "mixed"))
+    if cold_negatives not in _COLD_NEGATIVES:
+        raise ValueError(f"scenario.cold_negatives: unknown value {cold_negatives!r}; choose from "
+                         f"{list(_COLD_NEGATIVES)}")
+    test_mask = None
+    if scenario == "cold" and cold_negatives == "new":
+        # negatives from the new items only: the target cannot be spotted as "the unfamiliar one"
+        test_mask = ~split.allowed_train
+    allowed = {"train": split.allowed_train, "valid": split.allowed_train, "test": test_mask}
     attach_candidates(seqs, [rows["train"], rows["valid"], rows["test"]], num_candidates, seed,
                       allowed=allowed, weights=weights)
     t_split = time.time()
@@ -277,10 +286,12 @@ def build_data(cfg: DictConfig, dest: Path) -> dict[str, Any]:
         "samples": counts,
         "users": {k: int(len(np.unique(r.user))) for k, r in rows.items()},
         "negatives": negatives,
+        "cold_negatives": cold_negatives if scenario == "cold" else None,
         "num_candidates": num_candidates,
         "candidates_note": (
             "negatives are drawn from the items the user never touched; in the cold scenario "
-            "train/valid negatives exclude the new items, test negatives may be new or not"
+            "train/valid negatives exclude the new items; test negatives may be new or not "
+            "(cold_negatives=mixed) or are new items only (cold_negatives=new)"
         ),
     }
 
