@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.utils import memory
 from reccocktail.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -135,11 +136,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for stage in stages:
             t0 = time.time()
             log.info("stage %s: starting", stage)
+            memory.reset_peaks()
             summary = _resolve(STAGES[stage])(cfg, out_dir) or {}
             summary["seconds"] = round(time.time() - t0, 2)
+            summary["memory"] = memory.peaks()
             summaries[stage] = summary
             write_json(out_dir / "stages" / f"{stage}.json", summary)
-            log.info("stage %s: done in %.1fs", stage, summary["seconds"])
+            log.info("stage %s: done in %.1fs (%s)", stage, summary["seconds"], summary["memory"])
+            memory.release()  # the next stage starts from what is still referenced, not the peak
     finally:
         finish_loggers(cfg)
     return summaries

@@ -229,8 +229,8 @@ def train_sweep(model: Any, shape: str, samples: list[dict], pad: int, sizes: li
     return {"rows": rows, "best": best, "model": base}
 
 
-def lambda_step(model: Any, shape: str, samples: list[dict], pad: int, n_prompts: int, k: int,
-                micro: list[int], dev: torch.device, budget: Budget, reserve: float) -> dict:
+def lambda_step(model: Any, shape: str, samples: list[dict], pad: int, eos: int, n_prompts: int,
+                k: int, micro: list[int], dev: torch.device, budget: Budget, reserve: float) -> dict:
     """One λ step (Adam on the λ logits over `n_prompts` prompts, micro-batched as the stage
     does) and the no-grad mean-entropy pass over the same prompts, per micro-batch size."""
     from reccocktail.cocktail.entropy import EntropyMixModule, left_pad, trim_left_padding
@@ -241,7 +241,7 @@ def lambda_step(model: Any, shape: str, samples: list[dict], pad: int, n_prompts
     while len(prompts) < n_prompts:
         prompts = prompts + prompts
     prompts = prompts[:n_prompts]
-    module = EntropyMixModule(model, random_adapters(model, lora), k=k)
+    module = EntropyMixModule(model, random_adapters(model, lora), k=k, stop_ids=[eos])
     module.to(dev)
     ids, mask = left_pad(prompts, pad)
     rows, last = [], 0.0
@@ -402,34 +402,39 @@ def eval_rates(model: Any, shape: str, samples: list[dict], meta: dict, dev: tor
 def bf16_suite(model: Any, shape: str, samples: list[dict], meta: dict, dev: torch.device,
                n_users: int, budget: Budget, reserve: float, kernels: list[str] | None = None,
                profile: bool = True) -> dict:
-    """The shared-prefix scorer's users/s over dtype x path x attention kernel x shapes."""
+    """The shared-prefix scorer's users/s over attention kernel x path x shapes x dtype (dtype
+    innermost, so that a cut budget still leaves fp32/bf16 pairs), then a profile per dtype."""
     vocab = flop_shape(shape)["V"]
     varying = _users(samples[: n_users + 1], vocab)
     fixed = [varying[1]] * (n_users + 1)
     eos = meta["eos_token_id"]
     if kernels is None:
-        kernels = ["sdpa", "sdpa-no-cudnn", "sdpa-math", "eager"] if dev.type == "cuda" else ["sdpa", "eager"]
-    rows, profiles = [], {}
-    for dtype in (torch.float32, torch.bfloat16):
-        model.to(dtype)
-        for kernel in kernels:
-            for packed in (True, False):
-                for shapes, users in (("varying", varying), ("fixed", fixed)):
-                    if budget.left() < reserve:
-                        rows.append({"skipped": "time budget"})
-                        return {"rows": rows, "profiles": profiles}
-                    set_attention(model, "eager" if kernel == "eager" else "sdpa")
-                    ctx = _sdpa_context(kernel)
+        kernels = ["sdpa", "sdpa-no-cudnn", "eager", "sdpa-math"] if dev.type == "cuda" else ["sdpa", "eager"]
+    keep = reserve + (12.0 if profile else 0.0)  # room left for the two profiles
+    rows: list[dict] = []
+    profiles: dict[str, Any] = {}
+    for kernel in kernels:
+        set_attention(model, "eager" if kernel == "eager" else "sdpa")
+        for packed in (True, False):
+            for shapes, users in (("varying", varying), ("fixed", fixed)):
+                for dtype in (torch.float32, torch.bfloat16):
+                    if budget.left() < keep:
+                        if not rows or "skipped" not in rows[-1]:
+                            rows.append({"skipped": "time budget"})
+                        continue
+                    model.to(dtype)
                     try:
-                        with ctx:
+                        with _sdpa_context(kernel):
                             rate, _ = score_rate(model, users, eos, dev, packed=packed)
-                        row = {"users_per_s": round(rate, 3)}
+                        row: dict[str, Any] = {"users_per_s": round(rate, 3)}
                     except Exception as err:  # noqa: BLE001 - a kernel that refuses the inputs
                         row = {"error": repr(err)[:200]}
                     rows.append({"dtype": str(dtype).replace("torch.", ""), "attention": kernel,
                                  "path": "packed" if packed else "batched", "shapes": shapes, **row})
-        set_attention(model, "sdpa")
+    set_attention(model, "sdpa")
+    for dtype in (torch.float32, torch.bfloat16):
         if profile and budget.left() > reserve:
+            model.to(dtype)
             profiles[str(dtype).replace("torch.", "")] = _profile(model, varying[:4], eos, dev)
     model.to(torch.bfloat16 if dev.type == "cuda" else torch.float32)
     return {"rows": rows, "profiles": profiles}
@@ -565,8 +570,8 @@ def run_shape(shape: str, args, samples: dict, dev: torch.device, budget: Budget
 
     t = time.perf_counter()
     micro = [int(x) for x in (args.lambda_micro or ("2,10" if gpu else "2")).split(",")]
-    res["lambda"] = lambda_step(model, shape, ml1m, pad, args.lambda_prompts, 3, micro, dev,
-                                budget, reserve)
+    res["lambda"] = lambda_step(model, shape, ml1m, pad, samples["eos_token_id"], args.lambda_prompts,
+                                3, micro, dev, budget, reserve)
     res["lambda"]["seconds"] = round(time.perf_counter() - t, 1)
     save(res)
 
@@ -706,7 +711,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--gen-users", type=int, default=None)
     ap.add_argument("--anomaly-shape", default=None,
                     help="shape of the bf16 suite (GPU: smollm2_135m, CPU: tiny; 'none' skips)")
-    ap.add_argument("--anomaly-s", type=float, default=75.0, help="budget of the bf16 suite")
+    ap.add_argument("--anomaly-s", type=float, default=90.0, help="budget of the bf16 suite")
     ap.add_argument("--anomaly-main", action="store_true",
                     help="also time fp32 against bf16 scoring on the main shape (needs 4 bytes/param)")
     ap.add_argument("--nf4-cpu", action="store_true", help="run the NF4 sweep on a CPU too (slow)")

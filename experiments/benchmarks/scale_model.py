@@ -98,7 +98,9 @@ def prefill_flops(f: dict, s: int) -> float:
 def lora_model(model: Any, lora: dict, quantized: bool):
     """The backbone as `reccocktail.models.tuning.build_peft_model` prepares it for training:
     LoRA (seeded), gradient checkpointing with use_reentrant=False, kbit preparation for NF4."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from reccocktail.models.backbone import lora_config
 
     kw = {"use_reentrant": False}
     if quantized:
@@ -108,8 +110,7 @@ def lora_model(model: Any, lora: dict, quantized: bool):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
     model.config.use_cache = False
     torch.manual_seed(0)
-    cfg = LoraConfig(r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora["dropout"]),
-                     target_modules=list(lora["target_modules"]), bias="none", task_type="CAUSAL_LM")
+    cfg = lora_config({"lora": lora}, model.config.num_hidden_layers)  # the pipeline's LoRA
     peft_model = get_peft_model(model, cfg)
     peft_model.train()
     return peft_model

@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="stage_memory_") as tmp:
         if args.convert:
             cenv = {**env, "RECCOCKTAIL_CACHE": str(Path(tmp) / "empty_cache")}
-            code = ("from reccocktail.models.backbone import resolve_pretrained as r;"
+            code = ("import os; from reccocktail.models.backbone import resolve_pretrained as r;"
                     "from omegaconf import OmegaConf as O;"
-                    "r(O.load('conf/backbone/smollm2_135m.yaml'))")
+                    "c = O.load('conf/backbone/smollm2_135m.yaml');"
+                    "c.cache_dir = os.environ['RECCOCKTAIL_CACHE']; r(c)")
             result["gguf_conversion"] = measure([sys.executable, "-c", code], cenv)
             print(f"gguf conversion  {result['gguf_conversion']}", flush=True)
         base = measure([sys.executable, "-c", "import reccocktail.pipeline, torch, transformers, "
