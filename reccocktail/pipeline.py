@@ -108,6 +108,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run `cfg.task` (the stage pipeline, or `recommend`) and return per-stage summaries."""
     import lightning as L
 
+    from reccocktail.config_check import check_config
+
+    check_config(cfg)  # unknown keys and bad choices fail here, before any stage spends time
     task = cfg.get("task", "train")
     if task == "recommend":
         return _resolve("reccocktail.recommend:run_recommend")(cfg)
