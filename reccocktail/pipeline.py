@@ -104,6 +104,30 @@ def finish_loggers(cfg: DictConfig) -> None:
             log.warning("closing logger %s failed: %s", type(lg).__name__, err)
 
 
+# What each stage's outputs are derived from: a stage that starts makes its own summary and
+# those of every stage downstream of it out of date.
+DOWNSTREAM: dict[str, tuple[str, ...]] = {
+    "data": ("general", "specific", "mix", "eval", "baselines"),
+    "general": ("specific", "mix", "eval"),
+    "specific": ("mix", "eval"),
+    "mix": ("eval",),
+    "eval": (),
+    "baselines": (),
+}
+
+
+def invalidate(out_dir: Path, stage: str) -> None:
+    """Before `stage` runs: remove its summary and those of the stages derived from it, and
+    mark results.json stale when rows derive from it (the eval stage lifts the mark when it
+    completes), so nothing half-updated passes for a finished run."""
+    from reccocktail.evaluation.report import mark_stale
+
+    for s in (stage, *DOWNSTREAM.get(stage, ())):
+        (out_dir / "stages" / f"{s}.json").unlink(missing_ok=True)
+    if DOWNSTREAM.get(stage):
+        mark_stale(out_dir, stage)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run `cfg.task` (the stage pipeline, or `recommend`) and return per-stage summaries."""
     import lightning as L
@@ -139,6 +163,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for stage in stages:
             t0 = time.time()
             log.info("stage %s: starting", stage)
+            invalidate(out_dir, stage)
             memory.reset_peaks()
             summary = _resolve(STAGES[stage])(cfg, out_dir) or {}
             summary["seconds"] = round(time.time() - t0, 2)

@@ -253,9 +253,31 @@ def find_results(folders: Iterable[str | Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def stale_reason(results_path: Path) -> str | None:
+    """Why a run's results cannot be trusted (a stage restarted after its rows were written and
+    did not complete them, or the eval stage's summary is missing), else None."""
+    results = read_json(results_path)
+    stale = results.get("stale") if isinstance(results, dict) else None
+    if stale:
+        return "stage(s) " + ", ".join(f"{s} (started {t})" for s, t in stale.items()) + \
+            " restarted after its rows were written and did not complete them"
+    if (results_path.parent / "stages").is_dir() and \
+            not (results_path.parent / "stages" / "eval.json").exists():
+        return "stages/eval.json is missing: the evaluation did not complete"
+    return None
+
+
 def collect_runs(folders: Iterable[str | Path], group_by: Sequence[str] = (),
                  column_by: str | None = None) -> list[Run]:
-    return [load_run(p, group_by, column_by) for p in find_results(folders)]
+    """Every complete run below `folders`; runs whose files disagree are left out, loudly."""
+    runs = []
+    for p in find_results(folders):
+        reason = stale_reason(p)
+        if reason:
+            log.warning("%s: not aggregated: %s; rerun its eval stage", p.parent, reason)
+            continue
+        runs.append(load_run(p, group_by, column_by))
+    return runs
 
 
 # -- aggregation ----------------------------------------------------------------------------

@@ -163,7 +163,12 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Stage entry (contract): every baseline in `cfg.baseline`, scored and recorded."""
     from reccocktail.evaluation.confidence import ci_fields
     from reccocktail.evaluation.metrics import DEFAULT_KS, ranking_metrics, target_ranks
-    from reccocktail.evaluation.report import record_results, update_paired
+    from reccocktail.evaluation.report import (
+        clear_stale,
+        record_results,
+        start_rows,
+        update_paired,
+    )
     from reccocktail.evaluation.stage import prediction_rows
     from reccocktail.pipeline import make_trainer
 
@@ -180,6 +185,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     seed = int(cfg.seed)
     summary: dict[str, Any] = {"baselines": names, "scored_samples": len(samples),
                                "scored_on": how, "metrics": {}}
+    start_rows(out_dir, names, "baselines")
     for name in names:
         settings = settings_for(cfg, name)
 
@@ -204,4 +210,5 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
                  metrics["ndcg@1"], metrics["ndcg@3"], info["train_seconds"])
     if summary["metrics"]:  # cocktail (when already scored) against the new rows, per sample
         update_paired(out_dir)
+    clear_stale(out_dir, ("baselines",))
     return summary

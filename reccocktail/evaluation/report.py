@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,47 @@ def _drop_stale_paired(data: dict[str, Any], variant: str) -> None:
 def _write(out_dir: Path, data: dict[str, Any]) -> None:
     write_json(out_dir / "results.json", data)
     write_text(out_dir / "results.md", render_markdown(data))
+
+
+def mark_stale(out_dir: str | os.PathLike, stage: str) -> None:
+    """A stage that the results derive from has started: until the eval stage completes again,
+    results.json says so (`stale`), results.md warns, and the report refuses the run."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "results.json").exists():
+        return
+    with _locked(out_dir / ".results.lock"):
+        data = load_results(out_dir)
+        data.setdefault("stale", {})[stage] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        _write(out_dir, data)
+
+
+def start_rows(out_dir: str | os.PathLike, names: Sequence[str], stage: str) -> None:
+    """A stage that writes the rows `names` starts: drop them (and the paired block built on
+    them) so that a killed run never shows new rows beside old ones, and mark the file stale."""
+    out_dir = Path(out_dir)
+    with _locked(out_dir / ".results.lock"):
+        data = load_results(out_dir)
+        for n in list(data["variants"]):
+            if n in names or n.split(".")[0] in names:
+                del data["variants"][n]
+        data.pop("paired", None)
+        data.pop("paired_info", None)
+        data.setdefault("stale", {})[stage] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        _write(out_dir, data)
+
+
+def clear_stale(out_dir: str | os.PathLike, stages: Sequence[str]) -> None:
+    """A stage that writes rows completed: the marks of `stages` (itself and the stages its rows
+    derive from) are lifted; marks of others stay."""
+    out_dir = Path(out_dir)
+    with _locked(out_dir / ".results.lock"):
+        data = load_results(out_dir)
+        stale = data.get("stale") or {}
+        for s in stages:
+            stale.pop(s, None)
+        if not stale:
+            data.pop("stale", None)
+        _write(out_dir, data)
 
 
 def record_results(out_dir: str | os.PathLike, variant: str, metrics: dict[str, float],
@@ -408,8 +449,13 @@ def render_markdown(data: dict[str, Any]) -> str:
     columns, rows = _cells(data, markdown=True)
     if not rows:
         return "# Results\n\n(no results yet)\n"
-    lines = [f"# {table_title(data)}", "",
-             "Ranking of 1 positive among the candidates; ties count against the positive."]
+    lines = [f"# {table_title(data)}", ""]
+    if data.get("stale"):
+        started = ", ".join(f"`{s}` ({t})" for s, t in data["stale"].items())
+        lines += [f"**Incomplete:** stage(s) {started} started after some of these rows were "
+                  "written and have not completed the rows since; rerun the `eval` (and "
+                  "`baselines`) stage.", ""]
+    lines += ["Ranking of 1 positive among the candidates; ties count against the positive."]
     with_ci = [r for r in data.get("variants", {}).values() if r.get("ci")]
     if with_ci:
         n_boot = with_ci[0].get("n_boot", "?")

@@ -28,10 +28,12 @@ from reccocktail.evaluation.metrics import (
     target_ranks,
 )
 from reccocktail.evaluation.report import (
+    clear_stale,
     load_results,
     print_results,
     record_results,
     results_table,
+    start_rows,
     update_paired,
 )
 from reccocktail.utils.device import place_backbone, resolve_device
@@ -234,6 +236,9 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     c = num_candidates(samples)
     keys: list[str] = []
+    # the rows this stage writes go first: a killed evaluation leaves fewer rows and a stale
+    # mark, never new rows beside old ones
+    start_rows(out_dir, ["random", "popularity", *(n for n, _ in variants)], "eval")
     if bool(_get(cfg, "eval.reference", True)):
         record_results(out_dir, "random", random_expectation(c, ks), scorer="expectation",
                        num_candidates=c, **info)
@@ -303,7 +308,10 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         switcher.drop()
 
     # cocktail against every other row, per sample (all of predictions/, baselines included)
-    data = update_paired(out_dir) if keys else load_results(out_dir)
+    if keys:
+        update_paired(out_dir)
+    clear_stale(out_dir, ("data", "general", "specific", "mix", "eval"))
+    data = load_results(out_dir)
     _log_results(cfg, data, keys)
     if bool(_get(cfg, "eval.print", True)):
         print_results(data)

@@ -1,0 +1,93 @@
+"""A stage that restarts never leaves old rows beside new ones: an interrupted evaluation
+leaves fewer rows and a stale mark, the report refuses such a run, and a completed rerun lifts
+the mark. (The interruption is an exception after the first variants; every write before it is
+atomic, so a SIGKILL at the same point leaves the same files.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from reccocktail.evaluation.report import load_results
+from reccocktail.utils.io import write_json
+
+
+def _fakes(monkeypatch, killed: set[str]):
+    import reccocktail.evaluation.scorers as scorers
+    from reccocktail.evaluation import stage
+    from test_eval_stage import N_CAND
+
+    class Switcher:
+        def __init__(self, base):
+            pass
+
+        def use(self, path):
+            return None if path is None else Path(path).name
+
+        def drop(self):
+            pass
+
+    class Scorer:
+        def __init__(self, variant):
+            self.variant = variant
+
+        def score(self, samples):
+            if self.variant in killed:
+                raise RuntimeError("killed")
+            scores = torch.zeros(len(samples), N_CAND)
+            for i, s in enumerate(samples):
+                if self.variant == "cocktail":
+                    scores[i, s.target_index] = 1.0
+            return scores
+
+    monkeypatch.setattr(stage, "AdapterSwitcher", Switcher)
+    monkeypatch.setattr(scorers, "build_scorer",
+                        lambda name, model, pb, cfg: Scorer(model or "zero_shot"))
+    return stage
+
+
+def test_interrupted_eval_leaves_no_old_rows_and_the_report_refuses_it(tmp_path, tiny_llama_cfg,
+                                                                        monkeypatch):
+    from test_eval_stage import _write_data, make_cfg
+
+    from reccocktail.pipeline import invalidate
+    from reccocktail.report import collect_runs, stale_reason
+
+    _write_data(tmp_path / "data")
+    for name in ("cocktail", "specific"):
+        write_json(tmp_path / "adapters" / name / "adapter_config.json", {})
+        write_json(tmp_path / "adapters" / name / "manifest.json",
+                   {"kind": name, "backbone": "tiny_llama"})
+    cfg = make_cfg(tmp_path, tiny_llama_cfg, variants=["zero_shot", "specific", "cocktail"])
+    stage = _fakes(monkeypatch, killed=set())
+    stage.run_eval_stage(cfg, tmp_path)
+    write_json(tmp_path / "stages" / "eval.json", {"done": True})
+    assert "stale" not in load_results(tmp_path)
+    assert load_results(tmp_path)["variants"]["cocktail"]["metrics"]["ndcg@1"] == 1.0
+
+    # a new mix starts: the eval summary goes, results.json is marked stale
+    invalidate(tmp_path, "mix")
+    assert not (tmp_path / "stages" / "eval.json").exists()
+    assert "mix" in load_results(tmp_path)["stale"]
+    # ... and the evaluation that follows is interrupted at the cocktail
+    stage = _fakes(monkeypatch, killed={"cocktail"})
+    with pytest.raises(RuntimeError, match="killed"):
+        stage.run_eval_stage(cfg, tmp_path)
+    data = load_results(tmp_path)
+    assert "cocktail" not in data["variants"]  # the old cocktail row is gone, not kept
+    assert {"zero_shot", "specific", "popularity"} <= set(data["variants"])
+    assert set(data["stale"]) == {"mix", "eval"} and "paired" not in data
+    assert (tmp_path / "results.md").read_text().count("**Incomplete:**") == 1
+    assert "did not complete" in stale_reason(tmp_path / "results.json")
+    assert collect_runs([tmp_path]) == []
+
+    # a completed rerun lifts the mark and the report takes the run again
+    stage = _fakes(monkeypatch, killed=set())
+    stage.run_eval_stage(cfg, tmp_path)
+    write_json(tmp_path / "stages" / "eval.json", {"done": True})
+    data = load_results(tmp_path)
+    assert "stale" not in data and data["variants"]["cocktail"]["metrics"]["ndcg@1"] == 1.0
+    assert stale_reason(tmp_path / "results.json") is None
+    assert "Incomplete" not in (tmp_path / "results.md").read_text()
