@@ -1,7 +1,6 @@
 """A stage that restarts never leaves old rows beside new ones: an interrupted evaluation
 leaves fewer rows and a stale mark, the report refuses such a run, and a completed rerun lifts
-the mark. (The interruption is an exception after the first variants; every write before it is
-atomic, so a SIGKILL at the same point leaves the same files.)"""
+the mark and gives the files of a run that was never interrupted (SIGKILL in a subprocess)."""
 
 from __future__ import annotations
 
@@ -15,9 +14,10 @@ from reccocktail.utils.io import write_json
 
 
 def _fakes(monkeypatch, killed: set[str]):
+    from test_eval_stage import N_CAND
+
     import reccocktail.evaluation.scorers as scorers
     from reccocktail.evaluation import stage
-    from test_eval_stage import N_CAND
 
     class Switcher:
         def __init__(self, base):
@@ -91,3 +91,70 @@ def test_interrupted_eval_leaves_no_old_rows_and_the_report_refuses_it(tmp_path,
     assert "stale" not in data and data["variants"]["cocktail"]["metrics"]["ndcg@1"] == 1.0
     assert stale_reason(tmp_path / "results.json") is None
     assert "Incomplete" not in (tmp_path / "results.md").read_text()
+
+
+_KILLED_EVAL = '''
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import pytest
+from conftest import backbone_cfg
+from test_stale_results import _fakes
+from test_eval_stage import make_cfg
+
+class MP:  # the two setattr calls _fakes makes, without pytest
+    def setattr(self, obj, name, value):
+        setattr(obj, name, value)
+
+stage = _fakes(MP(), killed=set())
+import reccocktail.evaluation.scorers as scorers
+inner = scorers.build_scorer
+def build(name, model, pb, cfg):
+    if model == "cocktail":
+        os.kill(os.getpid(), signal.SIGKILL)  # killed in the middle of the evaluation
+    return inner(name, model, pb, cfg)
+scorers.build_scorer = build
+out = Path({out!r})
+stage.run_eval_stage(make_cfg(out, backbone_cfg("tiny_llama"),
+                              variants=["zero_shot", "specific", "cocktail"]), out)
+'''
+
+
+def test_sigkilled_eval_then_rerun_gives_the_files_of_an_uninterrupted_run(
+        tmp_path, tiny_llama_cfg, monkeypatch):
+    import subprocess
+    import sys
+
+    from test_eval_stage import _write_data, make_cfg
+
+    def prepare(out: Path) -> None:
+        _write_data(out / "data")
+        for name in ("cocktail", "specific"):
+            write_json(out / "adapters" / name / "adapter_config.json", {})
+            write_json(out / "adapters" / name / "manifest.json",
+                       {"kind": name, "backbone": "tiny_llama"})
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    for out in (killed, clean):
+        prepare(out)
+    cfg = lambda out: make_cfg(out, tiny_llama_cfg, variants=["zero_shot", "specific", "cocktail"])  # noqa: E731
+    stage = _fakes(monkeypatch, killed=set())
+    stage.run_eval_stage(cfg(killed), killed)  # a finished evaluation ...
+    script = tmp_path / "killed_eval.py"
+    script.write_text(_KILLED_EVAL.format(tests=str(Path(__file__).parent), out=str(killed)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # ... rerun and SIGKILLed mid-way
+    data = load_results(killed)
+    assert "cocktail" not in data["variants"] and "eval" in data["stale"]
+    assert not list(killed.glob("**/.*.tmp"))  # no half-written file
+    stage.run_eval_stage(cfg(killed), killed)  # the rerun completes ...
+    stage.run_eval_stage(cfg(clean), clean)  # ... like a run that was never interrupted
+    a, b = load_results(killed), load_results(clean)
+    for d in (a, b):
+        for row in d["variants"].values():
+            for k in ("recorded_at", "seconds", "users_per_s", "adapter"):  # time, place
+                row.pop(k, None)
+    assert a == b
+    for name in ("zero_shot", "specific", "cocktail", "popularity"):
+        assert ((killed / "predictions" / f"{name}.jsonl").read_bytes()
+                == (clean / "predictions" / f"{name}.jsonl").read_bytes())
