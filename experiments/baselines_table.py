@@ -1,4 +1,4 @@
-"""Measure every baseline (issue 7) on ML-1M and Amazon Beauty, warm and cold: NDCG@1/3 on the
+"""Measure every baseline on ML-1M and Amazon Beauty, warm and cold: NDCG@1/3 on the
 stored 30 candidates and training time on this machine.
 
     python experiments/baselines_table.py                       # the capped default (<= ~20 min)

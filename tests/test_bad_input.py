@@ -1,4 +1,4 @@
-"""Bad input (issue 13): every check names what it must (file and line, config key, sample id,
+"""Bad input: every check names what it must (file and line, config key, sample id,
 path), and nothing stale or half-written remains. Each test writes its own small fixture."""
 
 from __future__ import annotations

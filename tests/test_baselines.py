@@ -1,4 +1,4 @@
-"""Baselines (issue 7): sequence plumbing, causality, cold items, learning a planted pattern,
+"""Baselines: sequence plumbing, causality, cold items, learning a planted pattern,
 the stage's outputs, and (slow) SASRec on ML-1M warm."""
 
 from __future__ import annotations

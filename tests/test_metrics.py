@@ -69,7 +69,7 @@ def test_bad_input_is_rejected():
 def test_random_expectation_exact():
     r = random_expectation(30)
     assert r["ndcg@1"] == pytest.approx(1 / 30)
-    assert round(r["ndcg@3"], 4) == 0.0710  # the figure quoted by DESIGN §4
+    assert round(r["ndcg@3"], 4) == 0.0710  # the random NDCG@3 of docs/design.md §4
     assert r["hr@10"] == pytest.approx(10 / 30)
     # equals the mean over every rank the positive can take
     c = 7

@@ -1,4 +1,4 @@
-"""Evaluation throughput (issue 5): users/s for the three scorers on real ML-1M prompts.
+"""Evaluation throughput: users/s for the three scorers on real ML-1M prompts.
 
   shared    `LikelihoodScorer`: one prompt prefill, its KV cache shared by the batched candidates
   naive     `NaiveLikelihoodScorer`: every candidate as a full prompt+title sequence

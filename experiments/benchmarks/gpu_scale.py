@@ -1,4 +1,4 @@
-"""Paper scale on one GPU (issue 11): what a 7B-shaped backbone costs in every stage.
+"""Paper scale on one GPU: what a 7B-shaped backbone costs in every stage.
 
 The Qwen2-7B and Llama-3.1-8B architectures of `conf/backbone/{qwen2_7b,llama31_8b}.yaml`, built
 with random weights (the shapes, not the weights, set the cost; nothing is downloaded), bf16 on

@@ -1,4 +1,4 @@
-"""Peak memory per pipeline stage (issue 11): each stage in a process of its own, its peak RSS
+"""Peak memory per pipeline stage: each stage in a process of its own, its peak RSS
 read from the kernel (`os.wait4`, the figure `/usr/bin/time -v` prints), then all stages in one
 process as `make demo` runs them.
 

@@ -1,4 +1,4 @@
-"""Training throughput: the LightningModule against a plain PyTorch + peft loop (issue 3).
+"""Training throughput: the LightningModule against a plain PyTorch + peft loop.
 
 All loops train the same LoRA (same seed) on the same batches in the same order (the
 length-grouped batch sampler of the data module); they run interleaved, batch by batch, so that

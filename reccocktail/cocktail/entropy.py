@@ -1,4 +1,4 @@
-"""Entropy-guided λ (DESIGN §1.4): learn only the mixing weights on unlabeled prompts.
+"""Entropy-guided λ (docs/design.md §1.2): learn only the mixing weights on unlabeled prompts.
 
 The target modules of the frozen backbone are wrapped by `MixedLoraLinear`, which computes
 `base(x) + s_m · B_m (A_m x)` with `(A_m, B_m, s_m)` built from the adapters' frozen factors and

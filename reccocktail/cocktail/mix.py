@@ -1,6 +1,6 @@
 """Mixing operators of the LoRA cocktail: pure functions over PEFT adapter folders.
 
-Two modes (DESIGN §1.3):
+Two modes (docs/design.md §1.1):
 
 - `ab` (the paper's eq. 7): `A_m = Σ λ_i A_i`, `B_m = Σ λ_i B_i`, same rank. Its weight update
   `B_m A_m` carries cross terms `λ_i λ_j B_i A_j`, meaningful only when the adapters started from

@@ -1,6 +1,6 @@
 """Reference rows every results table carries: item popularity and the random expectation.
 
-With uniformly sampled negatives, popularity alone is a strong ranker (DESIGN §4): a model
+With uniformly sampled negatives, popularity alone is a strong ranker (docs/design.md §4): a model
 that does not beat this row has not learned a preference.
 """
 
