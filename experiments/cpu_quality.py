@@ -74,15 +74,20 @@ def _cell(row: dict | None, metric: str) -> str:
 
 
 def _budget(run: Path) -> dict:
+    """Seconds per stage; for G and S what their training cost where it ran (a reused G
+    reports the run that trained it), from the adapters' manifests."""
     out = {}
     for stage in ("general", "specific", "mix", "eval", "baselines"):
         p = run / "stages" / f"{stage}.json"
         if p.exists():
-            s = read_json(p)
-            m = s.get("metrics") or {}
-            out[stage] = {"seconds": s.get("seconds"), "reused": s.get("reused"),
-                          "train_seconds": m.get("seconds"), "targets": m.get("targets"),
-                          "tokens": m.get("tokens"), "tokens_per_s": m.get("tokens_per_s")}
+            out[stage] = {"seconds": read_json(p).get("seconds")}
+        m = run / "adapters" / stage / "manifest.json"
+        if m.exists():
+            met = read_json(m).get("metrics") or {}
+            out.setdefault(stage, {}).update(
+                train_seconds=met.get("seconds"), windows=met.get("train_samples"),
+                targets=met.get("targets"), tokens=met.get("tokens"),
+                tokens_per_s=met.get("tokens_per_s"), trained_in=read_json(m).get("trained_in"))
     return out
 
 
