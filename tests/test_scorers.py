@@ -220,3 +220,50 @@ def test_generate_runs_batched_on_tiny_model(tiny_models, items):
     # batched (left-padded) greedy decoding gives the same text as one prompt at a time
     single = GenerateMatchScorer(model, pb, batch_size=1, max_new_tokens=4).generate(samples)
     assert single == g.outputs
+
+
+@pytest.mark.parametrize("fmt", ["instruction", "sequence"])
+def test_beam_returns_k_distinct_valid_candidates_and_matches_exhaustive_ranking(
+        tiny_models, items, fmt):
+    from reccocktail.data.prompts import build_prompt_builder
+    from reccocktail.evaluation.scorers import BeamScorer
+
+    model, tok = tiny_models["llama"]
+    with torch.no_grad():  # sharper logits: the toy's ranking is then far from uniform
+        model.get_input_embeddings().weight.mul_(8.0)
+    try:
+        pb = build_prompt_builder(tok, items, {"prompt": {"noun": "movie", "verb": "watched"}},
+                                  {"max_prompt_tokens": 1024}, 32, fmt=fmt)
+        samples = make_samples(items, n_users=3, n_cand=30, seed=5)
+        exact = LikelihoodScorer(model, pb, batch_size=32).score(samples)
+        for k in (3, 5):
+            beam = BeamScorer(model, pb, beam_size=k).score(samples)
+            for i in range(len(samples)):
+                found = torch.isfinite(beam[i])
+                assert int(found.sum()) == k  # k distinct candidates, each a valid item
+                # every found candidate carries its exact log-likelihood
+                torch.testing.assert_close(beam[i][found], exact[i][found], atol=1e-4, rtol=0)
+        # a beam as wide as the candidate set is the exhaustive ranking itself
+        wide = BeamScorer(model, pb, beam_size=30).score(samples)
+        torch.testing.assert_close(wide, exact, atol=1e-4, rtol=0)
+    finally:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.div_(8.0)
+
+
+def test_beam_never_leaves_the_trie(tiny_models, items):
+    """A candidate set whose titles share long prefixes: only whole candidate answers finish."""
+    from reccocktail.evaluation.scorers import BeamScorer
+
+    model, tok = tiny_models["llama"]
+    shared = {"1": "Star Wars (1977)", "2": "Star Wars: Episode I (1999)", "3": "Star Trek (1979)",
+              "4": "Star (1990)", "5": "Heat (1995)", "6": "Toy Story (1995)"}
+    pb = builder(tok, shared)
+    s = Sample("s", "u", ["6"], "1", ["1", "2", "3", "4", "5"])
+    scorer = BeamScorer(model, pb, beam_size=5)
+    scores = scorer.score([s])[0]
+    assert torch.isfinite(scores).all()  # all 5 finished: each is a complete answer's score
+    exact = LikelihoodScorer(model, pb).score([s])[0]
+    torch.testing.assert_close(scores, exact, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="beam_size"):
+        BeamScorer(model, pb, beam_size=0)

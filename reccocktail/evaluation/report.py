@@ -421,7 +421,7 @@ def _paired_note(data: dict[str, Any]) -> str:
 
 
 _SCORER_TEXT = {"likelihood": "likelihood ranking", "naive": "likelihood ranking (naive)",
-                "generate": "generate-and-match"}
+                "generate": "generate-and-match", "beam": "constrained beam search"}
 
 
 def table_title(data: dict[str, Any]) -> str:

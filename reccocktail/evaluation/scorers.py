@@ -294,8 +294,78 @@ class GenerateMatchScorer:
         return self.scores_from_outputs(samples, self.generate(samples))
 
 
+@dataclass
+class BeamScorer(LikelihoodScorer):
+    """Ranked, always-valid generation: beam search constrained to the candidates' answers.
+
+    The answers (`response_ids`, each ending in the end token) form a token trie; from the
+    prompt's KV cache, each step extends every live hypothesis by the tokens its trie node allows,
+    scored by the model's full log-softmax (not renormalised over the allowed tokens), and keeps
+    the `beam_size` best. A hypothesis that completes an answer is finished with exactly that
+    answer's log-likelihood; the search stops when `beam_size` answers are finished and no live
+    hypothesis can beat the worst of them (log-probabilities only fall as tokens are added).
+    Finished candidates score their log-likelihood, the others -inf (ranked last, tied), so the
+    top `beam_size` are a ranked list of distinct valid items; with `beam_size` >= the number of
+    candidates it is the exhaustive likelihood ranking.
+    """
+
+    beam_size: int = 10
+    name: str = "beam"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beam_size < 1:
+            raise ValueError(f"eval.beam_size must be >= 1, got {self.beam_size}")
+
+    def score_ids(self, prompt: list[int], responses: list[list[int]]) -> torch.Tensor:
+        model, dev = self.model, _device(self.model)
+        trie: dict = {}
+        for i, r in enumerate(responses):
+            node = trie
+            for t in r:
+                node = node.setdefault(t, {})
+            node.setdefault(None, []).append(i)  # None: an answer ends here
+        out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
+        lp = out.logits[0, -1].float().log_softmax(-1)
+        prefix = [(layer.keys, layer.values) for layer in _out_cache(out).layers]
+        p_len = len(prompt)
+        scores = torch.full((len(responses),), float("-inf"))
+        finished: list[float] = []
+        beams: list[tuple[list[int], float, dict]] = [([], 0.0, trie)]
+        step_lp = lp[None]
+        while beams:
+            cands = []
+            for b, (toks, score, node) in enumerate(beams):
+                for t, child in node.items():
+                    if t is not None:
+                        cands.append((score + float(step_lp[b, t]), toks + [t], child))
+            cands.sort(key=lambda c: -c[0])
+            beams = []
+            for score, toks, node in cands:
+                if len(finished) >= self.beam_size and score <= sorted(finished)[-self.beam_size]:
+                    break  # can never enter the top beam_size
+                if None in node:
+                    for i in node[None]:
+                        scores[i] = score
+                    finished.append(score)
+                    node = {k: v for k, v in node.items() if k is not None}
+                if node and len(beams) < self.beam_size:
+                    beams.append((toks, score, node))
+            if not beams:
+                break
+            ids = torch.tensor([b[0] for b in beams], device=dev)
+            k, t_len = ids.shape
+            pos = torch.arange(p_len, p_len + t_len, device=dev).expand(k, t_len)
+            logits = _forward_cached(model, self._cache(prefix, k), input_ids=ids,
+                                     attention_mask=torch.ones(k, p_len + t_len, dtype=torch.long,
+                                                               device=dev),
+                                     position_ids=pos, logits_to_keep=1).logits
+            step_lp = logits[:, -1].float().log_softmax(-1)
+        return scores
+
+
 SCORERS = {"likelihood": LikelihoodScorer, "naive": NaiveLikelihoodScorer,
-           "generate": GenerateMatchScorer}
+           "generate": GenerateMatchScorer, "beam": BeamScorer}
 
 
 def build_scorer(name: str, model: Any, prompt_builder: PromptBuilder, eval_cfg: Any):
@@ -306,6 +376,10 @@ def build_scorer(name: str, model: Any, prompt_builder: PromptBuilder, eval_cfg:
                              normalize=bool(get("normalize", False)),
                              progress=bool(get("progress", True)),
                              packed=bool(get("packed", True)))
+    if name == "beam":
+        return BeamScorer(model, prompt_builder, batch_size=int(get("batch_size", 32)),
+                          progress=bool(get("progress", True)),
+                          beam_size=int(get("beam_size", 10)))
     if name == "generate":
         return GenerateMatchScorer(model, prompt_builder,
                                    batch_size=int(get("generate_batch_size", 8)),

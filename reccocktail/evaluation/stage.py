@@ -293,6 +293,8 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                                          "users_per_s": round(info["num_users"] / max(seconds, 1e-9), 3)}
                 if sname in ("likelihood", "naive"):
                     extra["normalize"] = bool(_get(cfg, "eval.normalize", False))
+                if sname == "beam":
+                    extra["beam_size"] = scorer.beam_size
                 if sname == "generate":
                     extra["valid_ratio"] = scorer.valid_ratio
                     extra["multi_title_ratio"] = sum(m.num_titles > 1 for m in scorer.matches) / len(samples)
