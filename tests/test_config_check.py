@@ -19,7 +19,7 @@ def cfg_of(*overrides: str):
 
 
 @pytest.mark.parametrize("overrides", [
-    [], ["debug=fast"], ["mix=grid"], ["mix=fixed"], ["eval=generate"], ["tuning=gpu"],
+    [], ["debug=fast"], ["mix=grid"], ["mix=fixed"], ["eval=generate"], ["eval=beam"], ["tuning=gpu"],
     ["hparams_search=ml100k_optuna"], ["scenario=cold", "scenario.cold_negatives=new"],
     ["+tuning.general.lr=1e-3", "+tuning.specific.objective=sequence"],
     ["eval.scorer=[likelihood,generate]", "+eval.adapters.mine=/tmp/x"],
