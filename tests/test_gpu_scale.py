@@ -65,7 +65,7 @@ def test_tiny_shape_reports_every_field(samples, tmp_path):
     assert lam["step_s"] > 0 and lam["measure_s"] > 0 and "peak_gib" in lam
     for dom in ("ml1m", "beauty"):
         ev = shape["eval"][dom]
-        for scorer in ("shared", "naive", "generate"):
+        for scorer in ("shared", "naive", "generate", "beam"):
             assert ev[scorer]["users_per_s"] > 0, (dom, scorer)
         assert ev["naive"]["max_abs_diff_vs_shared"] < 1e-3  # the same scores, the slow way
         assert ev["ideal_users_per_s"] > 0 and ev["shared_vs_ideal"] > 0

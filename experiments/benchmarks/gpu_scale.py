@@ -3,14 +3,15 @@
 The Qwen2-7B and Llama-3.1-8B architectures of `conf/backbone/{qwen2_7b,llama31_8b}.yaml`, built
 with random weights (the shapes, not the weights, set the cost; nothing is downloaded), bf16 on
 a GPU, the configs' LoRA (r16/α32 on q/k/v/o), gradient checkpointing, on the paper's prompts
-(10 history items, 30 candidates; ML-1M ~500 and Beauty ~900 tokens). Measured, in order:
+(10 history items, 30 candidates; ML-1M ~520 and Beauty ~790 tokens). Measured, in order:
 
   peak      the chip's bf16 matmul rate (fp32 on a CPU): the denominator of every MFU
   train     LoRA training tokens/s, MFU and peak memory for micro-batch sizes up to what fits
   lambda    one entropy λ step on 50 prompts, k=3, both adapters on the fly (EntropyMixModule),
             and the no-grad "entropy before/after" pass over them
-  eval      users/s with 30 candidates: shared-prefix LikelihoodScorer, the naive scorer and
-            free generation; shared-prefix against one prefill per user at the training MFU
+  eval      users/s with 30 candidates: shared-prefix LikelihoodScorer, the naive scorer, free
+            generation and ranked beam search (BeamScorer); shared-prefix against one prefill
+            per user at the training MFU
   bf16      the README's open anomaly (bf16 scoring ~3x slower than fp32 on the H200) taken
             apart: fp32/bf16 x packed/batched x attention kernel (sdpa, sdpa without cuDNN,
             math, eager) x varying/fixed prompt shapes, plus a profile of each dtype
@@ -309,13 +310,15 @@ def _users(samples: list[dict], vocab: int) -> list[tuple[list[int], list[list[i
             for s in samples]
 
 
-def score_rate(model: Any, users: list, eos: int, dev: torch.device, naive: bool = False,
+def score_rate(model: Any, users: list, eos: int, dev: torch.device, kind: str = "shared",
                packed: bool = True, batch_size: int = 30) -> tuple[float, torch.Tensor]:
-    """users/s of the (shared-prefix or naive) likelihood scorer over `users`, one warm-up user
-    first; and the scores."""
-    from reccocktail.evaluation.scorers import LikelihoodScorer, NaiveLikelihoodScorer
+    """users/s of a scorer over `users` (`shared`: the shared-prefix likelihood, `naive`, or
+    `beam`: ranked beam search over the candidates' trie, beam 10), one warm-up user first; and
+    the scores."""
+    from reccocktail.evaluation import scorers
 
-    cls = NaiveLikelihoodScorer if naive else LikelihoodScorer
+    cls = {"shared": scorers.LikelihoodScorer, "naive": scorers.NaiveLikelihoodScorer,
+           "beam": getattr(scorers, "BeamScorer", None)}[kind]
     scorer = cls(model, _Ids(eos), batch_size=batch_size, packed=packed)
     model.eval()
     with torch.inference_mode():
@@ -371,7 +374,7 @@ def eval_rates(model: Any, shape: str, samples: list[dict], meta: dict, dev: tor
     if n_naive < 1:
         out["naive"] = {"skipped": "--naive-users 0"}
     elif budget.left() - reserve > 25 * (n_naive + 1) / max(rate, 1e-9):
-        nrate, naive_scores = score_rate(model, users[: n_naive + 1], eos, dev, naive=True)
+        nrate, naive_scores = score_rate(model, users[: n_naive + 1], eos, dev, kind="naive")
         diff = float((naive_scores[1:] - shared_scores[1:n_naive + 1]).abs().max())
         out["naive"] = {"users_per_s": round(nrate, 3), "users": n_naive,
                         "max_abs_diff_vs_shared": diff, "shared_speedup": round(rate / nrate, 2)}
@@ -394,8 +397,17 @@ def eval_rates(model: Any, shape: str, samples: list[dict], meta: dict, dev: tor
         ideal = train_mfu * peak / prefill_flops(f, int(p_mean))
         out["ideal_users_per_s"] = round(ideal, 3)
         out["shared_vs_ideal"] = round(rate / ideal, 3)
+    if budget.left() - reserve > 10:
+        try:
+            brate, _ = score_rate(model, users, eos, dev, kind="beam")
+            out["beam"] = {"users_per_s": round(brate, 3), "users": len(users) - 1, "beam_size": 10}
+            print(f"  eval ranked beam:   {brate:8.3f} users/s", flush=True)
+        except Exception as err:  # noqa: BLE001
+            free(dev)
+            out["beam"] = {"error": "out of memory" if is_oom(err) else repr(err)[:300]}
+    else:
+        out["beam"] = {"skipped": "time budget"}
     out["peak_gib"] = peak_gib(dev)
-    out["ranked_beam_search"] = {"skipped": "no such scorer in reccocktail.evaluation.scorers yet"}
     return out
 
 
