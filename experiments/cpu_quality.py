@@ -155,7 +155,8 @@ def report(args: argparse.Namespace) -> str:
             for key, m in paired.items():
                 other = key.removeprefix("cocktail_vs_")
                 c = [f"{m[x]['diff']:+.3f} [{m[x]['ci'][0]:+.3f}, {m[x]['ci'][1]:+.3f}] | "
-                     f"{m[x]['p']:.3f}" for x in ("ndcg@1", "ndcg@3")]
+                     + ("<0.001" if m[x]["p"] < 0.001 else f"{m[x]['p']:.3f}")
+                     for x in ("ndcg@1", "ndcg@3")]
                 lines.append(f"| {LABELS.get(other, other)} | " + " | ".join(c) + " |")
         b = _budget(runs[s])
         lines += ["", "Budget (seconds; training = time inside `trainer.fit`): " + json.dumps(b), ""]
