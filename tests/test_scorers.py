@@ -140,7 +140,7 @@ def test_scorer_rejects_ragged_candidate_counts(tiny_models, items):
     with pytest.raises(ValueError, match="different numbers of candidates"):
         LikelihoodScorer(model, builder(tok, items)).score(samples)
     with pytest.raises(ValueError, match="eval.scorer"):
-        build_scorer("beam", model, builder(tok, items), {})
+        build_scorer("beem", model, builder(tok, items), {})
 
 
 # -- generate-and-match -----------------------------------------------------------------
