@@ -229,7 +229,7 @@ def test_paired_refuses_different_sample_sets(tmp_path):
 def test_eval_stage_writes_ci_and_paired_block(tmp_path, tiny_llama_cfg, monkeypatch):
     """The stage with injected scorers (no adapter is loaded): cocktail ranks every positive
     first, the zero-shot backbone scores every candidate alike (rank 30)."""
-    from test_eval_stage import N_CAND, _write_data, make_cfg
+    from test_eval_stage import N_CAND, FakeSwitcher, _write_data, make_cfg
 
     import reccocktail.evaluation.scorers as scorers
     from reccocktail.evaluation import stage
@@ -240,16 +240,6 @@ def test_eval_stage_writes_ci_and_paired_block(tmp_path, tiny_llama_cfg, monkeyp
         folder = tmp_path / "adapters" / name
         write_json(folder / "adapter_config.json", {})
         write_json(folder / "manifest.json", {"kind": name, "backbone": "tiny_llama"})
-
-    class Switcher:
-        def __init__(self, base):
-            pass
-
-        def use(self, path):
-            return None if path is None else Path(path).name
-
-        def drop(self):
-            pass
 
     class Scorer:
         def __init__(self, variant):
@@ -264,7 +254,7 @@ def test_eval_stage_writes_ci_and_paired_block(tmp_path, tiny_llama_cfg, monkeyp
                     scores[i] = torch.arange(N_CAND, dtype=torch.float).roll(i)
             return scores
 
-    monkeypatch.setattr(stage, "AdapterSwitcher", Switcher)
+    monkeypatch.setattr(stage, "AdapterSwitcher", FakeSwitcher)
     monkeypatch.setattr(scorers, "build_scorer",
                         lambda name, model, pb, cfg: Scorer(model or "zero_shot"))
     cfg = make_cfg(tmp_path, tiny_llama_cfg, variants=["zero_shot", "specific", "cocktail"])

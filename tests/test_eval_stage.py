@@ -247,3 +247,17 @@ def test_record_results_merges_rows(tmp_path):
     assert "| likelihood |" in (tmp_path / "results.md").read_text()  # the summed rows
     with pytest.raises(ValueError, match="non-numeric"):
         record_results(tmp_path, "bad", {"ndcg@1": "high"})
+
+
+class FakeSwitcher:
+    """Stands in for AdapterSwitcher in stage tests: the "model" is the adapter folder's name
+    (None for the bare backbone), so an injected scorer knows which variant it scores."""
+
+    def __init__(self, base):
+        pass
+
+    def use(self, path):
+        return None if path is None else Path(path).name
+
+    def drop(self):
+        pass

@@ -14,20 +14,10 @@ from reccocktail.utils.io import write_json
 
 
 def _fakes(monkeypatch, killed: set[str]):
-    from test_eval_stage import N_CAND
+    from test_eval_stage import N_CAND, FakeSwitcher
 
     import reccocktail.evaluation.scorers as scorers
     from reccocktail.evaluation import stage
-
-    class Switcher:
-        def __init__(self, base):
-            pass
-
-        def use(self, path):
-            return None if path is None else Path(path).name
-
-        def drop(self):
-            pass
 
     class Scorer:
         def __init__(self, variant):
@@ -42,7 +32,7 @@ def _fakes(monkeypatch, killed: set[str]):
                     scores[i, s.target_index] = 1.0
             return scores
 
-    monkeypatch.setattr(stage, "AdapterSwitcher", Switcher)
+    monkeypatch.setattr(stage, "AdapterSwitcher", FakeSwitcher)
     monkeypatch.setattr(scorers, "build_scorer",
                         lambda name, model, pb, cfg: Scorer(model or "zero_shot"))
     return stage
