@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.runtime import finish_loggers, make_loggers, make_trainer, output_dir  # noqa: F401
 from reccocktail.utils import memory
 from reccocktail.utils.io import write_json
 
@@ -35,73 +35,6 @@ STAGES: dict[str, str] = {
 def _resolve(target: str):
     module, fn = target.split(":")
     return getattr(importlib.import_module(module), fn)
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    out = OmegaConf.select(cfg, "paths.output_dir", default=None)
-    if out is None:
-        raise ValueError("paths.output_dir is not set (run through run.py, or set it explicitly)")
-    return Path(out)
-
-
-def _wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path.home() / ".netrc"
-    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-
-
-_LOGGERS: dict[str, Any] = {}
-
-
-def make_loggers(cfg: DictConfig) -> list:
-    """The configured Lightning loggers, built once per run and shared by every stage."""
-    from hydra.utils import instantiate
-
-    key = str(output_dir(cfg))
-    if key in _LOGGERS:
-        return _LOGGERS[key]
-    loggers = []
-    for name, lcfg in (OmegaConf.select(cfg, "logger") or {}).items():
-        if lcfg is None:
-            continue
-        lcfg = OmegaConf.to_container(lcfg, resolve=True)
-        if "WandbLogger" in str(lcfg.get("_target_", "")):
-            if os.environ.get("WANDB_MODE") == "disabled":
-                continue
-            if lcfg.get("offline") == "auto":
-                lcfg["offline"] = not _wandb_has_credentials()
-        try:
-            loggers.append(instantiate(lcfg))
-        except Exception as err:  # a logger must never take a run down with it
-            log.warning("logger %s could not be created (%s); continuing without it", name, err)
-    _LOGGERS[key] = loggers
-    return loggers
-
-
-def make_trainer(cfg: DictConfig, out_dir: Path, stage: str, callbacks: list | None = None,
-                 **overrides: Any):
-    """A Lightning Trainer from `cfg.trainer`, logging to the run's loggers, rooted in the stage's
-    folder; `overrides` win over the config (e.g. max_steps for a stage)."""
-    from hydra.utils import instantiate
-
-    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    tcfg.update(overrides)
-    tcfg.setdefault("default_root_dir", str(out_dir / stage))
-    loggers = make_loggers(cfg)
-    return instantiate(tcfg, logger=loggers if loggers else False, callbacks=callbacks or [])
-
-
-def finish_loggers(cfg: DictConfig) -> None:
-    for lg in _LOGGERS.pop(str(output_dir(cfg)), []):
-        try:
-            lg.finalize("success")
-            if type(lg).__name__ == "WandbLogger":
-                import wandb
-
-                wandb.finish()
-        except Exception as err:  # noqa: BLE001
-            log.warning("closing logger %s failed: %s", type(lg).__name__, err)
 
 
 # What each stage's outputs are derived from: a stage that starts makes its own summary and

@@ -148,7 +148,7 @@ def test_eval_stage_end_to_end(run_dir, tiny_llama_cfg):
 
 
 def test_eval_stage_generate_and_wandb_table(run_dir, tiny_llama_cfg, monkeypatch):
-    import reccocktail.pipeline as pipeline
+    import reccocktail.runtime as pipeline  # stages build trainers and loggers there
     from reccocktail.evaluation.stage import run_eval_stage
 
     class FakeWandb:

@@ -290,7 +290,7 @@ def _interrupt_at(monkeypatch, step: int):
     """Make the next stage's trainer die when it reaches `step` (after that step's checkpoint)."""
     import lightning as L
 
-    from reccocktail import pipeline
+    from reccocktail import runtime as pipeline  # stages build trainers and loggers there
 
     class Killer(L.Callback):
         def on_train_batch_start(self, trainer, *args):

@@ -126,7 +126,7 @@ def popularity_scores(dm: SequenceDataModule, samples: list[Sample]) -> torch.Te
 def scored_test_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], str]:
     """The samples the eval stage scores (its own selection: split, unlabeled users left out,
     `eval.max_users`), so that baseline rows and LLM rows share every sample."""
-    from reccocktail.evaluation.stage import eval_samples
+    from reccocktail.evaluation.samples import eval_samples
 
     samples, info = eval_samples(cfg, out_dir)
     how = (f"{info['split']}: {'all users (transductive)' if info.get('transductive') else 'users not used as unlabeled tuning prompts'}"
@@ -169,8 +169,8 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
         start_rows,
         update_paired,
     )
-    from reccocktail.evaluation.stage import prediction_rows
-    from reccocktail.pipeline import make_trainer
+    from reccocktail.evaluation.samples import prediction_rows
+    from reccocktail.runtime import make_trainer
 
     out_dir = Path(out_dir)
     names = baseline_names(OmegaConf.select(cfg, "baseline"))

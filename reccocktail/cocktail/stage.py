@@ -145,7 +145,7 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
     """Train only the λ logits of an `EntropyMixModule`; returns (λ for `mix_adapters`, the
     per-step curve, the mean entropy over all tuning prompts before and after)."""
     from reccocktail.cocktail.entropy import EntropyMixModule, PromptDataset
-    from reccocktail.pipeline import make_trainer
+    from reccocktail.runtime import make_trainer
 
     if not prompts:
         raise ValueError("mix=entropy: no unlabeled prompts (mix.num_prompts is 0 or test is empty)")

@@ -11,7 +11,6 @@ backbone is loaded once; adapters are loaded and dropped one after another with 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.data.samples import load_items
 from reccocktail.evaluation.confidence import ci_fields
 from reccocktail.evaluation.metrics import (
     DEFAULT_KS,
@@ -36,6 +35,7 @@ from reccocktail.evaluation.report import (
     start_rows,
     update_paired,
 )
+from reccocktail.evaluation.samples import eval_samples, prediction_rows  # noqa: F401
 from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import read_json, write_jsonl
 
@@ -56,39 +56,6 @@ def _scorers(cfg: DictConfig) -> list[str]:
     if not names:
         raise ValueError("eval.scorer: empty; choose likelihood, generate or naive")
     return names
-
-
-def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str, Any]]:
-    """The samples every method is scored on, and how they were chosen (for the results)."""
-    data_dir = Path(out_dir) / "data"
-    split = str(_get(cfg, "eval.split", "test"))
-    items = load_items(data_dir / "items.tsv")
-    path = data_dir / f"{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file (run the `data` stage first, or check "
-                                f"eval.split={split!r})")
-    samples = load_samples(path, items)
-    if not samples:
-        raise ValueError(f"{path}: no samples")
-    from reccocktail.cocktail.unlabeled import split_unlabeled
-
-    num_prompts = int(_get(cfg, "mix.num_prompts", 0) or 0)
-    transductive = bool(_get(cfg, "mix.transductive", False))
-    tuning, scored = split_unlabeled(samples, num_prompts, int(cfg.seed), transductive)
-    max_users = _get(cfg, "eval.max_users")
-    users = list(dict.fromkeys(s.user for s in scored))
-    if max_users is not None and int(max_users) < len(users):
-        keep = set(random.Random(int(cfg.seed)).sample(sorted(users), int(max_users)))
-        scored = [s for s in scored if s.user in keep]
-    info = {
-        "split": split,
-        "num_samples": len(scored),
-        "num_users": len({s.user for s in scored}),
-        "transductive": transductive,
-        "num_tuning_users": len({s.user for s in tuning}),
-        "max_users": None if max_users is None else int(max_users),
-    }
-    return scored, info
 
 
 def _resolve_path(p: str) -> Path:
@@ -172,28 +139,9 @@ class AdapterSwitcher:
             self.peft, self.active = None, None
 
 
-def prediction_rows(samples: list[Sample], scores: torch.Tensor, scorer: Any = None,
-                    digits: int = 5) -> list[dict]:
-    """One row per sample: id, user, target, candidates, scores (rounded to `digits`), the
-    positive's rank (ties against it) and, for generate-and-match, the raw output and what it
-    matched. Also written by the baselines stage."""
-    ranks = target_ranks(scores, [s.target_index for s in samples]).tolist()
-    rows = []
-    for i, (s, row_scores) in enumerate(zip(samples, scores.tolist())):
-        row = {"id": s.id, "user": s.user, "target": s.target, "candidates": s.candidates,
-               "scores": [round(v, digits) for v in row_scores], "rank": int(ranks[i])}
-        if getattr(scorer, "matches", None):
-            m = scorer.matches[i]
-            row["output"] = scorer.outputs[i]
-            row["matched"] = None if m.index is None else s.candidates[m.index]
-            row["match_rule"] = m.rule
-        rows.append(row)
-    return rows
-
-
 def _log_results(cfg: DictConfig, data: dict[str, Any], keys: list[str]) -> None:
     """Plain metrics `eval/<variant>/<metric>` to every logger, plus a table where supported."""
-    from reccocktail.pipeline import make_loggers
+    from reccocktail.runtime import make_loggers
 
     try:
         loggers = make_loggers(cfg)

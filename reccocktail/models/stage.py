@@ -136,7 +136,7 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
 
     from reccocktail.models.sequence_data import SequenceDataModule
     from reccocktail.models.tuning import InstructionTuningModule
-    from reccocktail.pipeline import make_trainer
+    from reccocktail.runtime import make_trainer
 
     L.seed_everything(int(t.get("seed", cfg.seed)), workers=True, verbose=False)
     dm_cls = SequenceDataModule if objective(t) == "sequence" else InstructionDataModule
