@@ -83,6 +83,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    if {"eval", "baselines"} & set(stages):  # eval.candidates=all: beam wide enough, etc.
+        from reccocktail.evaluation.full_catalogue import check_config as check_full
+
+        bad = check_full(cfg)
+        if bad:
+            raise ValueError("config: " + "; ".join(bad))
     out_dir = output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -123,6 +123,31 @@ def popularity_scores(dm: SequenceDataModule, samples: list[Sample]) -> torch.Te
     return dm.item_counts[cands].float()
 
 
+@torch.no_grad()
+def score_all_items(module: RecModule, dm: SequenceDataModule, samples: list[Sample],
+                    where: str = "test.jsonl", max_cells: int = 1 << 25) -> torch.Tensor:
+    """Scores [n, V] of EVERY item (vocabulary order, column 0 = padding at -inf) for each sample,
+    through the module's own `score` with all items as the candidates, so any RecModule (and its
+    subclasses' scoring rules) ranks the full catalogue unchanged. Rows go in chunks that keep the
+    [rows, V, dim] item gather near `max_cells` numbers."""
+    rows = dm.sample_rows(samples, where)
+    v = len(dm.vocab)
+    items = torch.arange(1, v)
+    dim = int(module.model.item_table().shape[-1])
+    step = max(1, max_cells // max(1, (v - 1) * dim))
+    was_training = module.training
+    module.eval()
+    out = torch.full((len(rows), v), float("-inf"))
+    for a in range(0, len(rows), step):
+        chunk = rows[a : a + step]
+        batch = {k: torch.stack([r[k] for r in chunk]).to(module.device)
+                 for k in ("row", "user", "seq", "target_index")}
+        batch["candidates"] = items.to(module.device)[None].expand(len(chunk), -1)
+        out[a : a + len(chunk), 1:] = module.score(batch).float().cpu()
+    module.train(was_training)
+    return out
+
+
 def scored_test_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], str]:
     """The samples the eval stage scores (its own selection: split, unlabeled users left out,
     `eval.max_users`), so that baseline rows and LLM rows share every sample."""
@@ -135,15 +160,17 @@ def scored_test_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], s
 
 
 def run_one(name: str, settings: dict[str, Any], data_dir: Path, samples: list[Sample],
-            trainer_factory: TrainerFactory, seed: int, cache_dir: str | Path | None = None
-            ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Train (unless popularity) and score `samples`; returns (scores [n, C], info)."""
+            trainer_factory: TrainerFactory, seed: int, cache_dir: str | Path | None = None,
+            full: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Train (unless popularity) and score `samples`; returns (scores [n, C], info), or with
+    `full` (eval.candidates=all) scores [n, V] of every item in vocabulary order."""
     dm = make_datamodule(data_dir, settings, seed)
     dm.load()
     if settings.get("kind") == "popularity":
         t0 = time.time()
-        return popularity_scores(dm, samples), {"train_seconds": round(time.time() - t0, 2),
-                                                "is_global_zero": True}
+        scores = (dm.item_counts.float()[None].expand(len(samples), -1).clone() if full
+                  else popularity_scores(dm, samples))
+        return scores, {"train_seconds": round(time.time() - t0, 2), "is_global_zero": True}
     threads_before = torch.get_num_threads()
     if settings.get("num_threads"):
         torch.set_num_threads(int(settings["num_threads"]))
@@ -152,7 +179,8 @@ def run_one(name: str, settings: dict[str, Any], data_dir: Path, samples: list[S
         module = build_module(name, settings, dm, cache_dir)
         info = fit_baseline(module, dm, settings, trainer_factory)
         t0 = time.time()
-        scores = score_loader(module, dm.samples_dataloader(samples, "test.jsonl"))
+        scores = (score_all_items(module, dm, samples) if full
+                  else score_loader(module, dm.samples_dataloader(samples, "test.jsonl")))
         info["score_seconds"] = round(time.time() - t0, 2)
     finally:
         torch.set_num_threads(threads_before)
@@ -185,6 +213,13 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     seed = int(cfg.seed)
     summary: dict[str, Any] = {"baselines": names, "scored_samples": len(samples),
                                "scored_on": how, "metrics": {}}
+    from reccocktail.evaluation import full_catalogue as fc
+
+    bad = fc.check_config(cfg)
+    if bad:
+        raise ValueError("; ".join(bad))
+    cat = (fc.FullCatalogue.load(cfg, out_dir, samples) if fc.candidates_mode(cfg) == "all"
+           else None)
     start_rows(out_dir, names, "baselines")
     for name in names:
         settings = settings_for(cfg, name)
@@ -194,8 +229,25 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
                                 **overrides)
 
         log.info("baseline %s: training on %s", name, data_dir)
-        scores, info = run_one(name, settings, data_dir, samples, factory, seed, cache_dir)
+        scores, info = run_one(name, settings, data_dir, samples, factory, seed, cache_dir,
+                               full=cat is not None)
         if not info.pop("is_global_zero", True):
+            continue
+        if cat is not None:  # every item scored: the catalogue's columns, same exclusion
+            from reccocktail.baselines.sequential import ItemVocab
+            from reccocktail.data.samples import load_items
+
+            vocab = ItemVocab.from_items(load_items(data_dir / "items.tsv")).index
+            if scores.shape != (len(samples), len(vocab) + 1):
+                raise ValueError(f"baseline {name}: scored {tuple(scores.shape)}, not every item "
+                                 f"({len(vocab)}); it cannot rank the full catalogue "
+                                 "(eval.candidates=all): drop it from `baseline`")
+            ranks, lists = cat.ranks_from_scores(
+                scores[:, torch.tensor([vocab[i] for i in cat.items])], samples)
+            metrics = fc.record_row(out_dir, name, cat, samples, ranks, lists, kind="baseline",
+                                    num_samples=len(samples), scored_on=how, **info)
+            summary["metrics"][name] = {**metrics, **info}
+            log.info("baseline %s (full catalogue): %s", name, metrics)
             continue
         targets = [s.target_index for s in samples]
         metrics = ranking_metrics(scores, targets)

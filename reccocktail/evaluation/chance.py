@@ -24,3 +24,20 @@ def random_expectation(num_candidates: int, ks: Sequence[int] = DEFAULT_KS) -> d
         out[f"hr@{k}"] = min(k, c) / c
     out["mrr"] = sum(1.0 / r for r in range(1, c + 1)) / c
     return out
+
+
+def random_full_expectation(sizes: Sequence[int], ks: Sequence[int],
+                            cutoff: int) -> dict[str, float]:
+    """Full-catalogue ranking (`eval.candidates=all`): the expectation of a uniformly random
+    ranking of each user's n_u items (the catalogue minus their excluded items), averaged over
+    the users; MRR is cut at `cutoff` like every full-catalogue row (MRR@cutoff)."""
+    if not sizes:
+        raise ValueError("no samples")
+    total: dict[str, float] = {}
+    for n in sizes:
+        row = random_expectation(int(n), ks)
+        row.pop("mrr")
+        row[f"mrr@{cutoff}"] = sum(1.0 / r for r in range(1, min(cutoff, int(n)) + 1)) / int(n)
+        for k, v in row.items():
+            total[k] = total.get(k, 0.0) + v
+    return {k: v / len(sizes) for k, v in total.items()}

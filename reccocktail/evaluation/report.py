@@ -223,6 +223,8 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
         path = pred_dir / f"{other}.jsonl"
         if other == reference or not path.exists():
             continue  # the random expectation (closed form) has no per-sample ranks
+        if variants[other].get("candidates") != variants[reference].get("candidates"):
+            continue  # sampled candidates against the full catalogue: not the same question
         o_ids, _, o_ranks = _read_ranks(path)
         if set(o_ids) != set(ids):
             only_o = sorted(set(o_ids) - set(pos))
@@ -336,7 +338,7 @@ def _label(name: str) -> str:
 def _header(col: str) -> str:
     if "@" in col:
         m, k = col.split("@")
-        return f"{m.upper() if m == 'hr' else 'NDCG'}@{k}"
+        return f"{m.upper() if m in ('hr', 'mrr') else 'NDCG'}@{k}"
     return {"mrr": "MRR", "users": "Users", "scorer": "Scorer", "valid": "Valid output",
             "variant": "Method"}.get(col, col)
 
@@ -439,6 +441,11 @@ def table_title(data: dict[str, Any]) -> str:
             text += f"; {row['objective']} prompts"
         if text not in parts:
             parts.append(text)
+    from reccocktail.evaluation.full_catalogue import table_suffix
+
+    suffix = table_suffix(data.get("variants", {}))
+    if suffix:
+        parts.append(suffix)
     return "Results" + (f" ({' | '.join(parts)})" if parts else "")
 
 
@@ -455,7 +462,18 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += [f"**Incomplete:** stage(s) {started} started after some of these rows were "
                   "written and have not completed the rows since; rerun the `eval` (and "
                   "`baselines`) stage.", ""]
-    lines += ["Ranking of 1 positive among the candidates; ties count against the positive."]
+    rows_all = [r for r in data.get("variants", {}).values() if r.get("candidates") == "all"]
+    if rows_all:
+        r0 = rows_all[0]
+        lines += [f"Ranking of 1 positive among the full catalogue ({r0.get('catalogue_rule')}; "
+                  f"{r0.get('exclusion')}); ties count against the positive. Every row is cut "
+                  f"at the top {r0.get('cutoff')} (the beam size): a positive beyond it is a "
+                  f"miss, MRR is MRR@{r0.get('cutoff')}."]
+        if len(rows_all) != len(data.get("variants", {})):
+            lines += ["**Mixed protocols:** some rows were scored on the sampled candidates, "
+                      "others on the full catalogue; rerun them under one `eval.candidates`."]
+    else:
+        lines += ["Ranking of 1 positive among the candidates; ties count against the positive."]
     with_ci = [r for r in data.get("variants", {}).values() if r.get("ci")]
     if with_ci:
         n_boot = with_ci[0].get("n_boot", "?")

@@ -294,6 +294,47 @@ class GenerateMatchScorer:
         return self.scores_from_outputs(samples, self.generate(samples))
 
 
+class TitleTrie:
+    """Token-prefix trie of answers (`response_ids`, each ending in the end token), built once.
+
+    A node keeps its children by token, the answers that end at it and how many answers lie
+    below it, so a search can drop a whole branch whose answers are all excluded for one user
+    (`dead`) without rebuilding the trie: the full catalogue's trie serves every user."""
+
+    __slots__ = ("children", "ends", "size")
+
+    def __init__(self, responses: Sequence[Sequence[int]] = ()) -> None:
+        self.children: dict[int, TitleTrie] = {}
+        self.ends: list[int] = []
+        self.size = 0
+        for i, r in enumerate(responses):
+            self.add(i, r)
+
+    def add(self, index: int, tokens: Sequence[int]) -> None:
+        node = self
+        node.size += 1
+        for t in tokens:
+            node = node.children.setdefault(int(t), TitleTrie())
+            node.size += 1
+        node.ends.append(index)
+
+    def dead(self, excluded: dict[int, Sequence[int]]) -> set[int]:
+        """`id()` of the nodes all of whose answers are in `excluded` ({index: tokens})."""
+        removed: dict[int, int] = {}
+        out: set[int] = set()
+        for tokens in excluded.values():
+            node = self
+            for t in tokens:
+                node = node.children.get(int(t))
+                if node is None:
+                    break
+                n = removed.get(id(node), 0) + 1
+                removed[id(node)] = n
+                if n >= node.size:
+                    out.add(id(node))
+        return out
+
+
 @dataclass
 class BeamScorer(LikelihoodScorer):
     """Ranked, always-valid generation: beam search constrained to the candidates' answers.
@@ -306,7 +347,8 @@ class BeamScorer(LikelihoodScorer):
     hypothesis can beat the worst of them (log-probabilities only fall as tokens are added).
     Finished candidates score their log-likelihood, the others -inf (ranked last, tied), so the
     top `beam_size` are a ranked list of distinct valid items; with `beam_size` >= the number of
-    candidates it is the exhaustive likelihood ranking.
+    candidates it is the exhaustive likelihood ranking. Items sharing one title finish together
+    with the same score (a tie).
     """
 
     beam_size: int = 10
@@ -318,38 +360,43 @@ class BeamScorer(LikelihoodScorer):
             raise ValueError(f"eval.beam_size must be >= 1, got {self.beam_size}")
 
     def score_ids(self, prompt: list[int], responses: list[list[int]]) -> torch.Tensor:
+        scores = torch.full((len(responses),), float("-inf"))
+        for i, s in self.search(prompt, TitleTrie(responses)).items():
+            scores[i] = s
+        return scores
+
+    def search(self, prompt: list[int], trie: TitleTrie,
+               excluded: dict[int, Sequence[int]] | None = None) -> dict[int, float]:
+        """{answer index: log-likelihood} of the answers the beam finished (at least the best
+        `beam_size` it found), answers in `excluded` ({index: tokens}) never among them."""
         model, dev = self.model, _device(self.model)
-        trie: dict = {}
-        for i, r in enumerate(responses):
-            node = trie
-            for t in r:
-                node = node.setdefault(t, {})
-            node.setdefault(None, []).append(i)  # None: an answer ends here
+        excluded = excluded or {}
+        dead = trie.dead(excluded) if excluded else set()
         out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
         lp = out.logits[0, -1].float().log_softmax(-1)
         prefix = [(layer.keys, layer.values) for layer in _out_cache(out).layers]
         p_len = len(prompt)
-        scores = torch.full((len(responses),), float("-inf"))
+        found: dict[int, float] = {}
         finished: list[float] = []
-        beams: list[tuple[list[int], float, dict]] = [([], 0.0, trie)]
+        beams: list[tuple[list[int], float, TitleTrie]] = [([], 0.0, trie)]
         step_lp = lp[None]
         while beams:
             cands = []
             for b, (toks, score, node) in enumerate(beams):
-                for t, child in node.items():
-                    if t is not None:
-                        cands.append((score + float(step_lp[b, t]), toks + [t], child))
+                row = step_lp[b]
+                for t, child in node.children.items():
+                    if id(child) not in dead:
+                        cands.append((score + float(row[t]), toks + [t], child))
             cands.sort(key=lambda c: -c[0])
             beams = []
             for score, toks, node in cands:
                 if len(finished) >= self.beam_size and score <= sorted(finished)[-self.beam_size]:
                     break  # can never enter the top beam_size
-                if None in node:
-                    for i in node[None]:
-                        scores[i] = score
+                ends = [i for i in node.ends if i not in excluded]
+                for i in ends:
+                    found[i] = score
                     finished.append(score)
-                    node = {k: v for k, v in node.items() if k is not None}
-                if node and len(beams) < self.beam_size:
+                if node.children and len(beams) < self.beam_size:
                     beams.append((toks, score, node))
             if not beams:
                 break
@@ -361,7 +408,41 @@ class BeamScorer(LikelihoodScorer):
                                                                device=dev),
                                      position_ids=pos, logits_to_keep=1).logits
             step_lp = logits[:, -1].float().log_softmax(-1)
-        return scores
+        return found
+
+
+@dataclass
+class CatalogueBeamScorer(BeamScorer):
+    """The same beam search over ONE trie of every catalogue item's answer, built (and every
+    title tokenised) once per scorer; a user's excluded items are pruned from the shared trie
+    per search. `rank` returns each sample's top `beam_size` items, best first."""
+
+    item_ids: Sequence[str] = ()
+    name: str = "beam"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.item_ids:
+            raise ValueError("CatalogueBeamScorer: empty catalogue")
+        self.item_ids = list(self.item_ids)
+        self.index = {item: j for j, item in enumerate(self.item_ids)}
+        self.responses = [self.prompt_builder.response_ids(i) for i in self.item_ids]
+        self.trie = TitleTrie(self.responses)
+
+    def rank(self, samples: Sequence[Sample], excluded: Sequence[set[str]] | None = None
+             ) -> list[list[tuple[str, float]]]:
+        """Per sample, [(item id, log-likelihood)] of the top `beam_size` items, best first.
+        The prompt shows no candidates (the instruction template's list is left empty)."""
+        excluded = excluded or [set() for _ in samples]
+        pb, out = self.prompt_builder, []
+        with _EvalMode(self.model), torch.inference_mode():
+            for s, ex in zip(_progress(samples, self.progress, "full-catalogue beam"), excluded):
+                ex_idx = {self.index[i]: self.responses[self.index[i]]
+                          for i in ex if i in self.index}
+                found = self.search(pb.prompt_ids(s.history, []), self.trie, ex_idx)
+                best = sorted(found.items(), key=lambda kv: -kv[1])[: self.beam_size]
+                out.append([(self.item_ids[j], v) for j, v in best])
+        return out
 
 
 SCORERS = {"likelihood": LikelihoodScorer, "naive": NaiveLikelihoodScorer,

@@ -160,6 +160,63 @@ def _log_results(cfg: DictConfig, data: dict[str, Any], keys: list[str]) -> None
             log.warning("logging eval results to %s failed: %s", type(lg).__name__, err)
 
 
+def _full_reference_rows(out_dir: Path, cat: Any, samples: list, info: dict) -> list[str]:
+    """Random expectation and popularity over the full catalogue (same exclusion, cut-off)."""
+    from reccocktail.evaluation import full_catalogue as fc
+
+    record_results(out_dir, "random", fc.random_full_expectation(cat.sizes(), cat.ks, cat.cutoff),
+                   scorer="expectation", **cat.info(), **info)
+    seq = out_dir / "data" / "sequences.jsonl"
+    if not seq.exists():
+        log.warning("%s missing: no popularity row", seq)
+        return ["random"]
+    from reccocktail.evaluation.reference import load_popularity
+
+    counts = load_popularity(seq)
+    row = torch.tensor([float(counts.get(i, 0)) for i in cat.items])
+    ranks, lists = cat.ranks_from_scores(row.expand(len(samples), -1), samples)
+    fc.record_row(out_dir, "popularity", cat, samples, ranks, lists, scorer="popularity", **info)
+    return ["random", "popularity"]
+
+
+def _score_full(cfg: DictConfig, out_dir: Path, key: str, sname: str, model: Any, pb: Any,
+                cat: Any, samples: list, full_beam: Any, meta: dict) -> Any:
+    """One variant, one scorer, over the full catalogue; returns the (reused) beam scorer.
+
+    `beam`: constrained beam search over the trie of every catalogue title (built once, the
+    model swapped per variant); `likelihood`/`naive`: every catalogue item scored (exhaustive,
+    the reference the beam approximates; slow)."""
+    from reccocktail.evaluation import full_catalogue as fc
+    from reccocktail.evaluation.scorers import CatalogueBeamScorer, _EvalMode, build_scorer
+
+    t0 = time.time()
+    extra: dict[str, Any] = {}
+    if sname == "beam":
+        if full_beam is None:
+            full_beam = CatalogueBeamScorer(model, pb, beam_size=cat.cutoff,
+                                            progress=bool(_get(cfg, "eval.progress", True)),
+                                            item_ids=cat.items)
+        full_beam.model = model
+        lists = full_beam.rank(samples, cat.excluded)
+        ranks = torch.tensor([fc.list_rank(lst, s.target, cat.cutoff)
+                              for lst, s in zip(lists, samples)])
+        extra["beam_size"] = cat.cutoff
+    else:
+        scorer = build_scorer(sname, model, pb, cfg.eval)
+        responses = [pb.response_ids(i) for i in cat.items]
+        with _EvalMode(model), torch.inference_mode():
+            scores = torch.stack([scorer.score_ids(pb.prompt_ids(s.history, []), responses)
+                                  for s in samples])
+        ranks, lists = cat.ranks_from_scores(scores, samples)
+        extra["normalize"] = bool(_get(cfg, "eval.normalize", False))
+    seconds = time.time() - t0
+    n_users = len({s.user for s in samples})
+    extra.update(seconds=round(seconds, 2), users_per_s=round(n_users / max(seconds, 1e-9), 3))
+    metrics = fc.record_row(out_dir, key, cat, samples, ranks, lists, **meta, **extra)
+    log.info("eval %s (full catalogue): %s", key, metrics)
+    return full_beam
+
+
 def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Score the configured variants; write results.json/.md and predictions/<variant>.jsonl.
     Every scored row carries 95 % bootstrap CIs; the `paired` block (cocktail vs the others)
@@ -174,6 +231,12 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     ks = tuple(int(k) for k in (_get(cfg, "eval.ks") or DEFAULT_KS))
     scorer_names = _scorers(cfg)
+    from reccocktail.evaluation import full_catalogue as fc
+
+    bad = fc.check_config(cfg)
+    if bad:
+        raise ValueError("; ".join(bad))
+    full = fc.candidates_mode(cfg) == "all"
     variants = resolve_variants(cfg, out_dir)  # fail on a missing adapter before loading models
     backbone_name = str(_get(cfg, "backbone.name", ""))
     manifests = {n: _check_manifest(n, p, cfg.backbone) for n, p in variants if p is not None}
@@ -182,12 +245,15 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     users = [s.user for s in samples]  # the unit of the bootstrap and of the paired test
     from reccocktail.evaluation.scorers import build_scorer, num_candidates
 
+    cat = fc.FullCatalogue.load(cfg, out_dir, samples) if full else None
     c = num_candidates(samples)
     keys: list[str] = []
     # the rows this stage writes go first: a killed evaluation leaves fewer rows and a stale
     # mark, never new rows beside old ones
     start_rows(out_dir, ["random", "popularity", *(n for n, _ in variants)], "eval")
-    if bool(_get(cfg, "eval.reference", True)):
+    if cat is not None and bool(_get(cfg, "eval.reference", True)):
+        keys += _full_reference_rows(out_dir, cat, samples, info)
+    elif bool(_get(cfg, "eval.reference", True)):
         record_results(out_dir, "random", random_expectation(c, ks), scorer="expectation",
                        num_candidates=c, **info)
         keys.append("random")
@@ -223,6 +289,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         pb = build_prompt_builder(tokenizer, items, _get(cfg, "domain"), cfg.backbone,
                                   int(_get(cfg, "data.max_title_tokens", 32)), fmt=fmt)
         switcher = AdapterSwitcher(model)
+        full_beam = None  # one catalogue trie per run, shared by every variant
         for name, path in variants:
             meta: dict[str, Any] = {"adapter": None if path is None else str(path),
                                     "backbone": backbone_name, "objective": fmt, **info}
@@ -231,6 +298,13 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 if name == "cocktail" and (out_dir / "mix" / "lambda.json").exists():
                     meta["lambda"] = read_json(out_dir / "mix" / "lambda.json")
             scoring_model = switcher.use(path)
+            if cat is not None:
+                for sname in scorer_names:
+                    key = name if sname == "likelihood" else f"{name}.{sname}"
+                    full_beam = _score_full(cfg, out_dir, key, sname, scoring_model, pb, cat,
+                                            samples, full_beam, {**meta, "scorer": sname})
+                    keys.append(key)
+                continue
             for sname in scorer_names:
                 scorer = build_scorer(sname, scoring_model, pb, cfg.eval)
                 key = name if sname == "likelihood" else f"{name}.{sname}"
