@@ -26,8 +26,12 @@ from reccocktail.utils.io import write_jsonl
 
 log = logging.getLogger(__name__)
 
-NAMES = ("pop", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec")
+NAMES = ("pop", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec", "p5", "omfa")
 TrainerFactory = Callable[..., L.Trainer]
+# `kind` of the LLM baselines, trained on the backbone by their own module:
+# "module:function(cfg, out_dir, name, settings, samples) -> (scores [n, C], info)"
+LLM_RUNNERS = {"llm_full": "reccocktail.baselines.p5:run_p5",
+               "llm_embed": "reccocktail.baselines.omfa:run_omfa"}
 
 
 def baseline_names(value: Any) -> list[str]:
@@ -229,8 +233,16 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
                                 **overrides)
 
         log.info("baseline %s: training on %s", name, data_dir)
-        scores, info = run_one(name, settings, data_dir, samples, factory, seed, cache_dir,
-                               full=cat is not None)
+        runner = LLM_RUNNERS.get(str(settings.get("kind")))
+        if runner is not None:  # P5, OMfA: LLMs on the backbone, the stored candidates only
+            import importlib
+
+            module_name, fn = runner.split(":")
+            scores, info = getattr(importlib.import_module(module_name), fn)(
+                cfg, out_dir, name, settings, samples)
+        else:
+            scores, info = run_one(name, settings, data_dir, samples, factory, seed, cache_dir,
+                                   full=cat is not None)
         if not info.pop("is_global_zero", True):
             continue
         if cat is not None:  # every item scored: the catalogue's columns, same exclusion

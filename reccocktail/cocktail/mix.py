@@ -83,6 +83,10 @@ def load_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
     """Read a PEFT LoRA folder (safetensors + adapter_config.json, manifest.json if present)."""
     path = Path(path)
     cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if (path / "model.safetensors").exists() or (
+            (path / MANIFEST_FILE).exists() and read_json(path / MANIFEST_FILE).get("kind") == "full"):
+        raise ValueError(f"{path} holds a fully fine-tuned model (tuning.mode=full, e.g. the P5 "
+                         "baseline), not a LoRA adapter: only LoRA adapters can be mixed")
     for f in (cfg_file, weights):
         if not f.exists():
             raise FileNotFoundError(f"{f}: no such file (is {path} a PEFT adapter folder?)")

@@ -50,8 +50,14 @@ def stage_tuning_cfg(tuning: Any, stage: str) -> dict:
 
 
 def result_config(t: dict) -> dict:
-    """The part of a stage's tuning config that determines the trained adapter."""
-    return {k: v for k, v in t.items() if k not in _NON_RESULT_KEYS}
+    """The part of a stage's tuning config that determines the trained adapter. A LoRA's
+    config leaves out the full fine-tuning keys (`mode: lora`, `full`), so the keys of adapters
+    cached before `tuning.mode` existed do not change."""
+    out = {k: v for k, v in t.items() if k not in _NON_RESULT_KEYS}
+    if str(out.get("mode") or "lora") == "lora":
+        out.pop("mode", None)
+        out.pop("full", None)
+    return out
 
 
 def _prompt_cfg(cfg: DictConfig, general: bool) -> dict:
@@ -284,6 +290,12 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
     """The adapter of `kind` for `key` into `adapters/<kind>/`: kept when the run already holds
     it, copied from the cache when there, else trained on `load_data()` (items, train, val),
     saved and cached. `extra` (with the `prompt`) goes into the manifest."""
+    from reccocktail.models.tuning import tuning_mode
+
+    if tuning_mode(t) != "lora":
+        raise ValueError(f"tuning.mode={tuning_mode(t)}: the {kind} stage trains a LoRA adapter "
+                         "(G and S are mixed in weight space, which a fully fine-tuned model is "
+                         "not); the full fine-tuning row is the P5 baseline: baseline=p5")
     dest = out_dir / "adapters" / kind
     if ad.holds_adapter(dest, key):
         log.info("%s: %s already holds adapter %s; not training again", _LABELS[kind], dest, key)
@@ -355,16 +367,54 @@ def _cold_targets(cfg: DictConfig, data_dir: Path) -> set[str]:
     return {s.target for s in load_samples(data_dir / "test.jsonl")}
 
 
+def specific_plan(cfg: DictConfig, out_dir: Path, t: dict) -> dict[str, Any]:
+    """What the ingredient trains on, decided before training: the manifest extras (prompt, the
+    validation users held out for `mix=grid`) that enter its key. Shared with the P5 baseline,
+    which trains on exactly S's rows."""
+    data_dir = Path(out_dir) / "data"
+    extra: dict[str, Any] = {"prompt": _prompt_cfg(cfg, general=False)}
+    held_out: set[str] = set()
+    if objective(t) == "instruction" and t.get("include_valid", True):
+        # validation users a later stage selects on (mix=grid) never train S
+        valid_all = _load_split(data_dir / "valid.jsonl", None)
+        valid_users = {s.user for s in valid_all}
+        held_out = {s.user for s in selection_samples(valid_all, cfg.get("mix"), int(cfg.seed))}
+        extra["held_out_valid_users"] = sorted(held_out)
+        extra["valid_users_trained"] = sorted(valid_users - held_out)
+    return extra
+
+
+def specific_training_data(cfg: DictConfig, out_dir: Path, t: dict, extra: dict[str, Any],
+                           label: str = "ingredient") -> tuple[dict[str, str], list, list]:
+    """(items, training rows, validation rows) of the ingredient: sequence windows of
+    `sequences.jsonl`, or the valid + sampled train prompts (held-out users left out)."""
+    data_dir = Path(out_dir) / "data"
+    items = load_items(data_dir / "items.tsv")
+    if objective(t) == "sequence":
+        windows = sequence_training_windows(data_dir / "sequences.jsonl", items, t,
+                                            exclude_items=_cold_targets(cfg, data_dir))
+        log.info("%s: training on %d sequence windows, %d targets", label,
+                 len(windows), sum(w.num_targets for w in windows))
+        return items, windows, []
+    held_out = set(extra.get("held_out_valid_users") or ())
+    train = _load_split(data_dir / "train.jsonl", items)
+    valid = [s for s in _load_split(data_dir / "valid.jsonl", items) if s.user not in held_out]
+    samples = specific_samples(train, valid, t)
+    log.info("%s: training on %d samples (%d valid + sampled train, %d validation users held "
+             "out for selection)", label, len(samples), len(valid), len(held_out))
+    return items, samples, []
+
+
 def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Train the ingredient S on the target domain; writes `adapters/specific/`."""
     out_dir = Path(out_dir)
     t = _with_defaults(cfg, stage_tuning_cfg(cfg.get("tuning"), "specific"))
     data_dir = out_dir / "data"
     data_hash = ad.target_data_hash(data_dir)
-    prompt = _prompt_cfg(cfg, general=False)
     init_from = t.get("init_from")
     init_adapter = None
-    extra: dict[str, Any] = {"prompt": prompt}
+    extra = specific_plan(cfg, out_dir, t)
+    prompt = extra["prompt"]
     if init_from:
         if init_from != "general":
             raise ValueError(f"tuning.specific.init_from: unknown value {init_from!r}; use null or general")
@@ -375,31 +425,11 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
         g = ad.read_manifest(init_adapter)
         extra["init_from"] = {"adapter": "general", "key": g.get("key")}
         t["init_seed"] = int(g["init_seed"])
-    held_out: set[str] = set()
-    if objective(t) == "instruction" and t.get("include_valid", True):
-        # validation users a later stage selects on (mix=grid) never train S
-        valid_all = _load_split(data_dir / "valid.jsonl", None)
-        valid_users = {s.user for s in valid_all}
-        held_out = {s.user for s in selection_samples(valid_all, cfg.get("mix"), int(cfg.seed))}
-        extra["held_out_valid_users"] = sorted(held_out)
-        extra["valid_users_trained"] = sorted(valid_users - held_out)
     key = stable_hash(ad.backbone_identity(cfg.backbone), data_hash, result_config(t), prompt, extra)
 
     def load_data():
-        items = load_items(data_dir / "items.tsv")
-        if objective(t) == "sequence":
-            windows = sequence_training_windows(data_dir / "sequences.jsonl", items, t,
-                                                exclude_items=_cold_targets(cfg, data_dir))
-            log.info("ingredient: training on %d sequence windows, %d targets (key %s)",
-                     len(windows), sum(w.num_targets for w in windows), key)
-            return items, windows, []
-        train = _load_split(data_dir / "train.jsonl", items)
-        valid = [s for s in _load_split(data_dir / "valid.jsonl", items) if s.user not in held_out]
-        samples = specific_samples(train, valid, t)
-        log.info("ingredient: training on %d samples (%d valid + sampled train, %d validation "
-                 "users held out for selection; key %s)", len(samples), len(valid),
-                 len(held_out), key)
-        return items, samples, []
+        log.info("ingredient: key %s", key)
+        return specific_training_data(cfg, out_dir, t, extra)
 
     return _reuse_or_train(cfg, out_dir, "specific", t, key, data_hash, extra, load_data,
                            init_adapter=init_adapter)

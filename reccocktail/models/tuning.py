@@ -5,6 +5,10 @@ copy after the strategy is set up, and the LoRA initialisation is seeded explici
 `init_seed` so that the base spirit and the ingredient start from the same A/B matrices (the
 cocktail's ab mixing only carries meaning then). Checkpoints keep the trainable (LoRA)
 weights only: the backbone is rebuilt from its config on resume.
+
+`tuning.mode: full` trains the backbone's own weights instead of a LoRA (the P5 baseline;
+`reccocktail/models/full.py` says which weights and why); the loop, loss and checkpoints are the
+same, only the model built in `configure_model` differs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ import torch
 log = logging.getLogger(__name__)
 
 _SCHEDULES = ("cosine", "linear", "constant")
+MODES = ("lora", "full")  # tuning.mode: a LoRA on the frozen backbone | the backbone itself
+
+
+def tuning_mode(tuning: dict) -> str:
+    """`tuning.mode`, validated (lora when unset: configs written before the key existed)."""
+    mode = str(tuning.get("mode") or "lora")
+    if mode not in MODES:
+        raise ValueError(f"tuning.mode: unknown value {mode!r}; choose one of {list(MODES)}")
+    return mode
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,
@@ -100,7 +113,8 @@ def build_peft_model(backbone_cfg: Any, init_seed: int, gradient_checkpointing: 
 
 
 class InstructionTuningModule(L.LightningModule):
-    """Trains only the LoRA weights; loss on the response tokens (prompt labels are -100).
+    """Trains the LoRA weights (or, with `tuning.mode: full`, the backbone's own); loss on the
+    response tokens (prompt labels are -100).
 
     `backbone` is the backbone config and `tuning` the stage's tuning config, both plain dicts
     (they are saved as hyperparameters). Metrics are logged as `<stage>/<name>`.
@@ -124,6 +138,17 @@ class InstructionTuningModule(L.LightningModule):
     # -- model ------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.model is not None:
+            return
+        if tuning_mode(self.tuning) == "full":
+            from reccocktail.models.full import build_full_model
+
+            if self.init_adapter:
+                raise ValueError("tuning.mode=full starts from the backbone's weights; "
+                                 "tuning.specific.init_from (a LoRA) does not apply")
+            self.model = build_full_model(
+                self.backbone_cfg,
+                train_embeddings=bool((self.tuning.get("full") or {}).get("train_embeddings", False)),
+                gradient_checkpointing=bool(self.tuning.get("gradient_checkpointing", False)))
             return
         self.model = build_peft_model(
             self.backbone_cfg,
