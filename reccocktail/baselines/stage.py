@@ -26,12 +26,14 @@ from reccocktail.utils.io import write_jsonl
 
 log = logging.getLogger(__name__)
 
-NAMES = ("pop", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec", "p5", "omfa")
+NAMES = ("pop", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec", "alpharec", "vqrec", "recformer", "p5", "omfa")
 TrainerFactory = Callable[..., L.Trainer]
 # `kind` of the LLM baselines, trained on the backbone by their own module:
 # "module:function(cfg, out_dir, name, settings, samples) -> (scores [n, C], info)"
 LLM_RUNNERS = {"llm_full": "reccocktail.baselines.p5:run_p5",
                "llm_embed": "reccocktail.baselines.omfa:run_omfa"}
+# `kind` values whose module in reccocktail/baselines/ has `build(settings, dm, cache_dir, name=)`
+TEXT_MODULES = ("alpharec", "vqrec", "recformer")
 
 
 def baseline_names(value: Any) -> list[str]:
@@ -71,6 +73,11 @@ def build_module(name: str, settings: dict[str, Any], dm: SequenceDataModule,
     common = {"num_items": len(dm.vocab), "num_users": dm.num_users, "dim": settings["dim"],
               "max_len": settings["max_len"]}
     kind = settings.get("kind")
+    if kind in TEXT_MODULES:  # models with their own module and builder (text-based, no IDs)
+        import importlib
+
+        return importlib.import_module(f"reccocktail.baselines.{kind}").build(
+            settings, dm, cache_dir, name=name)
     if kind == "id":
         if name not in ID_MODELS:
             raise ValueError(f"baselines.{name}.kind: id, but {name!r} is not one of {list(ID_MODELS)}")

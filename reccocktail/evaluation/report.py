@@ -33,7 +33,8 @@ LLM_ORDER = ("zero_shot", "general", "specific", "wa", "cocktail")
 _LABELS = {"zero_shot": "Zero-shot backbone", "general": "RecCocktail-G (general)",
            "specific": "RecCocktail-S (specific)", "wa": "RecCocktail-WA (λ=0.5)",
            "cocktail": "RecCocktail", "random": "Random (expectation)",
-           "popularity": "Popularity"}
+           "popularity": "Popularity", "alpharec": "AlphaRec-style (MiniLM)",
+           "vqrec": "VQ-Rec-style (MiniLM codes)", "recformer": "RecFormer-style (MiniLM fine-tuned)"}
 PAIRED_REFERENCE = "cocktail"
 PAIRED_SHOWN = ("ndcg@1", "ndcg@3", "mrr")  # in results.md; results.json holds every metric
 
