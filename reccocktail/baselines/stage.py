@@ -231,6 +231,11 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
         raise ValueError("; ".join(bad))
     cat = (fc.FullCatalogue.load(cfg, out_dir, samples) if fc.candidates_mode(cfg) == "all"
            else None)
+    stored_only = [n for n in names if cat is not None
+                   and str(settings_for(cfg, n).get("kind")) in LLM_RUNNERS]
+    if stored_only:  # fail before any training, not after
+        raise ValueError(f"baseline {stored_only}: scores the stored candidates only, not the full "
+                         "catalogue (eval.candidates=all); drop it from `baseline`")
     start_rows(out_dir, names, "baselines")
     for name in names:
         settings = settings_for(cfg, name)
