@@ -12,6 +12,17 @@ from pathlib import Path
 import pytest
 
 from reccocktail import report
+from reccocktail.reporting.aggregate import (
+    aggregate,
+    general_weight,
+    lambda_curve,
+    lambda_table,
+    prompts_table,
+    random_expectation,
+)
+from reccocktail.reporting.cli import build_report
+from reccocktail.reporting.runs import collect_runs
+from reccocktail.reporting.tables import render_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VARIANTS = ("popularity", "general", "specific", "wa", "cocktail")
@@ -62,9 +73,9 @@ def sweep(tmp_path: Path):
 
 def test_aggregate_mean_std_over_seeds(sweep):
     root, truth = sweep
-    runs = report.collect_runs([root])
+    runs = collect_runs([root])
     assert len(runs) == 12
-    agg = report.aggregate(runs)
+    agg = aggregate(runs)
     cell = agg["tables"][("cold", ())]["cells"][("wa", "beauty")]["metrics"]["ndcg@3"]
     vals = truth[("beauty", "cold", "wa", "ndcg@3")]
     assert cell["n"] == 3
@@ -74,7 +85,7 @@ def test_aggregate_mean_std_over_seeds(sweep):
 
 def test_markdown_layout(sweep):
     root, truth = sweep
-    md = report.render_markdown(report.aggregate(report.collect_runs([root])),
+    md = render_markdown(aggregate(collect_runs([root])),
                                 domains=["ml1m", "beauty"])
     warm = md.index("## Scenario: warm")
     cold = md.index("## Scenario: cold")
@@ -95,14 +106,14 @@ def test_markdown_layout(sweep):
 
 def test_random_expectation_matches_closed_form():
     n = 30
-    assert report.random_expectation("ndcg@1", n) == pytest.approx(1 / n)
-    assert report.random_expectation("ndcg@3", n) == pytest.approx(
+    assert random_expectation("ndcg@1", n) == pytest.approx(1 / n)
+    assert random_expectation("ndcg@3", n) == pytest.approx(
         sum(1 / math.log2(r + 1) for r in (1, 2, 3)) / n)
-    assert report.random_expectation("hr@5", n) == pytest.approx(5 / n)
+    assert random_expectation("hr@5", n) == pytest.approx(5 / n)
     # by simulation: the mean NDCG@3 of random ranks approaches the expectation
     rng = random.Random(1)
     sims = [1 / math.log2(r + 1) if r <= 3 else 0.0 for r in (rng.randint(1, n) for _ in range(20000))]
-    assert statistics.fmean(sims) == pytest.approx(report.random_expectation("ndcg@3", n), abs=0.01)
+    assert statistics.fmean(sims) == pytest.approx(random_expectation("ndcg@3", n), abs=0.01)
 
 
 def test_duplicate_seed_keeps_newest_and_missing_cells(tmp_path: Path):
@@ -111,11 +122,11 @@ def test_duplicate_seed_keeps_newest_and_missing_cells(tmp_path: Path):
     os.utime(old / "results.json", (1_000, 1_000))
     make_run(tmp_path, "c", "ml1m", "warm", 2, {"cocktail": {"ndcg@1": 0.5, "ndcg@3": 0.6},
                                                 "general": {"ndcg@1": 0.2, "ndcg@3": 0.3}})
-    agg = report.aggregate(report.collect_runs([tmp_path]))
+    agg = aggregate(collect_runs([tmp_path]))
     cells = agg["tables"][("warm", ())]["cells"]
     assert cells[("cocktail", "ml1m")]["metrics"]["ndcg@1"]["mean"] == pytest.approx(0.4)
     assert len(agg["duplicates"]) == 1 and str(new) in agg["duplicates"][0]
-    md = report.render_markdown(agg)
+    md = render_markdown(agg)
     assert "(n=1)" in md  # general has one seed where cocktail has two
     assert "duplicate" in md
 
@@ -124,9 +135,9 @@ def test_group_by_splits_tables(tmp_path: Path):
     for i, frac in enumerate((0.1, 0.2)):
         make_run(tmp_path, f"r{i}", "ml1m", "warm", 1, {"specific": {"ndcg@1": frac, "ndcg@3": frac}},
                  extra_cfg=f"fewshot: {frac}\n")
-    agg = report.aggregate(report.collect_runs([tmp_path], ["fewshot"]))
+    agg = aggregate(collect_runs([tmp_path], ["fewshot"]))
     assert set(agg["tables"]) == {("warm", (("fewshot", "0.1"),)), ("warm", (("fewshot", "0.2"),))}
-    assert "(fewshot=0.1)" in report.render_markdown(agg)
+    assert "(fewshot=0.1)" in render_markdown(agg)
 
 
 def test_columns_by_config_key_and_second_round(tmp_path: Path):
@@ -138,11 +149,11 @@ def test_columns_by_config_key_and_second_round(tmp_path: Path):
         make_run(tmp_path, f"g{frac}", "ml1m", "warm", 1, {"specific": {"ndcg@1": frac / 2}},
                  extra_cfg=f"tuning:\n  specific:\n    fraction: {frac}\n    init_from: general\n")
     key = "tuning.specific.fraction"
-    agg = report.aggregate(report.collect_runs([tmp_path], column_by=key))
+    agg = aggregate(collect_runs([tmp_path], column_by=key))
     table = agg["tables"][("warm", (("domain", "ml1m"),))]
     assert table["cells"][("second_round", "0.3")]["metrics"]["ndcg@1"]["mean"] == pytest.approx(0.15)
     assert table["cells"][("specific", "0.1")]["metrics"]["ndcg@1"]["mean"] == pytest.approx(0.1)
-    md = report.render_markdown(agg, metrics=["ndcg@1"], column_by=key)
+    md = render_markdown(agg, metrics=["ndcg@1"], column_by=key)
     assert "| Method | fraction=0.1 NDCG@1 | fraction=0.3 NDCG@1 |" in md
     assert "| Second-round FT |" in md and "(domain=ml1m)" in md
 
@@ -154,7 +165,7 @@ def test_columns_by_config_key_and_second_round(tmp_path: Path):
     ({"model.layers.0.q_proj": [0.2, 0.8], "model.layers.1.q_proj": [0.6, 0.4]}, [0.2, 0.6]),
 ])
 def test_general_weight_shapes(lam, expected):
-    assert report.general_weight(lam) == (pytest.approx(expected) if expected is not None else None)
+    assert general_weight(lam) == (pytest.approx(expected) if expected is not None else None)
 
 
 def test_lambda_json_of_the_mix_stage(tmp_path: Path):
@@ -166,9 +177,9 @@ def test_lambda_json_of_the_mix_stage(tmp_path: Path):
         "lambdas": {"a.q_proj": [0.7, 0.3], "b.q_proj": [0.5, 0.5]},
         "curve": [{"step": 0, "entropy": 2.0, "lambda": [0.5, 0.5]},
                   {"step": 1, "entropy": 1.5, "lambda": [0.6, 0.4]}]}))
-    runs = report.collect_runs([tmp_path])
-    assert report.lambda_table(runs)[("ml1m", "cold")] == [pytest.approx(0.4)]
-    assert report.lambda_curve(runs[0].lambdas) == pytest.approx([0.5, 0.4])
+    runs = collect_runs([tmp_path])
+    assert lambda_table(runs)[("ml1m", "cold")] == [pytest.approx(0.4)]
+    assert lambda_curve(runs[0].lambdas) == pytest.approx([0.5, 0.4])
 
 
 def test_recorded_random_row_and_scorer_rows(tmp_path: Path):
@@ -177,7 +188,7 @@ def test_recorded_random_row_and_scorer_rows(tmp_path: Path):
         make_run(tmp_path, f"r{seed}", "ml1m", "warm", seed, {
             "random": m, "cocktail": {"ndcg@1": 0.2 + seed / 100, "ndcg@3": 0.3},
             "cocktail.generate": {"ndcg@1": 0.1, "ndcg@3": 0.1}})
-    md = report.render_markdown(report.aggregate(report.collect_runs([tmp_path])))
+    md = render_markdown(aggregate(collect_runs([tmp_path])))
     rows = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["Random", "RecCocktail", "RecCocktail (generate)"]
     assert "random (expected)" not in rows
@@ -204,10 +215,10 @@ def test_num_prompts_plot(tmp_path: Path):
         for seed in (1, 2):
             make_run(tmp_path, f"p{n}_{seed}", "ml1m", "cold", seed,
                      {"cocktail": {"ndcg@1": rng.random()}, "wa": {"ndcg@1": 0.2}}, num_prompts=n)
-    table = report.prompts_table(report.collect_runs([tmp_path]))
+    table = prompts_table(collect_runs([tmp_path]))
     assert sorted(table[("ml1m", "cold")]["cocktail"]) == [10, 50, 200]
     assert all(len(v) == 2 for v in table[("ml1m", "cold")]["cocktail"].values())
-    res = report.build_report([tmp_path], tmp_path / "out")
+    res = build_report([tmp_path], tmp_path / "out")
     assert res["files"]["ndcg_vs_prompts"].read_bytes()[:8] == PNG_MAGIC
     assert "lambda" not in res["files"]  # no lambda.json written
 
@@ -216,9 +227,9 @@ def test_bad_results_file_names_the_file(tmp_path: Path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "results.json").write_text('{"variants": {"g": {"ndcg@1": 1}}}')
     with pytest.raises(ValueError, match=r"results.json.*'g'"):
-        report.collect_runs([tmp_path])
+        collect_runs([tmp_path])
     with pytest.raises(FileNotFoundError):
-        report.collect_runs([tmp_path / "missing"])
+        collect_runs([tmp_path / "missing"])
 
 
 # -- experiment scripts ---------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""Reading finished runs: one `Run` per `results.json` with the setting its `.hydra/config.yaml`
+records, stale runs (a stage restarted and did not complete) left out before anything is
+averaged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from reccocktail.utils.io import read_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """One run folder: where it came from, its setting, and its variants' metrics."""
+
+    path: Path
+    domain: str
+    scenario: str
+    seed: Any
+    setting: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    num_candidates: int = 30
+    num_prompts: int | None = None
+    lambdas: dict[str, Any] | None = None
+    mtime: float = 0.0
+    column: str = ""  # the column group: the domain, or the value of `column_by`
+
+    def __post_init__(self) -> None:
+        self.column = self.column or self.domain
+
+
+def key_str(v: Any) -> str:
+    """A setting value as a table key (None as `null`, so it sorts and prints)."""
+    return "null" if v is None else str(v)
+
+
+def _load_config(run_dir: Path) -> DictConfig | None:
+    for cand in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml"):
+        if cand.exists():
+            try:
+                return OmegaConf.load(cand)
+            except Exception as err:  # noqa: BLE001 (a broken config must not hide the others)
+                log.warning("%s: unreadable config (%s)", cand, err)
+    return None
+
+
+def _select(cfg: DictConfig | None, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = OmegaConf.select(cfg, key, default=default, throw_on_resolution_failure=False)
+    if isinstance(value, (DictConfig,)) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=False)
+    return value
+
+
+def load_run(results_path: Path, group_by: Sequence[str] = (), column_by: str | None = None) -> Run:
+    """One run from its `results.json` and the `.hydra/config.yaml` beside it. In a run whose
+    ingredient started from the base spirit (`tuning.specific.init_from: general`), the
+    `specific` variant is the second-round fine-tuned model and is reported as `second_round`."""
+    results = read_json(results_path)
+    if not isinstance(results, dict) or not isinstance(results.get("variants"), dict):
+        raise ValueError(f"{results_path}: expected {{'variants': {{name: {{'metrics': ...}}}}}}")
+    run_dir = results_path.parent
+    cfg = _load_config(run_dir)
+    if cfg is None:
+        log.warning("%s: no .hydra/config.yaml; domain/scenario/seed taken from results.json", run_dir)
+    meta = results.get("meta", {}) if isinstance(results.get("meta"), dict) else {}
+
+    def pick(key: str, meta_key: str, default: Any) -> Any:
+        v = _select(cfg, key)
+        return meta.get(meta_key, default) if v is None else v
+
+    variants = {}
+    for name, row in results["variants"].items():
+        if not isinstance(row, dict) or not isinstance(row.get("metrics"), dict):
+            raise ValueError(f"{results_path}: variant {name!r} has no 'metrics' object")
+        variants[str(name)] = row
+    if _select(cfg, "tuning.specific.init_from") == "general" and "specific" in variants:
+        variants["second_round"] = variants.pop("specific")
+    lam = None
+    lam_path = run_dir / "mix" / "lambda.json"
+    if lam_path.exists():
+        try:
+            lam = read_json(lam_path)
+        except ValueError as err:
+            log.warning("%s", err)
+    num_prompts = pick("mix.num_prompts", "num_prompts", None)
+    domain = str(pick("domain.name", "domain", "?"))
+    setting = {k: _select(cfg, k) for k in group_by}
+    column = ""
+    if column_by:
+        setting = {"domain": domain, **setting}  # the domain moves from the columns to the tables
+        column = key_str(_select(cfg, column_by))
+    return Run(
+        path=run_dir,
+        domain=domain,
+        scenario=str(pick("scenario.name", "scenario", "?")),
+        seed=pick("seed", "seed", None),
+        setting=setting,
+        column=column,
+        variants=variants,
+        num_candidates=int(pick("data.num_candidates", "num_candidates", 30)),
+        num_prompts=None if num_prompts is None else int(num_prompts),
+        lambdas=lam if isinstance(lam, dict) else ({"lambdas": lam} if lam is not None else None),
+        mtime=results_path.stat().st_mtime,
+    )
+
+
+def find_results(folders: Iterable[str | Path]) -> list[Path]:
+    """Every results.json below the folders (a folder may also be a results.json itself)."""
+    found: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if folder.is_file() and folder.name == "results.json":
+            found.append(folder)
+        elif folder.is_dir():
+            found.extend(sorted(p for p in folder.rglob("results.json") if ".hydra" not in p.parts))
+        else:
+            raise FileNotFoundError(f"{folder}: no such folder")
+    return sorted(set(found))
+
+
+def stale_reason(results_path: Path) -> str | None:
+    """Why a run's results cannot be trusted (a stage restarted after its rows were written and
+    did not complete them, or the eval stage's summary is missing), else None."""
+    results = read_json(results_path)
+    stale = results.get("stale") if isinstance(results, dict) else None
+    if stale:
+        return "stage(s) " + ", ".join(f"{s} (started {t})" for s, t in stale.items()) + \
+            " restarted after its rows were written and did not complete them"
+    if (results_path.parent / "stages").is_dir() and \
+            not (results_path.parent / "stages" / "eval.json").exists():
+        return "stages/eval.json is missing: the evaluation did not complete"
+    return None
+
+
+def collect_runs(folders: Iterable[str | Path], group_by: Sequence[str] = (),
+                 column_by: str | None = None) -> list[Run]:
+    """Every complete run below `folders`; runs whose files disagree are left out, loudly."""
+    runs = []
+    for p in find_results(folders):
+        reason = stale_reason(p)
+        if reason:
+            log.warning("%s: not aggregated: %s; rerun its eval stage", p.parent, reason)
+            continue
+        runs.append(load_run(p, group_by, column_by))
+    return runs
