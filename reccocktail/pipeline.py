@@ -53,7 +53,7 @@ def invalidate(out_dir: Path, stage: str) -> None:
     """Before `stage` runs: remove its summary and those of the stages derived from it, and
     mark results.json stale when rows derive from it (the eval stage lifts the mark when it
     completes), so nothing half-updated passes for a finished run."""
-    from reccocktail.evaluation.report import mark_stale
+    from reccocktail.evaluation.results import mark_stale
 
     for s in (stage, *DOWNSTREAM.get(stage, ())):
         (out_dir / "stages" / f"{s}.json").unlink(missing_ok=True)

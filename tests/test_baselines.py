@@ -234,11 +234,11 @@ def _fake_record_results(out_dir, variant, metrics, **meta):
 
 def test_stage_scores_the_eval_stages_samples(planted, tmp_path, monkeypatch):
     try:
-        import reccocktail.evaluation.report  # noqa: F401
+        import reccocktail.evaluation.results  # noqa: F401
     except ImportError:  # the evaluation work lands it; until then a stand-in, tests only
-        fake = type(sys)("reccocktail.evaluation.report")
+        fake = type(sys)("reccocktail.evaluation.results")
         fake.record_results = _fake_record_results
-        monkeypatch.setitem(sys.modules, "reccocktail.evaluation.report", fake)
+        monkeypatch.setitem(sys.modules, "reccocktail.evaluation.results", fake)
     out = tmp_path / "run"
     (out / "data").mkdir(parents=True)
     for f in planted.iterdir():

@@ -19,7 +19,7 @@ from reccocktail.evaluation.confidence import (
     rank_metric_values,
 )
 from reccocktail.evaluation.metrics import metric_names
-from reccocktail.evaluation.report import (
+from reccocktail.evaluation.results import (
     load_results,
     paired_block,
     print_results,
@@ -290,7 +290,7 @@ def test_eval_stage_writes_ci_and_paired_block(tmp_path, tiny_llama_cfg, monkeyp
 
 
 def test_table_title_names_the_scorer_normalisation_and_format():
-    from reccocktail.evaluation.report import render_markdown, table_title
+    from reccocktail.evaluation.results import render_markdown, table_title
 
     data = {"variants": {
         "random": {"metrics": {"ndcg@1": 1 / 30}, "scorer": "expectation"},

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from reccocktail.data.samples import Sample, load_items, load_samples, write_items
 from reccocktail.evaluation.metrics import random_expectation, ranking_metrics
-from reccocktail.evaluation.report import load_results, record_results, render_markdown
+from reccocktail.evaluation.results import load_results, record_results, render_markdown
 from reccocktail.utils.io import read_jsonl, write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]

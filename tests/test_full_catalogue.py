@@ -149,7 +149,7 @@ def test_eval_stage_full_catalogue_rows(tmp_path, tiny_llama_cfg):
     from test_eval_stage import _write_data, make_cfg
 
     from reccocktail.data.samples import load_items
-    from reccocktail.evaluation.report import render_markdown
+    from reccocktail.evaluation.results import render_markdown
     from reccocktail.evaluation.stage import run_eval_stage
     from reccocktail.utils.io import read_json, read_jsonl
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reccocktail.evaluation.report import load_results
+from reccocktail.evaluation.results import load_results
 from reccocktail.utils.io import write_json
 
 
@@ -43,7 +43,7 @@ def test_interrupted_eval_leaves_no_old_rows_and_the_report_refuses_it(tmp_path,
     from test_eval_stage import _write_data, make_cfg
 
     from reccocktail.pipeline import invalidate
-    from reccocktail.report import collect_runs, stale_reason
+    from reccocktail.reporting.runs import collect_runs, stale_reason
 
     _write_data(tmp_path / "data")
     for name in ("cocktail", "specific"):

@@ -202,7 +202,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Stage entry (contract): every baseline in `cfg.baseline`, scored and recorded."""
     from reccocktail.evaluation.confidence import ci_fields
     from reccocktail.evaluation.metrics import DEFAULT_KS, ranking_metrics, target_ranks
-    from reccocktail.evaluation.report import (
+    from reccocktail.evaluation.results import (
         clear_stale,
         record_results,
         start_rows,

@@ -10,7 +10,7 @@ _LAZY = {
     "RankingMetrics": "metrics",
     "ranking_metrics": "metrics",
     "random_expectation": "chance",
-    "record_results": "report",
+    "record_results": "results",
     "GenerateMatchScorer": "scorers",
     "LikelihoodScorer": "scorers",
     "NaiveLikelihoodScorer": "scorers",

@@ -284,7 +284,7 @@ def record_row(out_dir: str | Path, name: str, cat: FullCatalogue, samples: Sequ
                ranks: torch.Tensor, lists: Sequence[Sequence[tuple[str, float]]],
                **meta: Any) -> dict[str, float]:
     """Record one full-catalogue row in results.json and its predictions file; its metrics."""
-    from reccocktail.evaluation.report import record_results
+    from reccocktail.evaluation.results import record_results
     from reccocktail.utils.io import write_jsonl
 
     metrics, ci = cat.row_fields(ranks, [s.user for s in samples])

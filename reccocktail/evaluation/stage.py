@@ -26,7 +26,7 @@ from reccocktail.evaluation.metrics import (
     ranking_metrics,
     target_ranks,
 )
-from reccocktail.evaluation.report import (
+from reccocktail.evaluation.results import (
     clear_stale,
     load_results,
     print_results,
