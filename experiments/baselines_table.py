@@ -23,16 +23,14 @@ import json
 import logging
 import random
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from reccocktail.data.samples import write_items
+from reccocktail.utils.io import read_json, stable_hash, write_json, write_jsonl
 
-from reccocktail.data.samples import write_items  # noqa: E402
-from reccocktail.utils.io import read_json, stable_hash, write_json, write_jsonl  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("baselines_table")
 

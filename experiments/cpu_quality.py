@@ -29,10 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from reccocktail.utils.io import read_json, write_json, write_text
 
-from reccocktail.utils.io import read_json, write_json, write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ROWS = ("random", "popularity", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec", "zero_shot",
         "general", "specific", "wa", "cocktail")

@@ -10,31 +10,28 @@ against cold) and domain, with its trajectory over the tuning steps. Reads each 
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reccocktail import report  # noqa: E402
+from reccocktail.reporting import cli, launch
 
 DOMAINS = "ml1m,beauty,toys,sports"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = report.experiment_parser(__doc__, "figure4_lambda")
+    p = launch.experiment_parser(__doc__, "figure4_lambda")
     p.add_argument("--from", dest="source", default=None,
                    help="finished runs to read instead of running the sweep")
     p.add_argument("--domains", default=DOMAINS)
     p.add_argument("--scenarios", default="warm,cold")
     a = p.parse_args(argv)
     if a.source:
-        rep = report.report_argv([Path(a.source)], Path(a.out) / "report", title="Figure 4: learned λ")
+        rep = launch.report_argv([Path(a.source)], Path(a.out) / "report", title="Figure 4: learned λ")
         print(shlex.join([a.python, "-m", "reccocktail.report", *rep]))
-        return 0 if a.dry_run else report.main(rep)
-    experiments = [f"{d}_{s}" for s in report.csv_list(a.scenarios) for d in report.csv_list(a.domains)]
-    sweeps = [report.Sweep("runs", [f"+experiment={','.join(experiments)}", "mix=entropy",
+        return 0 if a.dry_run else cli.main(rep)
+    experiments = [f"{d}_{s}" for s in launch.csv_list(a.scenarios) for d in launch.csv_list(a.domains)]
+    sweeps = [launch.Sweep("runs", [f"+experiment={','.join(experiments)}", "mix=entropy",
                              f"seed={a.seeds}"])]
-    return report.run_experiment(a, sweeps, domains=report.csv_list(a.domains), title="Figure 4: learned λ")
+    return launch.run_experiment(a, sweeps, domains=launch.csv_list(a.domains), title="Figure 4: learned λ")
 
 
 if __name__ == "__main__":

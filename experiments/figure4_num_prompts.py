@@ -11,12 +11,7 @@ reused across the sweep, the other stages follow the pipeline's reuse rules.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reccocktail.report import Sweep, csv_list, experiment_parser, run_experiment  # noqa: E402
+from reccocktail.reporting.launch import Sweep, csv_list, experiment_parser, run_experiment
 
 
 def main(argv: list[str] | None = None) -> int:

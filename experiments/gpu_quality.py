@@ -34,10 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from reccocktail.utils.io import read_json, write_text
 
-from reccocktail.utils.io import read_json, write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SETTINGS = ("ml1m_warm", "ml1m_cold", "beauty_warm", "beauty_cold")
 OBJECTIVES = ("sequence", "instruction")

@@ -15,12 +15,7 @@ same command again (finished stages are reused).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reccocktail.report import Sweep, csv_list, experiment_parser, run_experiment  # noqa: E402
+from reccocktail.reporting.launch import Sweep, csv_list, experiment_parser, run_experiment
 
 DOMAINS = "ml1m,beauty,toys,sports"
 

@@ -14,12 +14,7 @@ The report puts the fractions in the column groups.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reccocktail.report import Sweep, csv_list, experiment_parser, run_experiment  # noqa: E402
+from reccocktail.reporting.launch import Sweep, csv_list, experiment_parser, run_experiment
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,12 +9,7 @@ runs beside it). Needs GPUs: the jobs get `trainer=gpu tuning=gpu` unless `--dev
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reccocktail.report import Sweep, csv_list, experiment_parser, run_experiment  # noqa: E402
+from reccocktail.reporting.launch import Sweep, csv_list, experiment_parser, run_experiment
 
 DOMAINS = "ml1m,beauty,toys,sports"
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from reccocktail.data.samples import Sample
 
-from reccocktail.data.samples import Sample  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 DATA_ROOT = Path(os.environ.get("RECCOCKTAIL_DATA", ROOT.parent / "shared" / "data"))
 

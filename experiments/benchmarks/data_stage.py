@@ -25,7 +25,6 @@ DEFAULT = ["ml1m_warm", "ml1m_cold", "beauty_warm"]
 
 def child(experiment: str, data_root: str, cache: str, out: str) -> None:
     """Build one setting in this process and print the stage summary as JSON."""
-    sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
 
     from reccocktail.data.stage import run_data_stage

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA_ROOT, backbone_config, ml1m_samples  # puts the repository on sys.path
+from common import DATA_ROOT, backbone_config, ml1m_samples
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import build_prompt_builder

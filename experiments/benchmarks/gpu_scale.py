@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import DATA_ROOT, ROOT  # puts the repository on sys.path
+from common import DATA_ROOT, ROOT
 from scale_model import (
     build_model,
     flop_shape,

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA_ROOT, ROOT, backbone_config  # puts the repository on sys.path
+from common import DATA_ROOT, ROOT, backbone_config
 
 from reccocktail.cocktail.entropy import (
     EntropyMixModule,

@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from reccocktail.baselines import omfa
+from reccocktail.data.prompts import build_prompt_builder
+from reccocktail.data.samples import load_items
+from reccocktail.models.backbone import load_tokenizer
+from reccocktail.models.datamodule import collate
+from reccocktail.models.sequence_data import build_windows, load_user_sequences
+from reccocktail.models.tuning import build_peft_model, response_loss
 
-from reccocktail.baselines import omfa  # noqa: E402
-from reccocktail.data.prompts import build_prompt_builder  # noqa: E402
-from reccocktail.data.samples import load_items  # noqa: E402
-from reccocktail.models.backbone import load_tokenizer  # noqa: E402
-from reccocktail.models.datamodule import collate  # noqa: E402
-from reccocktail.models.sequence_data import build_windows, load_user_sequences  # noqa: E402
-from reccocktail.models.tuning import build_peft_model, response_loss  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _backbone(cache_dir: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from common import backbone_config  # puts the repository on sys.path
+from common import backbone_config
 from omegaconf import OmegaConf
 
 # -- shapes ---------------------------------------------------------------------------------

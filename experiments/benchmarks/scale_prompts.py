@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from common import backbone_config  # puts the repository on sys.path
+from common import backbone_config
 from scale_model import TOKENIZER_VOCAB
 
 DOMAINS = {"ml1m": ("ml-1m", "movie", "watched"), "beauty": ("amazon-beauty", "beauty product", "bought")}

@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from reccocktail.utils.io import write_json
 
-from reccocktail.utils.io import write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 STAGES = ["data", "general", "specific", "mix", "eval"]
 PRESETS = {
