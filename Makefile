@@ -38,6 +38,7 @@ lint: $(STAMP)
 	ruff check .
 
 # The speed/size benchmarks of the README (CPU, ~20 min together); each prints its ratios.
+# Run as scripts (they import the installed package and their sibling common.py).
 bench: $(STAMP)
 	$(PYTHON) experiments/benchmarks/data_stage.py --out outputs/benchmarks/data_stage.json
 	$(PYTHON) experiments/benchmarks/train_throughput.py --steps 3 --batch-size 4
