@@ -10,6 +10,7 @@ backbone is loaded once; adapters are loaded and dropped one after another with 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -290,6 +291,11 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                                   int(_get(cfg, "data.max_title_tokens", 32)), fmt=fmt)
         switcher = AdapterSwitcher(model)
         full_beam = None  # one catalogue trie per run, shared by every variant
+        from reccocktail.evaluation.trunk import plan as trunk_plan
+
+        # the layers below every adapter are computed once for all variants (likelihood only)
+        trunk = None if cat is not None else trunk_plan(
+            [p for _, p in variants], model, bool(_get(cfg, "eval.share_trunk")), scorer_names)
         for name, path in variants:
             meta: dict[str, Any] = {"adapter": None if path is None else str(path),
                                     "backbone": backbone_name, "objective": fmt, **info}
@@ -308,11 +314,17 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             for sname in scorer_names:
                 scorer = build_scorer(sname, scoring_model, pb, cfg.eval)
                 key = name if sname == "likelihood" else f"{name}.{sname}"
+                share = trunk is not None and sname == "likelihood"
+                ctx = contextlib.nullcontext() if not share else (
+                    trunk.replay(scoring_model) if trunk.recorded else trunk.record(scoring_model))
                 t0 = time.time()
-                scores = scorer.score(samples)
+                with ctx:
+                    scores = scorer.score(samples)
                 seconds = time.time() - t0
                 extra: dict[str, Any] = {"scorer": sname, "seconds": round(seconds, 2),
                                          "users_per_s": round(info["num_users"] / max(seconds, 1e-9), 3)}
+                if share:
+                    extra["shared_lower_layers"] = trunk.boundary
                 if sname in ("likelihood", "naive"):
                     extra["normalize"] = bool(_get(cfg, "eval.normalize", False))
                 if sname == "beam":
@@ -330,6 +342,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 keys.append(key)
                 log.info("eval %s: %s", key, metrics)
         switcher.drop()
+        trunk = None  # the recorded states can be large: release them now
 
     # cocktail against every other row, per sample (all of predictions/, baselines included)
     if keys:
