@@ -1,0 +1,242 @@
+"""Constrained beam search speed and agreement on ML-100k with SmolLM2-135M (CPU by default).
+
+  (a) full catalogue (every ML-100k title in one trie, the user's seen items excluded, as
+      `eval.candidates=all`): the old uncached beam, which re-feeds each hypothesis's whole
+      prefix every step, next to the cached beam (prompt prefilled once, one new token per
+      hypothesis per step) in its layouts `tree` (one cache row, tree mask; the default) and
+      `batched` (one cache row per hypothesis, gathered by parent). Interleaved per user (the
+      order rotates), the same users; the found items and log-likelihoods are compared.
+  (b) 30 sampled candidates: beam (`--beam30`, eval default 10) vs likelihood, interleaved.
+  (c) agreement of the beam's top 10 with the exhaustive likelihood ranking, on the same users:
+      on the 30 candidates (from (b)), and over the whole catalogue for the first
+      `--exhaustive-users` users (every title scored; slow).
+
+    python experiments/benchmarks/beam_speed.py --users 6 --out outputs/benchmarks/beam_speed.json
+
+A user: a random ML-100k user (seeded), their last rating the target, up to 10 ratings before
+it the history, 29 titles they never rated the negatives. One extra user is run first, untimed
+(warm-up). Numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import DATA_ROOT, backbone_config  # puts the repository on sys.path
+from omegaconf import OmegaConf
+
+from reccocktail.data.prompts import build_prompt_builder
+from reccocktail.data.readers import read_ml100k
+from reccocktail.data.samples import Sample
+from reccocktail.evaluation.scorers import (
+    BeamScorer,
+    CatalogueBeamScorer,
+    LikelihoodScorer,
+    _EvalMode,
+)
+from reccocktail.models.backbone import load_backbone
+from reccocktail.utils.io import write_json
+
+LAYOUTS = {"uncached": {"reuse_cache": False}, "tree": {"packed": True},
+           "batched": {"packed": False}}
+
+
+def ml100k_users(n: int, seed: int, history: int = 10, num_candidates: int = 30
+                 ) -> tuple[list[Sample], list[set[str]], dict[str, str]]:
+    """`n` leave-one-out samples of random ML-100k users, each user's seen items (everything
+    rated before the target: the full-catalogue exclusion), and the titles."""
+    table = read_ml100k(DATA_ROOT / "ml-100k" / "raw")
+    titles = {i: t for i, t in table.titles.items() if t}
+    df = table.interactions[table.interactions["item"].isin(titles)]
+    seqs = {u: list(g.sort_values("time", kind="stable")["item"])
+            for u, g in df.groupby("user", sort=True)}
+    rng = random.Random(seed)
+    pool = sorted(titles)
+    samples, seen = [], []
+    for user in rng.sample(sorted(seqs), n):
+        seq = seqs[user]
+        target, before = seq[-1], seq[:-1]
+        negs: list[str] = []
+        while len(negs) < num_candidates - 1:
+            c = rng.choice(pool)
+            if c not in seq and c not in negs:
+                negs.append(c)
+        cands = [target, *negs]
+        rng.shuffle(cands)
+        samples.append(Sample(f"{user}-bench", user, before[-history:], target, cands))
+        seen.append(set(before))
+    return samples, seen, titles
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def interleave(users: int, runs: dict[str, Callable[[int], object]]
+               ) -> tuple[dict[str, float], dict[str, list[Any]]]:
+    """Seconds per method and outputs per user, every method on every user, the order rotated
+    per user so that drift in machine load hits each method alike."""
+    names = list(runs)
+    secs = dict.fromkeys(names, 0.0)
+    outs: dict[str, list[Any]] = {n: [] for n in names}
+    for u in range(users):
+        for name in names[u % len(names):] + names[: u % len(names)]:
+            s, o = timed(lambda name=name, u=u: runs[name](u))
+            secs[name] += s
+            outs[name].append(o)
+    return secs, outs
+
+
+def top_overlap(a: list[str], b: list[str], k: int) -> float:
+    return len(set(a[:k]) & set(b[:k])) / k
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=6, help="timed users (plus one warm-up user)")
+    ap.add_argument("--layouts", default="uncached,tree,batched",
+                    help=f"full-catalogue beams to time, of {list(LAYOUTS)}")
+    ap.add_argument("--beam-size", type=int, default=20,
+                    help="full-catalogue beam (eval.beam_size; 20 = largest default full_ks)")
+    ap.add_argument("--beam30", type=int, default=10, help="beam on the 30 candidates")
+    ap.add_argument("--exhaustive-users", type=int, default=1,
+                    help="users whose whole catalogue is also scored exhaustively (c)")
+    ap.add_argument("--format", default="instruction", choices=["instruction", "sequence"])
+    ap.add_argument("--backbone", default="smollm2_135m", help="a conf/backbone/*.yaml name")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layouts = [m.strip() for m in args.layouts.split(",") if m.strip()]
+    unknown = set(layouts) - set(LAYOUTS)
+    if unknown:
+        ap.error(f"--layouts: unknown {sorted(unknown)}; choose from {list(LAYOUTS)}")
+
+    samples, seen, titles = ml100k_users(args.users + 1, args.seed)
+    warm, users, warm_seen, seen = samples[0], samples[1:], seen[0], seen[1:]
+    model, tok = load_backbone(backbone_config(args.backbone), device=args.device)
+    domain = OmegaConf.create({"prompt": {"noun": "movie", "verb": "watched"}})
+    pb = build_prompt_builder(tok, titles, domain, backbone_config(args.backbone),
+                              max_title_tokens=32, fmt=args.format)
+    catalogue = sorted(titles, key=int)
+    full = CatalogueBeamScorer(model, pb, beam_size=args.beam_size, progress=False,
+                               item_ids=catalogue)
+    beam30 = BeamScorer(model, pb, beam_size=args.beam30, progress=False)
+    lik = LikelihoodScorer(model, pb, batch_size=30, progress=False)
+    n = len(users)
+    res: dict = {"backbone": args.backbone, "device": args.device, "format": args.format,
+                 "threads": torch.get_num_threads(), "users": n, "seed": args.seed,
+                 "catalogue_size": len(catalogue), "beam_size_full": args.beam_size,
+                 "beam_size_30": args.beam30,
+                 "mean_title_tokens": round(statistics.mean(len(r) for r in full.responses), 2)}
+
+    def rank_full(layout: str, s: Sample, ex: set[str]) -> list[tuple[str, float]]:
+        for key, value in {"reuse_cache": True, "packed": True, **LAYOUTS[layout]}.items():
+            setattr(full, key, value)
+        return full.rank([s], [ex])[0]
+
+    # warm-up, untimed: every code path once
+    for layout in layouts:
+        rank_full(layout, warm, warm_seen)
+    beam30.score([warm])
+    lik.score([warm])
+
+    # (a) full catalogue: uncached vs cached layouts, interleaved
+    secs, outs = interleave(n, {m: (lambda u, m=m: rank_full(m, users[u], seen[u]))
+                                for m in layouts})
+    res["full_catalogue"] = {m: {"seconds": round(secs[m], 3),
+                                 "users_per_s": round(n / secs[m], 4)} for m in layouts}
+    print(f"(a) full catalogue ({len(catalogue)} titles, beam {args.beam_size}, {n} users)")
+    for m in layouts:
+        print(f"    {m:9s} {n / secs[m]:8.4f} users/s  ({secs[m]:.1f} s)", flush=True)
+    ref = "uncached" if "uncached" in layouts else layouts[0]
+    for m in layouts:
+        if m == ref:
+            continue
+        same = sum([i for i, _ in a] == [i for i, _ in b] for a, b in zip(outs[m], outs[ref]))
+        diff = max((abs(x - y) for a, b in zip(outs[m], outs[ref])
+                    for (_, x), (_, y) in zip(a, b)), default=0.0)
+        ratio = secs[ref] / secs[m]
+        res["full_catalogue"][m].update({f"speedup_vs_{ref}": round(ratio, 2),
+                                         f"same_ranked_list_as_{ref}": f"{same}/{n}",
+                                         f"max_abs_diff_vs_{ref}": diff})
+        print(f"    {m} vs {ref}: {ratio:.2f}x faster; same ranked list for {same}/{n} users, "
+              f"max |log-lik diff| {diff:.1e}")
+
+    # (b) 30 candidates: beam vs likelihood, interleaved
+    secs30, outs30 = interleave(n, {"likelihood": lambda u: lik.score([users[u]])[0],
+                                    "beam": lambda u: beam30.score([users[u]])[0]})
+    res["candidates_30"] = {m: {"seconds": round(secs30[m], 3),
+                                "users_per_s": round(n / secs30[m], 4)} for m in secs30}
+    ratio = secs30["beam"] / secs30["likelihood"]
+    res["candidates_30"]["beam_time_over_likelihood"] = round(ratio, 2)
+    print(f"(b) 30 candidates: likelihood {n / secs30['likelihood']:.4f} users/s, "
+          f"beam {args.beam30} {n / secs30['beam']:.4f} users/s (beam takes {ratio:.2f}x the "
+          "time)")
+
+    # (c) agreement of the beam's top 10 with the exhaustive ranking, same users
+    k = min(10, args.beam30)
+    agree = {"top1": 0, "overlap@10": [], "same_top10_order": 0, "max_abs_diff": 0.0}
+    for s, b, lk in zip(users, outs30["beam"], outs30["likelihood"]):
+        bo = [s.candidates[j] for j in b.argsort(descending=True, stable=True).tolist()
+              if torch.isfinite(b[j])]
+        lo = [s.candidates[j] for j in lk.argsort(descending=True, stable=True).tolist()]
+        agree["top1"] += bo[0] == lo[0]
+        agree["overlap@10"].append(top_overlap(bo, lo, k))
+        agree["same_top10_order"] += bo[:k] == lo[:k]
+        found = torch.isfinite(b)
+        agree["max_abs_diff"] = max(agree["max_abs_diff"], float((b[found] - lk[found]).abs().max()))
+    res["agreement_30"] = {"k": k, "top1": f"{agree['top1']}/{n}",
+                           "mean_overlap@k": round(statistics.mean(agree["overlap@10"]), 4),
+                           "same_top_k_order": f"{agree['same_top10_order']}/{n}",
+                           "max_abs_diff": agree["max_abs_diff"]}
+    print(f"(c) 30 candidates, beam top {k} vs likelihood: top-1 equal {agree['top1']}/{n}, "
+          f"mean overlap@{k} {res['agreement_30']['mean_overlap@k']:.3f}, same order "
+          f"{agree['same_top10_order']}/{n}, max |score diff| {agree['max_abs_diff']:.1e}")
+    m_ex = min(args.exhaustive_users, n)
+    if m_ex:
+        beam_full = outs["tree" if "tree" in outs else layouts[0]]
+        rows, sec_ex = [], 0.0
+        for u in range(m_ex):
+            allowed = [i for i in catalogue if i not in seen[u]]
+            prompt = pb.prompt_ids(users[u].history, [])
+            with _EvalMode(model), torch.inference_mode():
+                s, scores = timed(lambda allowed=allowed, prompt=prompt: lik.score_ids(
+                    prompt, [pb.response_ids(i) for i in allowed]))
+            sec_ex += s
+            order = [allowed[j] for j in scores.argsort(descending=True, stable=True).tolist()]
+            got = [i for i, _ in beam_full[u]]
+            rows.append({"top1": got[0] == order[0], "overlap@10": top_overlap(got, order, 10),
+                         "same_top10_order": got[:10] == order[:10],
+                         "beam_top10_within_exhaustive_top": max(order.index(i) + 1
+                                                                 for i in got[:10])})
+        res["agreement_full"] = {
+            "users": m_ex, "exhaustive_users_per_s": round(m_ex / sec_ex, 4),
+            "top1": f"{sum(r['top1'] for r in rows)}/{m_ex}",
+            "mean_overlap@10": round(statistics.mean(r["overlap@10"] for r in rows), 4),
+            "same_top10_order": f"{sum(r['same_top10_order'] for r in rows)}/{m_ex}",
+            "worst_exhaustive_rank_of_beam_top10": max(r["beam_top10_within_exhaustive_top"]
+                                                       for r in rows)}
+        a = res["agreement_full"]
+        print(f"(c) full catalogue, beam {args.beam_size} top 10 vs exhaustive ({m_ex} users, "
+              f"{a['exhaustive_users_per_s']:.4f} users/s): top-1 equal {a['top1']}, mean "
+              f"overlap@10 {a['mean_overlap@10']:.3f}, same order {a['same_top10_order']}")
+    if args.out:
+        write_json(args.out, res)
+
+
+if __name__ == "__main__":
+    main()
