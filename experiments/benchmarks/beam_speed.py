@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import DATA_ROOT, backbone_config  # puts the repository on sys.path
+from common import DATA_ROOT, backbone_config  # the sibling module (script folder on sys.path)
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import build_prompt_builder
