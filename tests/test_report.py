@@ -284,3 +284,10 @@ def test_experiment_slurm_and_report_only(tmp_path: Path, capsys):
     assert mod.main(["--report-only", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "fraction=0.1 NDCG@1" in md and "RecCocktail-S" in md
+
+
+def test_report_module_keeps_the_command_and_the_stale_check():
+    """`python -m reccocktail.report` and `reccocktail.report.stale_reason` outlive the split."""
+    from reccocktail.reporting import cli, runs
+
+    assert report.main is cli.main and report.stale_reason is runs.stale_reason
