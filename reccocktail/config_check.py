@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Blocks whose keys are checked against their group's files.
-CHECKED = ("data", "mix", "eval", "tuning", "scenario", "recommend")
+CHECKED = ("data", "selection", "mix", "eval", "tuning", "scenario", "recommend")
 # Blocks that are free-form below a level: maps of user-chosen names.
 FREE = ("eval.adapters",)
 GLOBAL_GROUPS = ("experiment", "size", "debug", "hparams_search")  # `# @package _global_`
@@ -53,20 +53,30 @@ def _yaml(path: Path) -> dict:
 
 
 def known_keys(conf_dir: Path = CONF_DIR) -> dict[str, set[str]]:
-    """`block -> dotted keys` from every file of the block's group, plus what the global
-    (`# @package _global_`) files of experiment/size/debug/hparams_search set in that block."""
+    """`block -> dotted keys` from every file of the block's group, what conf/run.yaml sets in
+    that block, and what the global (`# @package _global_`) files of experiment/size/debug/
+    hparams_search and of the block's own group set in it."""
     known: dict[str, set[str]] = {b: set() for b in CHECKED}
     for block in CHECKED:
         group = conf_dir / block
         if group.is_dir():
             for f in group.glob("*.yaml"):
                 known[block] |= _flat_keys(_yaml(f), f"{block}.")
-    known["data"] |= _flat_keys(_yaml(conf_dir / "run.yaml").get("data", {}), "data.")
+    root = _yaml(conf_dir / "run.yaml")  # root blocks: data, selection, deprecated aliases
+    for block in CHECKED:
+        known[block] |= _flat_keys(root.get(block, {}), f"{block}.")
     for group in GLOBAL_GROUPS:
         for f in (conf_dir / group).glob("*.yaml"):
             node = _yaml(f)
             for block in CHECKED:
                 known[block] |= _flat_keys(node.get(block, {}), f"{block}.")
+    for block in CHECKED:  # a group file in the global package (eval/quick.yaml) sets blocks
+        for f in (conf_dir / block).glob("*.yaml") if (conf_dir / block).is_dir() else []:
+            if f.read_text().lstrip().startswith("# @package _global_"):
+                node = _yaml(f)
+                known[block] -= _flat_keys(node, f"{block}.")
+                for other in CHECKED:
+                    known[other] |= _flat_keys(node.get(other, {}), f"{other}.")
     return known
 
 

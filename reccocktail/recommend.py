@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.data.titles import clean_title
+from reccocktail.utils.config import need
 from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import iter_jsonl, read_json, write_jsonl
 
@@ -181,7 +182,7 @@ def _print_ranking(result: dict[str, Any], top_k: int | None) -> None:
 
 def run_recommend(cfg: DictConfig) -> dict[str, Any]:
     """Rank the candidates of every request; returns {"requests": [...]} (JSON-able)."""
-    from reccocktail.data.prompts import build_prompt_builder
+    from reccocktail.data.prompts import prompt_builder_from_config
     from reccocktail.data.samples import Sample, load_items
     from reccocktail.evaluation.scorers import LikelihoodScorer
 
@@ -209,11 +210,9 @@ def run_recommend(cfg: DictConfig) -> dict[str, Any]:
                  "y" if len(resolver.free) == 1 else "ies", items_path or "any items.tsv")
 
     model, tokenizer, fmt = load_model(cfg)
-    builder = build_prompt_builder(tokenizer, resolver.items, cfg.get("domain"), cfg.backbone,
-                                   max_title_tokens=int(OmegaConf.select(cfg, "data.max_title_tokens",
-                                                                         default=32)), fmt=fmt)
-    scorer = LikelihoodScorer(model, builder, batch_size=int(rc.get("batch_size", 8)),
-                              normalize=bool(rc.get("normalize", False)))
+    builder = prompt_builder_from_config(cfg, tokenizer, resolver.items, fmt=fmt)
+    scorer = LikelihoodScorer(model, builder, batch_size=int(need(rc, "batch_size", "recommend")),
+                              normalize=bool(need(rc, "normalize", "recommend")))
     results = []
     for req, sample in zip(requests, samples):
         scores = scorer.score([sample])[0].float()
@@ -226,8 +225,8 @@ def run_recommend(cfg: DictConfig) -> dict[str, Any]:
         if rc.get("explain"):
             result["explanation"] = explain(
                 model, builder, sample.history, sample.candidates, ranking[0]["item"],
-                str(rc.get("explain_prompt")), int(rc.get("explain_max_new_tokens", 48)))
-        if rc.get("print", True):
+                str(rc.get("explain_prompt")), int(need(rc, "explain_max_new_tokens", "recommend")))
+        if need(rc, "print", "recommend"):
             _print_ranking(result, rc.get("top_k"))
         results.append(result)
     out = OmegaConf.select(cfg, "recommend.output", default=None,

@@ -38,6 +38,35 @@ def backbone_cfg(name: str):
     return cfg
 
 
+REPLACED = ("backbone", "domain", "trainer", "logger")  # taken whole from a test's blocks
+
+
+def run_config(blocks: dict | None = None, *overrides: str):
+    """The config `python run.py <overrides>` composes (conf/run.yaml, Hydra; logger=none), with
+    the hand-built `blocks` merged over it (`REPLACED` blocks replace the composed ones): a test
+    that calls a stage with a small config still gets every other setting's one default from
+    conf/, never one from code."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("run", overrides=["logger=none", *overrides])
+    OmegaConf.set_struct(cfg, False)
+    blocks = dict(blocks or {})
+    for key in REPLACED:
+        if key in blocks:
+            cfg[key] = None
+    return OmegaConf.merge(cfg, OmegaConf.create(blocks))
+
+
+def tuning_block(**over) -> dict:
+    """The shared keys of conf/tuning/default.yaml (seed 0) with `over` laid on top: the stage
+    view of the tuning config, for tests that build the tuning module by hand."""
+    root = OmegaConf.create({"seed": 0, "tuning": OmegaConf.load(ROOT / "conf" / "tuning" /
+                                                                 "default.yaml")})
+    t = OmegaConf.to_container(root.tuning, resolve=True)
+    return {**{k: v for k, v in t.items() if k not in ("general", "specific")}, **over}
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_cfg():
     return backbone_cfg("tiny_llama")

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import run_config
 from omegaconf import OmegaConf
 
 from reccocktail.baselines import stage as bstage
@@ -248,17 +249,17 @@ def test_stage_scores_the_eval_stages_samples(planted, tmp_path, monkeypatch):
     for n in ("pop", "gru4rec"):
         group[n] = OmegaConf.load(ROOT / "conf" / "baselines" / f"{n}.yaml")
     group.common.update(max_epochs=2, max_len=12)
-    cfg = OmegaConf.create({
+    cfg = run_config({
         "seed": 1, "baseline": ["pop", "gru4rec"], "baselines": group,
-        "mix": {"num_prompts": 20, "transductive": False},
+        "selection": {"lambda_users": 20, "transductive": False, "max_scored_users": None},
         "paths": {"output_dir": str(out), "cache_dir": str(tmp_path / "cache")},
         "trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
                     "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
         "logger": None,
     })
     summary = bstage.run_baselines_stage(cfg, out)
-    from reccocktail.cocktail.unlabeled import split_unlabeled
     from reccocktail.data.samples import load_samples
+    from reccocktail.data.selection import split_unlabeled
 
     _, scored = split_unlabeled(load_samples(out / "data" / "test.jsonl"), 20, 1, False)
     assert summary["scored_samples"] == len(scored) < 240

@@ -15,6 +15,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_config
 from omegaconf import OmegaConf
 from test_baselines import (  # noqa: F401  (one_thread: autouse fixture)
     RANDOM_NDCG1,
@@ -216,9 +217,9 @@ def test_stage_scores_exactly_the_stored_candidates(planted, bert_dir, tmp_path,
     group.vqrec.model.update(num_subspaces=4, num_codes=16)
     group.recformer.model_dir = str(bert_dir)
     group.recformer.model.steps_per_epoch = 2
-    cfg = OmegaConf.create({
+    cfg = run_config({
         "seed": 1, "baseline": list(NAMES), "baselines": group,
-        "mix": {"num_prompts": 20, "transductive": False},
+        "selection": {"lambda_users": 20, "transductive": False, "max_scored_users": None},
         "paths": {"output_dir": str(out), "cache_dir": str(tmp_path / "cache")},
         "trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
                     "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},

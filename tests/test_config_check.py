@@ -20,6 +20,7 @@ def cfg_of(*overrides: str):
 
 @pytest.mark.parametrize("overrides", [
     [], ["debug=fast"], ["mix=grid"], ["mix=fixed"], ["eval=generate"], ["eval=beam"], ["tuning=gpu"],
+    ["eval=quick"], ["mix.num_prompts=5", "mix.transductive=true", "eval.max_users=3"],
     ["hparams_search=ml100k_optuna"], ["scenario=cold", "scenario.cold_negatives=new"],
     ["+tuning.general.lr=1e-3", "+tuning.specific.objective=sequence"],
     ["eval.scorer=[likelihood,generate]", "+eval.adapters.mine=/tmp/x"],
@@ -37,6 +38,18 @@ def test_misspelt_keys_fail_with_their_name_and_a_suggestion():
     assert "foo: unknown top-level key" in text
     with pytest.raises(ValueError, match="mix.lamda"):
         check_config(cfg_of("+mix.lamda=0.3"))
+
+
+def test_misspelt_selection_and_stage_keys_fail_with_their_name():
+    errors = "; ".join(config_errors(cfg_of("+selection.lamda_users=3", "+mix.num_prompt=3",
+                                            "+eval.max_user=3", "+tuning.lrr=1e-3")))
+    assert "selection.lamda_users: unknown key (did you mean selection.lambda_users?)" in errors
+    assert "mix.num_prompt: unknown key (did you mean mix.num_prompts?)" in errors
+    assert "eval.max_user: unknown key (did you mean eval.max_users?)" in errors
+    assert "tuning.lrr: unknown key" in errors
+    # the keys eval=quick sets in the global package are no keys of the eval block
+    assert "eval.selection.max_scored_users: unknown key" in "; ".join(
+        config_errors(cfg_of("+eval.selection.max_scored_users=3")))
 
 
 def test_bad_choice_values_fail_before_any_stage(tmp_path, monkeypatch):

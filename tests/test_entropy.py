@@ -16,7 +16,7 @@ from reccocktail.cocktail.entropy import (
     left_pad,
     response_entropy,
 )
-from reccocktail.cocktail.mix import load_adapter
+from reccocktail.models.adapters import read_lora
 from reccocktail.utils.io import write_json
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -67,7 +67,7 @@ def random_adapters(tmp_path_factory, tiny_llama_cfg):
     for name, pseed in (("g", 1), ("s", 2)):
         pm = _peft(tiny_llama_cfg, seed=7, b_std=0.2 * pseed)  # one init seed, different B
         _save(pm, root / name, seed=7)
-        out.append(load_adapter(root / name))
+        out.append(read_lora(root / name))
     return out
 
 
@@ -143,7 +143,7 @@ def confident_and_uniform(tmp_path_factory, tiny_llama_cfg):
     assert h_unif > h_conf + 3.0, (float(h_conf), float(h_unif))  # the premise of the test
     _save(confident, root / "confident", seed=3)
     _save(uniform, root / "uniform", seed=3)
-    return load_adapter(root / "confident"), load_adapter(root / "uniform")
+    return read_lora(root / "confident"), read_lora(root / "uniform")
 
 
 @pytest.mark.parametrize("mode,order", [("ab", "cu"), ("delta", "uc")])

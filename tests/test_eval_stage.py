@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_config
 from omegaconf import OmegaConf
 
 from reccocktail.data.samples import Sample, load_items, load_samples, write_items
@@ -63,24 +64,25 @@ def run_dir(tmp_path_factory, tiny_llama_cfg):
     return out
 
 
-def make_cfg(out: Path, backbone_cfg, **eval_overrides):
+def make_cfg(out: Path, backbone_cfg, selection: dict | None = None, **eval_overrides):
     ecfg = OmegaConf.load(ROOT / "conf" / "eval" / "default.yaml")
     ecfg.variants = ["zero_shot", "general", "specific"]
     ecfg.progress = False
     ecfg.print = False
     for k, v in eval_overrides.items():
         ecfg[k] = v
-    return OmegaConf.create({
+    return run_config({
         "seed": 7,
         "paths": {"output_dir": str(out)},
         "backbone": backbone_cfg,
         "domain": {"name": "toy", "prompt": {"noun": "movie", "verb": "watched"}},
         "data": {"max_title_tokens": 32, "num_candidates": N_CAND},
-        "mix": {"num_prompts": 2, "transductive": False},
+        "selection": {"lambda_users": 2, "transductive": False, "max_scored_users": None,
+                      **(selection or {})},
         "logger": {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger",
                            "save_dir": str(out), "name": "logs"}},
         "eval": ecfg,
-    })
+    }, "tuning=default")
 
 
 def _score_alone(run_dir, tiny_llama_cfg, adapter: str, samples):
@@ -167,7 +169,7 @@ def test_eval_stage_generate_and_wandb_table(run_dir, tiny_llama_cfg, monkeypatc
     fake = FakeWandb()
     monkeypatch.setattr(pipeline, "make_loggers", lambda cfg: [fake])
     cfg = make_cfg(run_dir, tiny_llama_cfg, variants=["general"], scorer=["generate"],
-                   max_new_tokens=4, max_users=3, reference=False,
+                   max_new_tokens=4, reference=False, selection={"max_scored_users": 3},
                    adapters={"extra": str(run_dir / "adapters" / "specific")})
     run_eval_stage(cfg, run_dir)
     results = load_results(run_dir)["variants"]
@@ -211,11 +213,11 @@ def test_transductive_scores_every_user(run_dir, tiny_llama_cfg, tmp_path):
 
     cfg = make_cfg(run_dir, tiny_llama_cfg)
     held_out, info = eval_samples(cfg, run_dir)
-    cfg.mix.transductive = True
+    cfg.selection.transductive = True
     everyone, info_t = eval_samples(cfg, run_dir)
     assert len(everyone) == N_USERS and info_t["transductive"] is True
     assert len(held_out) == N_USERS - info["num_tuning_users"]
-    cfg.eval.max_users = 4
+    cfg.selection.max_scored_users = 4
     few, info_few = eval_samples(cfg, run_dir)
     assert info_few["num_users"] == 4 and [s.id for s in few] == [
         s.id for s in everyone if s.user in {f.user for f in few}]  # file order kept

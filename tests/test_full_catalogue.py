@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_config
 from omegaconf import OmegaConf
 
 from reccocktail.evaluation import full_catalogue as fc
@@ -198,9 +199,9 @@ def test_baselines_rank_every_item_with_the_exclusion_rule(tmp_path):
     group.common.update(max_epochs=1, max_len=12)
     ecfg = OmegaConf.load(ROOT / "conf" / "eval" / "default.yaml")
     ecfg.update(candidates="all", beam_size=20)
-    cfg = OmegaConf.create({
+    cfg = run_config({
         "seed": 1, "baseline": ["pop", "gru4rec"], "baselines": group, "eval": ecfg,
-        "mix": {"num_prompts": 0, "transductive": False},
+        "selection": {"lambda_users": 0, "transductive": False, "max_scored_users": None},
         "paths": {"output_dir": str(out), "cache_dir": str(tmp_path / "cache")},
         "trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
                     "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},

@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_config
 from omegaconf import OmegaConf
 
 from reccocktail.cocktail.mix import (
     check_compatible,
-    load_adapter,
     mix_adapters,
     mix_and_save,
     model_module_name,
 )
-from reccocktail.cocktail.unlabeled import split_unlabeled
 from reccocktail.data.samples import Sample, write_items
+from reccocktail.data.selection import split_unlabeled
+from reccocktail.models.adapters import read_lora
 from reccocktail.utils.io import read_json, write_json, write_jsonl
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -47,7 +48,7 @@ def make_adapter(path: Path, backbone_cfg, seed: int, r: int = 4, alpha: int = 8
     pm.save_pretrained(str(path))
     write_json(path / "manifest.json", {"kind": kind, "backbone": backbone, "init_seed": seed,
                                         "data_hash": "x", "config": {}, "metrics": {}})
-    return load_adapter(path)
+    return read_lora(path)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_mismatched_adapters_are_refused_naming_the_difference(adapters):
     with pytest.raises(ValueError, match="different target modules"):
         check_compatible([g, adapters["qv"]], "ab")
     m = g.modules[0]
-    bad = load_adapter(adapters["root"] / "specific")
+    bad = read_lora(adapters["root"] / "specific")
     bad.A[m] = torch.zeros(4, 32)
     with pytest.raises(ValueError, match=f"shape of {m}.lora_A"):
         check_compatible([g, bad], "ab")
@@ -191,17 +192,17 @@ def test_ab_warns_on_different_init_seeds(adapters):
 
 def test_load_adapter_errors_name_the_file(tmp_path, adapters):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        load_adapter(tmp_path)
+        read_lora(tmp_path)
     src = adapters["root"] / "general"
     (tmp_path / "adapter_config.json").write_text("{bad", encoding="utf-8")
     (tmp_path / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
     with pytest.raises(ValueError, match="adapter_config.json:1"):
-        load_adapter(tmp_path)
+        read_lora(tmp_path)
     cfg = json.loads((src / "adapter_config.json").read_text())
     cfg["use_dora"] = True
     (tmp_path / "adapter_config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(ValueError, match="use_dora"):
-        load_adapter(tmp_path)
+        read_lora(tmp_path)
 
 
 def test_layer_lambdas_must_cover_every_module(adapters):
@@ -239,10 +240,10 @@ def test_split_unlabeled_edge_cases():
     samples = _samples(5)
     tuning, scored = split_unlabeled(samples, 0, seed=0, transductive=False)
     assert tuning == [] and scored == samples
-    with pytest.raises(ValueError, match="mix.num_prompts"):
+    with pytest.raises(ValueError, match="selection.lambda_users"):
         split_unlabeled(samples, 5, seed=0, transductive=False)
     assert len(split_unlabeled(samples, 50, seed=0, transductive=True)[0]) == 5
-    with pytest.raises(ValueError, match="mix.num_prompts"):
+    with pytest.raises(ValueError, match="selection.lambda_users"):
         split_unlabeled(samples, -1, seed=0, transductive=True)
 
 
@@ -266,19 +267,22 @@ def _run_dir(tmp_path: Path, adapters) -> Path:
     return out
 
 
-def _cfg(out: Path, tiny_llama_cfg, **mix):
-    return OmegaConf.create({
+def _cfg(out: Path, tiny_llama_cfg, selection: dict | None = None, **mix):
+    """The composed config (mix=<name>, the instruction format) with this test's blocks."""
+    name = mix.get("name", "entropy")
+    return run_config({
         "seed": 0,
         "backbone": OmegaConf.to_container(tiny_llama_cfg, resolve=True),
         "domain": {"name": "toy", "prompt": {"noun": "movie", "verb": "watched"}},
         "data": {"max_title_tokens": 8},
-        "mix": {"mode": "ab", "granularity": "model", "num_prompts": 3, "transductive": False,
-                **mix},
+        "mix": mix,
+        "selection": {"lambda_users": 3, "transductive": False, "max_scored_users": None,
+                      **(selection or {})},
         "trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
                     "enable_progress_bar": False, "enable_model_summary": False},
         "logger": None,
         "paths": {"output_dir": str(out)},
-    })
+    }, f"mix={name if name in ('entropy', 'fixed', 'grid') else 'entropy'}", "tuning=default")
 
 
 def test_stage_fixed_writes_cocktail_wa_and_lambda_json(adapters, tiny_llama_cfg, tmp_path):
@@ -288,8 +292,8 @@ def test_stage_fixed_writes_cocktail_wa_and_lambda_json(adapters, tiny_llama_cfg
     summary = run_mix_stage(_cfg(out, tiny_llama_cfg, name="fixed", lambdas=[1.0, 0.0]), out)
     assert summary["lambdas"] == [1.0, 0.0]
     g = adapters["g"]
-    cocktail = load_adapter(out / "adapters" / "cocktail")
-    wa = load_adapter(out / "adapters" / "wa")
+    cocktail = read_lora(out / "adapters" / "cocktail")
+    wa = read_lora(out / "adapters" / "wa")
     for m in g.modules:
         assert torch.equal(cocktail.A[m], g.A[m]) and torch.equal(cocktail.B[m], g.B[m])
         assert torch.allclose(wa.A[m], 0.5 * (g.A[m] + adapters["s"].A[m]))
@@ -353,6 +357,19 @@ def test_stage_entropy_records_users_and_curve(adapters, tiny_llama_cfg, tmp_pat
     assert any(abs(v[0] - 0.5) > 1e-4 for v in lam.values())  # λ moved from its start
     assert summary["granularity"] == "layer"
     assert _peft_logits(tiny_llama_cfg, out / "adapters" / "cocktail").isfinite().all()
+    # the eval stage, from the same `selection:` setting, scores none of the λ users ...
+    from reccocktail.evaluation.samples import eval_samples
+
+    scored, _ = eval_samples(cfg, out)
+    assert len(scored) == info["num_scored"] == 3
+    assert not set(info["tuning_users"]) & {s.user for s in scored}
+    assert info["tuning_split"] == "test" and info["lambda_users"] == 3
+    # ... and refuses to when it is run with another setting than the mix stage was
+    cfg.selection.lambda_users = 1
+    with pytest.raises(ValueError, match="selection.lambda_users"):
+        eval_samples(cfg, out)
+    cfg.selection.transductive = True  # on purpose: every user scored, λ users too
+    assert len(eval_samples(cfg, out)[0]) == 6
 
 
 def test_stage_grid_with_the_real_likelihood_scorer(adapters, tiny_llama_cfg, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_config, tuning_block
 from omegaconf import OmegaConf
 
 from reccocktail.data.samples import Sample, write_items
@@ -72,14 +73,14 @@ def _cfg(out: Path, backbone, **tuning) -> OmegaConf:
          "schedule": "constant", "checkpoint_every_n_steps": 0, "log_every_n_steps": 5,
          "sequence": {"max_titles": 40, "min_context": 2, "windows_per_user": 1},
          "general": {}, "specific": {}, **tuning}
-    return OmegaConf.create({
+    return run_config({
         "seed": 0, "backbone": b, "tuning": t, "trainer": OmegaConf.to_container(trainer),
         "logger": {}, "scenario": {"name": "warm"},
         "paths": {"output_dir": str(out), "cache_dir": str(out.parent / "cache")},
         "domain": {"name": "toy", "prompt": {"noun": "movie", "verb": "watched"}},
         "data": {"max_title_tokens": 16, "history_len": 10},
         "eval": {"device": "cpu", "batch_size": 8, "normalize": False, "progress": False},
-    })
+    }, "tuning=default")
 
 
 def _top1(scores: torch.Tensor, samples: list[Sample]) -> int:
@@ -109,9 +110,10 @@ def test_full_mode_changes_the_base_weights_and_lora_mode_does_not(mode, tiny_ll
                               16, fmt="sequence")
     seqs = {r["user"]: r["items"] for r in _cycle_sequences("", 4, 0)}
     dm = SequenceDataModule(build_windows(seqs, 40, 2), pb, batch_size=4)
-    module = InstructionTuningModule(backbone, {"lr": 1e-2, "init_seed": 0, "schedule": "constant",
-                                                "warmup_steps": 0, "mode": mode,
-                                                "objective": "sequence"}, stage="specific")
+    module = InstructionTuningModule(backbone, tuning_block(lr=1e-2, init_seed=0,
+                                                            schedule="constant", warmup_steps=0,
+                                                            mode=mode, objective="sequence"),
+                                     stage="specific")
     _fit(module, dm, 3, tmp_path)
     model = module.model.get_base_model() if mode == "lora" else module.model
     after = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
@@ -128,8 +130,8 @@ def test_full_mode_changes_the_base_weights_and_lora_mode_does_not(mode, tiny_ll
 
 def test_full_model_round_trips_bit_exactly_and_is_refused_by_mixing(tiny_llama_cfg, tokenizer,
                                                                     tmp_path):
-    from reccocktail.cocktail.mix import load_adapter
     from reccocktail.models import full
+    from reccocktail.models.adapters import read_lora
 
     model = full.build_full_model(OmegaConf.to_container(tiny_llama_cfg))
     with torch.no_grad():  # make it differ from the seeded init
@@ -152,7 +154,7 @@ def test_full_model_round_trips_bit_exactly_and_is_refused_by_mixing(tiny_llama_
 
     assert AutoTokenizer.from_pretrained(str(path)).encode("a b") == tokenizer.encode("a b")
     with pytest.raises(ValueError, match="fully fine-tuned"):
-        load_adapter(path)
+        read_lora(path)
     with pytest.raises(ValueError, match="manifest"):
         full.save_full_model(model, tokenizer, tmp_path / "bad", {"kind": "full"})
 

@@ -131,7 +131,7 @@ def test_two_job_multirun_gives_two_runs(shared_data, tmp_path):
     sweep = tmp_path / "sweep"
     cache = os.environ["RECCOCKTAIL_CACHE"]
     cmd = [sys.executable, str(ROOT / "run.py"), "-m", "debug=fast", "seed=1,2",
-           "stages=[data,eval]", "eval.variants=[zero_shot]", "eval.max_users=6",
+           "stages=[data,eval]", "eval.variants=[zero_shot]", "selection.max_scored_users=6",
            f"paths.data_root={shared_data}", f"paths.cache_dir={tmp_path / 'cache'}",
            f"backbone.cache_dir={cache}", f"backbone.tokenizer.cache_dir={cache}",
            f"hydra.sweep.dir={sweep}"]

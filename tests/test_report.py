@@ -249,7 +249,7 @@ SCRIPTS = {
     "table3_fewshot": ["++tuning.specific.fraction=0.1,0.2,0.3", "++tuning.specific.init_from=general"],
     "table4_llama": ["backbone=llama31_8b", "trainer=gpu"],
     "figure4_lambda": ["mix=entropy"],
-    "figure4_num_prompts": ["mix.num_prompts=10,20,50,100,200"],
+    "figure4_num_prompts": ["selection.lambda_users=10,20,50,100,200"],
 }
 
 

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import tuning_block
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import build_prompt_builder
@@ -169,8 +170,8 @@ def test_tiny_model_learns_a_planted_sequence_and_ranks_the_next_item_first(tiny
     windows = build_windows(seqs, 40, 2)
     dm = SequenceDataModule(windows, pb, batch_size=8)
     module = InstructionTuningModule(
-        backbone, {"lr": 2e-2, "init_seed": 0, "schedule": "constant", "warmup_steps": 0,
-                   "objective": "sequence"}, stage="specific")
+        backbone, tuning_block(lr=2e-2, init_seed=0, schedule="constant", warmup_steps=0,
+                               objective="sequence"), stage="specific")
     trainer = L.Trainer(accelerator="cpu", max_epochs=30, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False, default_root_dir=tmp_path)

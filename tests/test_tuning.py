@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_config, tuning_block
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import PromptBuilder
@@ -75,7 +76,7 @@ def make_cfg(out_dir: Path, backbone, **tuning):
             t[k].update(v)
         else:
             t[k] = v
-    return OmegaConf.create({
+    return run_config({
         "seed": 0,
         "backbone": OmegaConf.to_container(backbone),
         "tuning": t,
@@ -84,7 +85,7 @@ def make_cfg(out_dir: Path, backbone, **tuning):
         "paths": {"output_dir": str(out_dir), "cache_dir": str(out_dir.parent / "cache")},
         "domain": {"name": "toy", "prompt": {"noun": "movie", "verb": "watched"}},
         "data": {"max_title_tokens": 16},
-    })
+    }, "tuning=default")
 
 
 def candidate_logprobs(model, builder: PromptBuilder, sample: Sample) -> torch.Tensor:
@@ -209,7 +210,7 @@ def test_tiny_model_overfits_and_ranks_trained_targets_first(tiny_llama_cfg, tok
     samples = make_samples(items, 4, seed=11)
     dm = InstructionDataModule(samples, builder, batch_size=4)
     module = InstructionTuningModule(
-        backbone, {"lr": 3e-2, "init_seed": 0, "schedule": "constant", "warmup_steps": 0},
+        backbone, tuning_block(lr=3e-2, init_seed=0, schedule="constant", warmup_steps=0),
         stage="specific",
     )
     trainer = L.Trainer(accelerator="cpu", max_epochs=25, logger=False, enable_checkpointing=False,

@@ -35,8 +35,9 @@ from reccocktail.cocktail.entropy import (
     left_pad,
     trim_left_padding,
 )
-from reccocktail.cocktail.mix import load_adapter, mix_and_save
+from reccocktail.cocktail.mix import mix_and_save
 from reccocktail.data.prompts import PromptBuilder
+from reccocktail.models.adapters import read_lora
 from reccocktail.models.backbone import load_backbone, lora_config
 from reccocktail.utils.io import write_json
 
@@ -81,7 +82,7 @@ def _adapter(cfg, root: Path, name: str, seed: int, b_seed: int):
     pm.save_pretrained(str(root / name))
     write_json(root / name / "manifest.json", {"kind": name, "backbone": cfg.name,
                                                "init_seed": seed, "data_hash": "bench"})
-    return load_adapter(root / name)
+    return read_lora(root / name)
 
 
 def _reset_peak_rss() -> None:

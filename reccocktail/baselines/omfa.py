@@ -50,7 +50,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample
 
@@ -262,15 +262,9 @@ def _windows(path: Path, items: dict[str, str], n: int | None, max_titles: int, 
 
 
 def _builder(cfg: DictConfig, tokenizer: Any, items: dict[str, str], general: bool) -> Any:
-    from reccocktail.data.prompts import build_prompt_builder
+    from reccocktail.data.prompts import prompt_builder_from_config
 
-    prompt = OmegaConf.select(cfg, "domain.general.prompt", default=None) if general else None
-    if prompt is None:
-        prompt = OmegaConf.select(cfg, "domain.prompt", default=None)
-    domain = {"prompt": OmegaConf.to_container(prompt, resolve=True) if prompt is not None else {}}
-    return build_prompt_builder(tokenizer, items, domain, cfg.backbone,
-                                int(OmegaConf.select(cfg, "data.max_title_tokens", default=32)),
-                                fmt="sequence")
+    return prompt_builder_from_config(cfg, tokenizer, items, general=general, fmt="sequence")
 
 
 def build_rows(cfg: DictConfig, out_dir: Path, settings: dict[str, Any], tokenizer: Any

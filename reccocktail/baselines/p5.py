@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample
+from reccocktail.utils.config import need
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 def p5_tuning(cfg: DictConfig, settings: dict[str, Any], name: str = "p5") -> dict:
     """S's tuning config with `baselines.<name>.tuning` laid over it (must say `mode: full`)."""
-    from reccocktail.models.stage import _with_defaults, stage_tuning_cfg
+    from reccocktail.models.stage import tuning_config
 
-    t = _with_defaults(cfg, stage_tuning_cfg(cfg.get("tuning"), "specific"))
+    t = tuning_config(cfg, "specific")
     over = settings.get("tuning") or {}
     if over.get("mode") != "full":
         raise ValueError(f"baselines.{name}.tuning.mode: must be full (the P5 row is the full "
@@ -87,7 +88,7 @@ def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: dict) -> dict[s
     key, data_hash = p5_key(cfg, out_dir, t, extra)
     dest = out_dir / "models" / name
     cached = full.full_cache_dir(_cache_dir(cfg), key)
-    reuse = bool(t.get("reuse", True))
+    reuse = bool(t["reuse"])
     if full.holds_full_model(dest, key):
         log.info("%s: %s already holds model %s; not training again", name, dest, key)
         return {"model": str(dest), "key": key, "reused": "run"}
@@ -104,7 +105,7 @@ def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: dict) -> dict[s
               "all": sum(p.numel() for p in model.parameters())}
     manifest = _manifest(cfg, "specific", t, data_hash, key, metrics, out_dir, extra)
     manifest.update(kind=full.FULL_KIND, trainable=counts,
-                    train_embeddings=bool((t.get("full") or {}).get("train_embeddings", False)))
+                    train_embeddings=bool(t["full"]["train_embeddings"]))
     if trainer.is_global_zero:
         full.save_full_model(model, load_tokenizer(cfg.backbone), dest, manifest)
         if reuse:
@@ -133,7 +134,7 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
                      samples: list[Sample]) -> torch.Tensor:
     """Scores `[n, C]` of the stored candidates: the eval stage's likelihood scorer, prompts of
     format `fmt`, on the model saved in `model_dir` (what is scored is what was saved)."""
-    from reccocktail.data.prompts import build_prompt_builder
+    from reccocktail.data.prompts import prompt_builder_from_config
     from reccocktail.data.samples import load_items
     from reccocktail.evaluation.scorers import build_scorer
     from reccocktail.models.backbone import load_tokenizer, torch_dtype
@@ -141,16 +142,12 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
     from reccocktail.utils.device import place_backbone, resolve_device
 
     device = resolve_device(cfg, "eval.device")
-    dtype = torch_dtype(OmegaConf.select(cfg, "backbone.dtype", default="float32"))
+    dtype = torch_dtype(need(cfg, "backbone.dtype"))
     model = load_full_model(model_dir, dtype=dtype, device=device)
     place_backbone(model, device, cfg, "baselines/p5")
     items = load_items(Path(out_dir) / "data" / "items.tsv")
-    pb = build_prompt_builder(load_tokenizer(cfg.backbone), items,
-                              OmegaConf.select(cfg, "domain"), cfg.backbone,
-                              int(OmegaConf.select(cfg, "data.max_title_tokens", default=32)),
-                              fmt=fmt)
-    eval_cfg = OmegaConf.select(cfg, "eval", default=None) or OmegaConf.create({})
-    return build_scorer("likelihood", model, pb, eval_cfg).score(samples)
+    pb = prompt_builder_from_config(cfg, load_tokenizer(cfg.backbone), items, fmt=fmt)
+    return build_scorer("likelihood", model, pb, need(cfg, "eval")).score(samples)
 
 
 def run_p5(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],
@@ -169,7 +166,7 @@ def run_p5(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],
     return scores, {
         "method": "P5-style: full fine-tuning on S's prompts and rows",
         "objective": fmt, "scorer": "likelihood",
-        "normalize": bool(OmegaConf.select(cfg, "eval.normalize", default=False)),
+        "normalize": bool(need(cfg, "eval.normalize")),
         "train_seconds": metrics.get("seconds"),
         "lora_train_seconds": _lora_seconds(Path(out_dir), manifest.get("data_hash")),
         "score_seconds": round(time.time() - t0, 2),

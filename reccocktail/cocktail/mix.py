@@ -19,102 +19,27 @@ what is learned is exactly what is written.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from reccocktail.models.adapters import load_adapter_weights
-from reccocktail.utils.io import atomic_dir, read_json, write_json
+from reccocktail.models.adapters import LoraAdapter, write_lora
 
 log = logging.getLogger(__name__)
 
 MODES = ("ab", "delta")
 GRANULARITIES = ("model", "layer")
-WEIGHTS_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
-MANIFEST_FILE = "manifest.json"
 _PREFIX = "base_model.model."
-_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
 
 Lambdas = Sequence[float] | torch.Tensor | Mapping[str, Sequence[float] | torch.Tensor]
-
-
-@dataclass
-class LoraAdapter:
-    """One LoRA adapter in memory: its PEFT config, factors per module and manifest."""
-
-    config: dict[str, Any]
-    A: dict[str, torch.Tensor]  # module name (PEFT key prefix) -> [r, in]
-    B: dict[str, torch.Tensor]  # module name -> [out, r]
-    manifest: dict[str, Any] = field(default_factory=dict)
-    name: str = "adapter"
-
-    @property
-    def modules(self) -> list[str]:
-        return sorted(self.A)
-
-    @property
-    def rank(self) -> int:
-        return int(self.config["r"])
-
-    @property
-    def scaling(self) -> float:
-        """PEFT's multiplier of `B A x`: alpha/r, or alpha/√r with rsLoRA."""
-        r, alpha = self.rank, float(self.config["lora_alpha"])
-        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
-
-    @property
-    def target_modules(self) -> list[str]:
-        tm = self.config.get("target_modules")
-        return sorted(tm) if isinstance(tm, (list, tuple, set)) else [str(tm)]
 
 
 def model_module_name(key: str) -> str:
     """The module path inside the bare HF model for a PEFT module key."""
     return key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-
-
-def load_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
-    """Read a PEFT LoRA folder (safetensors + adapter_config.json, manifest.json if present)."""
-    path = Path(path)
-    cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
-    if (path / "model.safetensors").exists() or (
-            (path / MANIFEST_FILE).exists() and read_json(path / MANIFEST_FILE).get("kind") == "full"):
-        raise ValueError(f"{path} holds a fully fine-tuned model (tuning.mode=full, e.g. the P5 "
-                         "baseline), not a LoRA adapter: only LoRA adapters can be mixed")
-    for f in (cfg_file, weights):
-        if not f.exists():
-            raise FileNotFoundError(f"{f}: no such file (is {path} a PEFT adapter folder?)")
-    config = read_json(cfg_file)
-    if config.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LORA")
-    for key in ("r", "lora_alpha", "target_modules"):
-        if key not in config:
-            raise ValueError(f"{cfg_file}: missing key {key!r}")
-    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "modules_to_save",
-                               "trainable_token_indices", "layer_replication")
-                   if config.get(k)] + [k for k in ("use_dora", "lora_bias") if config.get(k)]
-    if unsupported:
-        raise ValueError(f"{cfg_file}: LoRA options {unsupported} are not supported by the mixer")
-    A: dict[str, torch.Tensor] = {}
-    B: dict[str, torch.Tensor] = {}
-    for key, tensor in load_adapter_weights(path).items():
-        for suffix, kind in _SUFFIXES.items():
-            if key.endswith(suffix):
-                (A if kind == "A" else B)[key[: -len(suffix)]] = tensor
-                break
-        else:
-            raise ValueError(f"{weights}: unexpected tensor {key!r} (only lora_A/lora_B weights)")
-    if set(A) != set(B) or not A:
-        raise ValueError(f"{weights}: modules without both lora_A and lora_B: "
-                         f"{sorted(set(A) ^ set(B)) or 'no LoRA tensors at all'}")
-    manifest = read_json(path / MANIFEST_FILE) if (path / MANIFEST_FILE).exists() else {}
-    return LoraAdapter(config=config, A=A, B=B, manifest=manifest, name=name or path.name)
 
 
 def check_compatible(adapters: Sequence[LoraAdapter], mode: str) -> None:
@@ -200,7 +125,7 @@ def lambdas_for(lambdas: Lambdas, module: str, n: int) -> torch.Tensor:
 
 def mix_adapters(adapters: Sequence[LoraAdapter], lambdas: Lambdas, mode: str = "ab",
                  check: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(adapter_config, state dict) of the mixed adapter, ready for `save_adapter`.
+    """(adapter_config, state dict) of the mixed adapter, ready for `write_lora`.
 
     `lambdas` is one λ vector (granularity model) or a mapping module -> λ vector (layer). The
     arithmetic runs in float64 and is cast back to the adapters' dtype.
@@ -235,20 +160,6 @@ def describe_lambdas(lambdas: Lambdas) -> dict[str, Any]:
     return {"granularity": "model", "lambdas": [float(x) for x in torch.as_tensor(lambdas).flatten()]}
 
 
-def save_adapter(path: str | Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
-                 manifest: Mapping[str, Any]) -> Path:
-    """Write a standard PEFT folder (+ manifest.json) atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    with atomic_dir(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                  str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        write_json(tmp / CONFIG_FILE, dict(config))
-        write_json(tmp / MANIFEST_FILE, dict(manifest))
-    return path
-
-
 def mix_and_save(adapters: Sequence[LoraAdapter], lambdas: Lambdas, mode: str, out: str | Path,
                  extra: Mapping[str, Any] | None = None) -> Path:
     """Mix `adapters` with `lambdas` and write the result as a `mixed` adapter folder."""
@@ -271,4 +182,4 @@ def mix_and_save(adapters: Sequence[LoraAdapter], lambdas: Lambdas, mode: str, o
         "metrics": {},
         **dict(extra or {}),
     }
-    return save_adapter(out, config, tensors, manifest)
+    return write_lora(out, config, tensors, manifest)

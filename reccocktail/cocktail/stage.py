@@ -9,10 +9,10 @@ config reuses what is there.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,19 @@ from reccocktail.cocktail.mix import (
     LoraAdapter,
     check_compatible,
     describe_lambdas,
-    load_adapter,
     mix_and_save,
 )
-from reccocktail.cocktail.unlabeled import split_unlabeled
 from reccocktail.data.samples import Sample, load_items, load_samples
-from reccocktail.data.selection import selection_samples
+from reccocktail.data.selection import (
+    LAMBDA_SPLIT,
+    select_users,
+    selection_config,
+    selection_samples,
+)
+from reccocktail.models.adapters import read_lora
+from reccocktail.utils.config import need
 from reccocktail.utils.device import place_backbone, resolve_device
-from reccocktail.utils.io import read_json, stable_hash, write_json
+from reccocktail.utils.io import file_sha256, read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +45,58 @@ NAMES = ("entropy", "fixed", "grid")
 ADAPTERS = ("general", "specific")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+# The keys each mix option must set (its YAML in conf/mix/ holds their one default).
+_KEYS = {"fixed": ("lambdas",), "grid": ("grid", "grid_max_users"),
+         "entropy": ("init_lambdas", "k", "lr", "steps", "batch_size", "measure_entropy",
+                     "micro_batch_size")}
+_DEPRECATED = ("num_prompts", "transductive")  # now selection.* (reccocktail/data/selection.py)
 
 
-def _mix_cfg(cfg: DictConfig) -> dict[str, Any]:
-    mcfg = OmegaConf.to_container(cfg.mix, resolve=True) if "mix" in cfg else None
-    if not isinstance(mcfg, dict):
+@dataclass(frozen=True)
+class MixConfig:
+    """The `mix:` block, parsed once at the stage's entry: every key its option needs, strictly
+    (a missing one raises naming it); `block` is what the reuse key hashes."""
+
+    name: str
+    mode: str
+    granularity: str
+    block: dict[str, Any]
+    lambdas: Any = None
+    grid: Any = None
+    grid_max_users: int | None = None
+    init_lambdas: Any = None
+    k: int = 0
+    lr: float = 0.0
+    steps: int = 0
+    batch_size: int = 0
+    measure_entropy: bool = False
+    micro_batch_size: int | None = None
+
+
+def mix_config(cfg: DictConfig) -> MixConfig:
+    """Parse and check `cfg.mix` (name, mode, granularity and the option's own keys)."""
+    block = OmegaConf.to_container(cfg.mix, resolve=True) if "mix" in cfg else None
+    if not isinstance(block, dict):
         raise ValueError("mix: missing config group (choose mix=entropy, mix=fixed or mix=grid)")
-    name = mcfg.get("name")
+    name = need(block, "name", "mix")
     if name not in NAMES:
         raise ValueError(f"mix.name: unknown value {name!r}; choose one of {list(NAMES)}")
-    if mcfg.get("mode", "ab") not in MODES:
-        raise ValueError(f"mix.mode: unknown value {mcfg.get('mode')!r}; choose one of {list(MODES)}")
-    if mcfg.get("granularity", "model") not in GRANULARITIES:
-        raise ValueError(f"mix.granularity: unknown value {mcfg.get('granularity')!r}; "
+    mode, granularity = need(block, "mode", "mix"), need(block, "granularity", "mix")
+    if mode not in MODES:
+        raise ValueError(f"mix.mode: unknown value {mode!r}; choose one of {list(MODES)}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"mix.granularity: unknown value {granularity!r}; "
                          f"choose one of {list(GRANULARITIES)}")
-    return mcfg
+    own = {k: need(block, k, "mix") for k in _KEYS[name]}
+    for k in ("k", "steps", "batch_size"):
+        if k in own:
+            own[k] = int(own[k])
+    if "lr" in own:
+        own["lr"] = float(own["lr"])
+    if "measure_entropy" in own:
+        own["measure_entropy"] = bool(own["measure_entropy"])
+    key_block = {k: v for k, v in block.items() if k not in _DEPRECATED}
+    return MixConfig(name=name, mode=mode, granularity=granularity, block=key_block, **own)
 
 
 def check_lambdas(lambdas: Sequence[float], n: int, key: str = "mix.lambdas") -> list[float]:
@@ -78,14 +114,6 @@ def _is_rank_zero() -> bool:
     from lightning.pytorch.utilities import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _prompt_builder(cfg: DictConfig, tokenizer: Any, items: dict[str, str]):
-    from reccocktail.data.prompts import build_prompt_builder, prompt_format
-
-    return build_prompt_builder(tokenizer, items, cfg.get("domain"), cfg.backbone,
-                                int(OmegaConf.select(cfg, "data.max_title_tokens", default=32)),
-                                fmt=prompt_format(cfg))
 
 
 def _specific_users(out_dir: Path) -> set[str]:
@@ -140,7 +168,7 @@ def grid_search(model: Any, mixer: Any, builder: Any, samples: Sequence[Sample],
 
 def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer: Any,
                           adapters: Sequence[LoraAdapter], prompts: Sequence[Sequence[int]],
-                          mcfg: dict[str, Any], stop_ids: Sequence[int] | None = None
+                          mcfg: MixConfig, stop_ids: Sequence[int] | None = None
                           ) -> tuple[Any, list[dict]]:
     """Train only the λ logits of an `EntropyMixModule`; returns (λ for `mix_adapters`, the
     per-step curve, the mean entropy over all tuning prompts before and after)."""
@@ -148,25 +176,24 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
     from reccocktail.runtime import make_trainer
 
     if not prompts:
-        raise ValueError("mix=entropy: no unlabeled prompts (mix.num_prompts is 0 or test is empty)")
-    module = EntropyMixModule(model, adapters, mode=mcfg.get("mode", "ab"),
-                              granularity=mcfg.get("granularity", "model"), k=int(mcfg.get("k", 3)),
-                              lr=float(mcfg.get("lr", 0.05)), init_lambdas=mcfg.get("init_lambdas"),
-                              micro_batch_size=mcfg.get("micro_batch_size"), stop_ids=stop_ids)
+        raise ValueError("mix=entropy: no unlabeled prompts (selection.lambda_users is 0 or "
+                         "test is empty)")
+    module = EntropyMixModule(model, adapters, mode=mcfg.mode, granularity=mcfg.granularity,
+                              k=mcfg.k, lr=mcfg.lr, init_lambdas=mcfg.init_lambdas,
+                              micro_batch_size=mcfg.micro_batch_size, stop_ids=stop_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ds = PromptDataset(prompts, pad)
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=int(mcfg.get("batch_size", 10)), shuffle=True, collate_fn=ds.collate,
+        ds, batch_size=mcfg.batch_size, shuffle=True, collate_fn=ds.collate,
         generator=torch.Generator().manual_seed(int(cfg.seed)))
-    steps = int(mcfg.get("steps", 20))
+    steps = mcfg.steps
     epochs = -(-steps // max(1, len(loader)))  # enough passes over the prompts for `steps`
     trainer = make_trainer(cfg, out_dir, "mix", max_steps=steps, max_epochs=epochs,
                            enable_checkpointing=False, limit_val_batches=0, log_every_n_steps=1,
                            gradient_clip_val=None)  # manual optimisation; Adam on 2 logits
     # the objective on every tuning prompt at λ = init and at the learned λ (2 extra passes)
-    whole = torch.utils.data.DataLoader(ds, batch_size=int(mcfg.get("batch_size", 10)),
-                                        collate_fn=ds.collate)
-    measure = bool(mcfg.get("measure_entropy", True))
+    whole = torch.utils.data.DataLoader(ds, batch_size=mcfg.batch_size, collate_fn=ds.collate)
+    measure = mcfg.measure_entropy
     before = module.mean_entropy(whole) if measure else None
     trainer.fit(module, loader)
     # Lightning's teardown moved the module (backbone included) to the CPU: back to the device
@@ -189,11 +216,12 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     ranking_metrics for mix=grid (tests inject small stand-ins).
     """
     out_dir = Path(out_dir)
-    mcfg = _mix_cfg(cfg)
-    name, mode = mcfg["name"], mcfg.get("mode", "ab")
-    granularity = mcfg.get("granularity", "model")
+    mcfg = mix_config(cfg)
+    selection = selection_config(cfg)  # the same setting the eval stage scores by
+    seed = int(need(cfg, "seed"))
+    name, mode, granularity = mcfg.name, mcfg.mode, mcfg.granularity
     paths = {a: out_dir / "adapters" / a for a in ADAPTERS}
-    adapters = [load_adapter(p, a) for a, p in paths.items()]
+    adapters = [read_lora(p, a) for a, p in paths.items()]
     check_compatible(adapters, mode)
     from reccocktail.data.prompts import prompt_format
     from reccocktail.models.adapters import check_backbone
@@ -204,9 +232,12 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     check_formats(paths, fmt)
     data_manifest = out_dir / "data" / "manifest.json"
     data_hash = read_json(data_manifest).get("data_hash") if data_manifest.exists() else None
-    key = stable_hash(mcfg, int(cfg.seed), OmegaConf.select(cfg, "data.max_title_tokens"),
-                      OmegaConf.select(cfg, "backbone.name"), data_hash,
-                      [_sha256(p / "adapter_model.safetensors") for p in paths.values()], fmt)
+    # λ users matter only to mix=entropy: fixed and grid keep their key when they change
+    chosen = ([selection.lambda_users, selection.transductive] if name == "entropy" else None)
+    key = stable_hash(mcfg.block, seed, need(cfg, "data.max_title_tokens"),
+                      need(cfg, "backbone.name"), data_hash,
+                      [file_sha256(p / "adapter_model.safetensors") for p in paths.values()], fmt,
+                      *([chosen] if chosen else []))
     cocktail, wa, lam_file = out_dir / "adapters" / "cocktail", out_dir / "adapters" / "wa", \
         out_dir / "mix" / "lambda.json"
     if lam_file.exists() and (cocktail / "manifest.json").exists() and wa.exists():
@@ -218,24 +249,25 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     t0 = time.time()
     info: dict[str, Any] = {"name": name, "mode": mode, "adapters": list(ADAPTERS),
                             "objective": fmt,
-                            "transductive": bool(mcfg.get("transductive", False)),
-                            "num_prompts": int(mcfg.get("num_prompts", 0))}
+                            "transductive": selection.transductive,
+                            "lambda_users": selection.lambda_users}
     if name == "fixed":
-        lambdas: Any = check_lambdas(mcfg.get("lambdas", [0.5, 0.5]), len(adapters))
+        lambdas: Any = check_lambdas(mcfg.lambdas, len(adapters))
         info["granularity"] = "model"
     else:
+        from reccocktail.data.prompts import prompt_builder_from_config
         from reccocktail.models.backbone import load_backbone
 
         device = resolve_device(cfg)
         model, tokenizer = load_backbone(cfg.backbone, device=device)
         place_backbone(model, device, cfg, "mix")
         items = load_items(out_dir / "data" / "items.tsv")
-        builder = _prompt_builder(cfg, tokenizer, items)
+        builder = prompt_builder_from_config(cfg, tokenizer, items, fmt=fmt)
         if name == "grid":
             from reccocktail.cocktail.entropy import LoraMixer
 
-            valid = selection_samples(load_samples(out_dir / "data" / "valid.jsonl"), mcfg,
-                                      int(cfg.seed))
+            valid = selection_samples(load_samples(out_dir / "data" / "valid.jsonl"), mcfg.block,
+                                      seed)
             trained = _specific_users(out_dir)
             if trained & {s.user for s in valid}:
                 raise ValueError(
@@ -244,16 +276,17 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
                     "(it leaves the grid's users out)")
             mixer = LoraMixer(model, adapters, mode)
             lambdas, rows = grid_search(
-                model, mixer, builder, valid, mcfg.get("grid", [i / 10 for i in range(11)]),
-                batch_size=int(OmegaConf.select(cfg, "eval.batch_size", default=8)),
+                model, mixer, builder, valid, mcfg.grid,
+                batch_size=int(need(cfg, "eval.batch_size")),
                 scorer_factory=scorer_factory, metrics_fn=metrics_fn)
             mixer.unwrap()
             info.update(granularity="model", grid=rows, num_valid=len(valid),
                         valid_users=sorted({s.user for s in valid}))
         else:
-            test = load_samples(out_dir / "data" / "test.jsonl")
-            tuning, scored = split_unlabeled(test, int(mcfg.get("num_prompts", 50)), int(cfg.seed),
-                                             bool(mcfg.get("transductive", False)))
+            test = load_samples(out_dir / "data" / f"{LAMBDA_SPLIT}.jsonl")
+            # the users the eval stage leaves out of scoring: one function, one setting
+            chosen_users = select_users(test, selection, seed)
+            tuning, scored = chosen_users.tuning, chosen_users.scored
             prompts = [builder.prompt_ids(s.history, s.candidates) for s in tuning]
             # the answer ends at the builder's end token (end of turn, or the sequence
             # separator): positions after it are the next turn, not the answer (masked)
@@ -261,13 +294,13 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
             lambdas, curve, whole = learn_entropy_lambdas(cfg, out_dir, model, tokenizer,
                                                           adapters, prompts, mcfg, stop_ids)
             info["entropy_positions"] = {
-                "k": int(mcfg.get("k", 3)), "stop_token_ids": stop_ids,
+                "k": mcfg.k, "stop_token_ids": stop_ids,
                 "rule": "the first k greedy answer tokens up to and including the first stop "
                         "token; positions after it are masked"}
             info.update(whole)
-            info.update(granularity=granularity, k=int(mcfg.get("k", 3)),
-                        lr=float(mcfg.get("lr", 0.05)), steps=int(mcfg.get("steps", 20)),
-                        curve=curve, tuning_users=sorted({s.user for s in tuning}),
+            info.update(granularity=granularity, k=mcfg.k, lr=mcfg.lr, steps=mcfg.steps,
+                        curve=curve, tuning_split=LAMBDA_SPLIT,
+                        tuning_users=sorted({s.user for s in tuning}),
                         tuning_sample_ids=[s.id for s in tuning], num_scored=len(scored))
     info["lambdas"] = describe_lambdas(lambdas)["lambdas"]
     info["seconds"] = round(time.time() - t0, 2)

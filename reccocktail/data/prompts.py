@@ -213,6 +213,33 @@ def build_prompt_builder(tokenizer: Any, items: dict[str, str], domain_cfg: Any,
     raise ValueError(f"tuning.objective: unknown value {fmt!r}; choose one of {list(FORMATS)}")
 
 
+def prompt_wording(cfg: Any, general: bool = False) -> dict:
+    """The prompt wording: `domain.general.prompt` for the general pool when set, else
+    `domain.prompt` (a plain dict; {} when the domain sets none)."""
+    from omegaconf import OmegaConf
+
+    from reccocktail.utils.io import to_plain
+
+    p = OmegaConf.select(cfg, "domain.general.prompt", default=None) if general else None
+    if p is None:
+        p = OmegaConf.select(cfg, "domain.prompt", default=None)
+    return to_plain(p) if p is not None else {}
+
+
+def prompt_builder_from_config(cfg: Any, tokenizer: Any, items: dict[str, str], *,
+                               general: bool = False, prompt: dict | None = None,
+                               fmt: str | None = None) -> PromptBuilder:
+    """The run's prompt builder, the one way every stage builds it from the config: wording from
+    `domain` (`prompt_wording`, or `prompt` when given), `data.max_title_tokens`, the `backbone`
+    block and `tuning.objective` (or `fmt`)."""
+    from reccocktail.utils.config import need
+
+    wording = prompt_wording(cfg, general) if prompt is None else prompt
+    return build_prompt_builder(tokenizer, items, {"prompt": wording}, need(cfg, "backbone"),
+                                int(need(cfg, "data.max_title_tokens")),
+                                fmt=prompt_format(cfg) if fmt is None else fmt)
+
+
 def prompt_format(cfg: Any) -> str:
     """The prompt format every stage of a run uses: `tuning.objective` (what G and S learned)."""
     from omegaconf import OmegaConf

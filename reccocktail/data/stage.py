@@ -9,7 +9,6 @@ file systems) into `<run>/data/`. A second run with the same config reuses it an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from reccocktail.data.splits import Rows, Split, cap_rows, cap_users, cold_split
 from reccocktail.utils.io import (
     atomic_dir,
     file_fingerprint,
+    files_sha256,
     read_json,
     stable_hash,
     to_plain,
@@ -330,16 +330,6 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(f, rel)
 
 
-def _content_hash(files: list[Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
 def _complete(folder: Path, key: str) -> bool:
     """A built data folder for `key` with every file its manifest lists, at the listed size."""
     try:
@@ -375,7 +365,7 @@ def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             if (tmp / "general").is_dir():
                 # the pool's own identity, so the base spirit G is shared by runs whose pools
                 # are equal even when their targets differ
-                manifest["general_hash"] = _content_hash(
+                manifest["general_hash"] = files_sha256(
                     [tmp / "general" / f for f in ("items.tsv", "train.jsonl", "valid.jsonl", "sequences.jsonl")])
             write_json(tmp / "manifest.json", manifest)
     target = Path(out_dir) / "data"

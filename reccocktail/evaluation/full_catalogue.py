@@ -37,22 +37,16 @@ import torch
 
 from reccocktail.data.samples import Sample
 from reccocktail.evaluation.chance import random_full_expectation  # noqa: F401  (re-exported)
+from reccocktail.utils.config import need
 
 CANDIDATES = ("sampled", "all")
-DEFAULT_FULL_KS: tuple[int, ...] = (1, 5, 10, 20)
 EXCLUSION_SEEN = "the user's training items and the sample's history (seen items) excluded"
 EXCLUSION_NONE = "nothing excluded (seen items stay in the ranking)"
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.select(cfg, key, default=default)
-
-
 def candidates_mode(cfg: Any) -> str:
     """`eval.candidates` (sampled | all), validated."""
-    mode = str(_get(cfg, "eval.candidates", "sampled") or "sampled")
+    mode = str(need(cfg, "eval.candidates"))
     if mode not in CANDIDATES:
         raise ValueError(f"eval.candidates={mode}: not one of {list(CANDIDATES)}")
     return mode
@@ -61,10 +55,10 @@ def candidates_mode(cfg: Any) -> str:
 def full_settings(cfg: Any) -> tuple[tuple[int, ...], int]:
     """(cut-offs `eval.full_ks`, cut-off of every row = `eval.beam_size`), checked: the beam
     must return at least as many items as the largest cut-off, or HR@k would be capped by it."""
-    ks = tuple(int(k) for k in (_get(cfg, "eval.full_ks") or DEFAULT_FULL_KS))
+    ks = tuple(int(k) for k in need(cfg, "eval.full_ks"))
     if not ks or min(ks) < 1:
         raise ValueError(f"eval.full_ks={list(ks)}: needs cut-offs >= 1")
-    beam = int(_get(cfg, "eval.beam_size", 10))
+    beam = int(need(cfg, "eval.beam_size"))
     if beam < max(ks):
         raise ValueError(
             f"eval.beam_size={beam} is smaller than the largest full-catalogue cut-off "
@@ -81,7 +75,7 @@ def check_config(cfg: Any) -> list[str]:
         full_settings(cfg)
     except ValueError as err:
         return [str(err)]
-    scorer = _get(cfg, "eval.scorer", "likelihood")
+    scorer = need(cfg, "eval.scorer")
     names = [str(scorer)] if isinstance(scorer, str) else [str(s) for s in scorer or []]
     if "generate" in names:
         return ["eval.scorer=generate: not available with eval.candidates=all (one greedy "
@@ -170,7 +164,7 @@ class FullCatalogue:
         items = load_items(data_dir / "items.tsv")
         keep, rule = catalogue_mask(data_dir, list(items), cfg)
         ids = [i for i, k in zip(items, keep) if k]
-        exclude_seen = bool(_get(cfg, "eval.exclude_seen", True))
+        exclude_seen = bool(need(cfg, "eval.exclude_seen"))
         excluded: list[set[str]] = [set() for _ in samples]
         if exclude_seen:
             seqs = training_items(data_dir / "sequences.jsonl")
@@ -234,14 +228,15 @@ class FullCatalogue:
         return ranks, lists
 
 
-def catalogue_mask(data_dir: Path, item_ids: list[str], cfg: Any = None) -> tuple[list[bool], str]:
+def catalogue_mask(data_dir: Path, item_ids: list[str], cfg: Any) -> tuple[list[bool], str]:
     """Which items.tsv items the test negatives may come from, and the rule in words."""
     from reccocktail.utils.io import read_json
 
     stats_path = data_dir / "stats.json"
     stats = read_json(stats_path) if stats_path.exists() else {}
-    scenario = stats.get("scenario") or _get(cfg, "scenario.name", "warm")
-    cold_neg = stats.get("cold_negatives") or _get(cfg, "scenario.cold_negatives", "mixed")
+    scenario = stats.get("scenario") or need(cfg, "scenario.name")
+    cold_neg = stats.get("cold_negatives") or (need(cfg, "scenario.cold_negatives")
+                                               if scenario == "cold" else None)
     if scenario != "cold" or cold_neg != "new":
         return [True] * len(item_ids), (
             "every item of data/items.tsv" + (" (cold: new and warm items, as test negatives)"
@@ -250,9 +245,10 @@ def catalogue_mask(data_dir: Path, item_ids: list[str], cfg: Any = None) -> tupl
 
     man_path = data_dir / "manifest.json"
     inputs = read_json(man_path).get("inputs", {}) if man_path.exists() else {}
-    seed = (inputs.get("data") or {}).get("seed", _get(cfg, "data.seed"))
+    seed = (inputs.get("data") or {}).get("seed")
+    seed = need(cfg, "data.seed") if seed is None else seed
     fraction = (inputs.get("scenario") or {}).get("new_item_fraction",
-                                                  _get(cfg, "scenario.new_item_fraction", 0.1))
+                                                  need(cfg, "scenario.new_item_fraction"))
     if seed is None:
         raise ValueError(f"{man_path}: no data.seed to recompute the new items from")
     is_new = choose_new_items(len(item_ids), float(fraction), int(seed))

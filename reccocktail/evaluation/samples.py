@@ -2,30 +2,48 @@
 
 Shared by the eval and baselines stages (neither imports the other): the samples are
 `data/<eval.split>.jsonl` minus the users whose unlabeled prompts tuned λ (unless
-`mix.transductive`), then at most `eval.max_users` users (a seeded choice, file order kept).
+`selection.transductive`), then at most `selection.max_scored_users` users (a seeded choice,
+file order kept), by `reccocktail.data.selection.select_users`, the function the mix stage
+draws its λ users with.
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.data.selection import LAMBDA_SPLIT, select_users, selection_config
 from reccocktail.evaluation.metrics import target_ranks
+from reccocktail.utils.config import need
+from reccocktail.utils.io import read_json
 
 
-def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    return OmegaConf.select(cfg, key, default=default)
+def check_no_lambda_leak(out_dir: Path, split: str, scored: list[Sample]) -> None:
+    """Refuse to score users whose prompts tuned the run's λ (`mix/lambda.json`), e.g. after the
+    mix stage ran with another `selection.lambda_users` or seed than this evaluation."""
+    lam = Path(out_dir) / "mix" / "lambda.json"
+    if not lam.exists():
+        return
+    info = read_json(lam)
+    if info.get("transductive") or info.get("tuning_split", LAMBDA_SPLIT) != split:
+        return
+    leak = sorted(set(info.get("tuning_users") or []) & {s.user for s in scored})
+    if leak:
+        raise ValueError(
+            f"{lam}: λ was tuned on {len(leak)} user(s) that this evaluation would score "
+            f"({leak[:5]}); the mix stage ran with another selection (selection.lambda_users, "
+            "seed): rerun the mix stage with this config, or set selection.transductive=true "
+            "on purpose")
 
 
 def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str, Any]]:
     """The samples every method is scored on, and how they were chosen (for the results)."""
     data_dir = Path(out_dir) / "data"
-    split = str(_get(cfg, "eval.split", "test"))
+    split = str(need(cfg, "eval.split"))
     items = load_items(data_dir / "items.tsv")
     path = data_dir / f"{split}.jsonl"
     if not path.exists():
@@ -34,27 +52,10 @@ def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str
     samples = load_samples(path, items)
     if not samples:
         raise ValueError(f"{path}: no samples")
-    from reccocktail.cocktail.unlabeled import split_unlabeled
-
-    num_prompts = int(_get(cfg, "mix.num_prompts", 0) or 0)
-    transductive = bool(_get(cfg, "mix.transductive", False))
-    tuning, scored = split_unlabeled(samples, num_prompts, int(cfg.seed), transductive)
-    max_users = _get(cfg, "eval.max_users")
-    users = list(dict.fromkeys(s.user for s in scored))
-    if max_users is not None and int(max_users) < len(users):
-        keep = set(random.Random(int(cfg.seed)).sample(sorted(users), int(max_users)))
-        scored = [s for s in scored if s.user in keep]
-    info = {
-        "split": split,
-        "num_samples": len(scored),
-        "num_users": len({s.user for s in scored}),
-        "transductive": transductive,
-        "num_tuning_users": len({s.user for s in tuning}),
-        "max_users": None if max_users is None else int(max_users),
-    }
-    return scored, info
-
-
+    chosen = select_users(samples, selection_config(cfg), int(need(cfg, "seed")))
+    if not chosen.selection.transductive:
+        check_no_lambda_leak(Path(out_dir), split, chosen.scored)
+    return chosen.scored, {"split": split, **chosen.info()}
 
 
 def prediction_rows(samples: list[Sample], scores: torch.Tensor, scorer: Any = None,

@@ -1,7 +1,8 @@
 """Stage `eval`: score every configured variant on the very same samples and tabulate.
 
 Samples: `data/<eval.split>.jsonl`, minus the users whose unlabeled prompts tuned λ (unless
-`mix.transductive`), then at most `eval.max_users` users (a seeded choice, file order kept).
+`selection.transductive`), then at most `selection.max_scored_users` users (a seeded choice,
+file order kept).
 `eval_samples(cfg, out_dir)` is that selection, for any other stage that must score the same
 samples (baselines). Variants: `zero_shot` (the bare backbone), any adapter under
 `adapters/<name>/` (general, specific, wa, cocktail) and `eval.adapters: {name: path}`. The
@@ -17,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reccocktail.data.samples import load_items
 from reccocktail.evaluation.confidence import ci_fields
 from reccocktail.evaluation.metrics import (
-    DEFAULT_KS,
     random_expectation,
     ranking_metrics,
     target_ranks,
@@ -37,6 +37,7 @@ from reccocktail.evaluation.results import (
     update_paired,
 )
 from reccocktail.evaluation.samples import eval_samples, prediction_rows  # noqa: F401
+from reccocktail.utils.config import need
 from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import read_json, write_jsonl
 
@@ -47,12 +48,8 @@ ADAPTER_STAGE = {"general": "general", "specific": "specific", "wa": "mix", "coc
 ZERO_SHOT = "zero_shot"
 
 
-def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    return OmegaConf.select(cfg, key, default=default)
-
-
 def _scorers(cfg: DictConfig) -> list[str]:
-    s = _get(cfg, "eval.scorer", "likelihood")
+    s = need(cfg, "eval.scorer")
     names = [str(s)] if isinstance(s, str) else [str(x) for x in s]
     if not names:
         raise ValueError("eval.scorer: empty; choose likelihood, generate or naive")
@@ -71,10 +68,10 @@ def _resolve_path(p: str) -> Path:
 def resolve_variants(cfg: DictConfig, out_dir: Path) -> list[tuple[str, Path | None]]:
     """(name, adapter folder or None for the bare backbone), checked before any model loads."""
     out: list[tuple[str, Path | None]] = []
-    for name in _get(cfg, "eval.variants", []) or []:
+    for name in need(cfg, "eval.variants"):
         name = str(name)
         out.append((name, None if name == ZERO_SHOT else Path(out_dir) / "adapters" / name))
-    for name, p in (_get(cfg, "eval.adapters", {}) or {}).items():
+    for name, p in need(cfg, "eval.adapters").items():
         out.append((str(name), _resolve_path(str(p))))
     names = [n for n, _ in out]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -195,7 +192,7 @@ def _score_full(cfg: DictConfig, out_dir: Path, key: str, sname: str, model: Any
     if sname == "beam":
         if full_beam is None:
             full_beam = CatalogueBeamScorer(model, pb, beam_size=cat.cutoff,
-                                            progress=bool(_get(cfg, "eval.progress", True)),
+                                            progress=bool(need(cfg, "eval.progress")),
                                             item_ids=cat.items)
         full_beam.model = model
         lists = full_beam.rank(samples, cat.excluded)
@@ -209,7 +206,7 @@ def _score_full(cfg: DictConfig, out_dir: Path, key: str, sname: str, model: Any
             scores = torch.stack([scorer.score_ids(pb.prompt_ids(s.history, []), responses)
                                   for s in samples])
         ranks, lists = cat.ranks_from_scores(scores, samples)
-        extra["normalize"] = bool(_get(cfg, "eval.normalize", False))
+        extra["normalize"] = bool(need(cfg, "eval.normalize"))
     seconds = time.time() - t0
     n_users = len({s.user for s in samples})
     extra.update(seconds=round(seconds, 2), users_per_s=round(n_users / max(seconds, 1e-9), 3))
@@ -230,7 +227,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if getattr(rank_zero_only, "rank", 0) != 0:
         return {"skipped": "not global rank 0"}
     out_dir = Path(out_dir)
-    ks = tuple(int(k) for k in (_get(cfg, "eval.ks") or DEFAULT_KS))
+    ks = tuple(int(k) for k in need(cfg, "eval.ks"))
     scorer_names = _scorers(cfg)
     from reccocktail.evaluation import full_catalogue as fc
 
@@ -239,7 +236,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         raise ValueError("; ".join(bad))
     full = fc.candidates_mode(cfg) == "all"
     variants = resolve_variants(cfg, out_dir)  # fail on a missing adapter before loading models
-    backbone_name = str(_get(cfg, "backbone.name", ""))
+    backbone_name = str(need(cfg, "backbone.name"))
     manifests = {n: _check_manifest(n, p, cfg.backbone) for n, p in variants if p is not None}
     samples, info = eval_samples(cfg, out_dir)
     targets = torch.tensor([s.target_index for s in samples])
@@ -252,9 +249,9 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     # the rows this stage writes go first: a killed evaluation leaves fewer rows and a stale
     # mark, never new rows beside old ones
     start_rows(out_dir, ["random", "popularity", *(n for n, _ in variants)], "eval")
-    if cat is not None and bool(_get(cfg, "eval.reference", True)):
+    if cat is not None and bool(need(cfg, "eval.reference")):
         keys += _full_reference_rows(out_dir, cat, samples, info)
-    elif bool(_get(cfg, "eval.reference", True)):
+    elif bool(need(cfg, "eval.reference")):
         record_results(out_dir, "random", random_expectation(c, ks), scorer="expectation",
                        num_candidates=c, **info)
         keys.append("random")
@@ -273,7 +270,11 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             log.warning("%s missing: no popularity row", seq)
 
     if variants:
-        from reccocktail.data.prompts import adapter_format, build_prompt_builder, prompt_format
+        from reccocktail.data.prompts import (
+            adapter_format,
+            prompt_builder_from_config,
+            prompt_format,
+        )
         from reccocktail.models.backbone import load_backbone
 
         fmt = prompt_format(cfg)
@@ -287,15 +288,15 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         model, tokenizer = load_backbone(cfg.backbone, device=device)
         place_backbone(model, device, cfg, "eval")
         items = load_items(out_dir / "data" / "items.tsv")
-        pb = build_prompt_builder(tokenizer, items, _get(cfg, "domain"), cfg.backbone,
-                                  int(_get(cfg, "data.max_title_tokens", 32)), fmt=fmt)
+        pb = prompt_builder_from_config(cfg, tokenizer, items, fmt=fmt)
         switcher = AdapterSwitcher(model)
         full_beam = None  # one catalogue trie per run, shared by every variant
         from reccocktail.evaluation.trunk import plan as trunk_plan
 
         # the layers below every adapter are computed once for all variants (likelihood only)
         trunk = None if cat is not None else trunk_plan(
-            [p for _, p in variants], model, bool(_get(cfg, "eval.share_trunk")), scorer_names)
+            [p for _, p in variants], model, bool(need(cfg, "eval.share_trunk")),
+            scorer_names)
         for name, path in variants:
             meta: dict[str, Any] = {"adapter": None if path is None else str(path),
                                     "backbone": backbone_name, "objective": fmt, **info}
@@ -326,7 +327,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 if share:
                     extra["shared_lower_layers"] = trunk.boundary
                 if sname in ("likelihood", "naive"):
-                    extra["normalize"] = bool(_get(cfg, "eval.normalize", False))
+                    extra["normalize"] = bool(need(cfg, "eval.normalize"))
                 if sname == "beam":
                     extra["beam_size"] = scorer.beam_size
                 if sname == "generate":
@@ -350,7 +351,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     clear_stale(out_dir, ("data", "general", "specific", "mix", "eval"))
     data = load_results(out_dir)
     _log_results(cfg, data, keys)
-    if bool(_get(cfg, "eval.print", True)):
+    if bool(need(cfg, "eval.print")):
         print_results(data)
     return {"variants": {k: data["variants"][k]["metrics"] for k in keys},
             "results": str(out_dir / "results.json"), **info}

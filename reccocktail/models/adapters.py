@@ -11,14 +11,26 @@ cached under `<cache_dir>/adapters/general/<key>/`; runs of other domains copy i
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import math
 import os
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reccocktail.utils.io import atomic_dir, read_json, stable_hash, to_plain, write_json
+from reccocktail.utils.io import (
+    atomic_dir,
+    files_sha256,
+    read_json,
+    stable_hash,
+    to_plain,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +38,7 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 MANIFEST = "manifest.json"
 KINDS = ("general", "specific", "mixed")
 _MANIFEST_KEYS = ("kind", "backbone", "init_seed", "data_hash", "config", "metrics")
+_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
 
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:
@@ -82,6 +95,92 @@ def load_adapter_weights(path: str | os.PathLike) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(Path(path) / "adapter_model.safetensors"))
+
+
+# -- LoRA factors in memory (the mixer's view of an adapter folder) -------------------------
+
+@dataclass
+class LoraAdapter:
+    """One LoRA adapter in memory: its PEFT config, factors per module and manifest."""
+
+    config: dict[str, Any]
+    A: dict[str, torch.Tensor]  # module name (PEFT key prefix) -> [r, in]
+    B: dict[str, torch.Tensor]  # module name -> [out, r]
+    manifest: dict[str, Any] = field(default_factory=dict)
+    name: str = "adapter"
+
+    @property
+    def modules(self) -> list[str]:
+        return sorted(self.A)
+
+    @property
+    def rank(self) -> int:
+        return int(self.config["r"])
+
+    @property
+    def scaling(self) -> float:
+        """PEFT's multiplier of `B A x`: alpha/r, or alpha/√r with rsLoRA."""
+        r, alpha = self.rank, float(self.config["lora_alpha"])
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    @property
+    def target_modules(self) -> list[str]:
+        tm = self.config.get("target_modules")
+        return sorted(tm) if isinstance(tm, (list, tuple, set)) else [str(tm)]
+
+
+def read_lora(path: str | Path, name: str | None = None) -> LoraAdapter:
+    """A PEFT LoRA folder's factors in memory, for mixing (safetensors + adapter_config.json,
+    manifest.json if present); `load_adapter` instead wraps a model with it (PeftModel)."""
+    path = Path(path)
+    cfg_file, weights = path / ADAPTER_FILES[1], path / ADAPTER_FILES[0]
+    if (path / "model.safetensors").exists() or (
+            (path / MANIFEST).exists() and read_json(path / MANIFEST).get("kind") == "full"):
+        raise ValueError(f"{path} holds a fully fine-tuned model (tuning.mode=full, e.g. the P5 "
+                         "baseline), not a LoRA adapter: only LoRA adapters can be mixed")
+    for f in (cfg_file, weights):
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: no such file (is {path} a PEFT adapter folder?)")
+    config = read_json(cfg_file)
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LORA")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise ValueError(f"{cfg_file}: missing key {key!r}")
+    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "modules_to_save",
+                               "trainable_token_indices", "layer_replication")
+                   if config.get(k)] + [k for k in ("use_dora", "lora_bias") if config.get(k)]
+    if unsupported:
+        raise ValueError(f"{cfg_file}: LoRA options {unsupported} are not supported by the mixer")
+    A: dict[str, torch.Tensor] = {}
+    B: dict[str, torch.Tensor] = {}
+    for key, tensor in load_adapter_weights(path).items():
+        for suffix, kind in _SUFFIXES.items():
+            if key.endswith(suffix):
+                (A if kind == "A" else B)[key[: -len(suffix)]] = tensor
+                break
+        else:
+            raise ValueError(f"{weights}: unexpected tensor {key!r} (only lora_A/lora_B weights)")
+    if set(A) != set(B) or not A:
+        raise ValueError(f"{weights}: modules without both lora_A and lora_B: "
+                         f"{sorted(set(A) ^ set(B)) or 'no LoRA tensors at all'}")
+    manifest = read_json(path / MANIFEST) if (path / MANIFEST).exists() else {}
+    return LoraAdapter(config=config, A=A, B=B, manifest=manifest, name=name or path.name)
+
+
+def write_lora(path: str | Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+               manifest: Mapping[str, Any]) -> Path:
+    """Write LoRA factors as a standard PEFT folder (+ manifest.json) atomically (a mixed
+    adapter); `save_adapter` instead writes a PeftModel."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                  str(tmp / ADAPTER_FILES[0]), metadata={"format": "pt"})
+        write_json(tmp / ADAPTER_FILES[1], dict(config))
+        write_json(tmp / MANIFEST, dict(manifest))
+    return path
 
 
 def copy_adapter(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
@@ -210,14 +309,7 @@ def _cfg_name(backbone_cfg: Any) -> str | None:
 
 def files_hash(paths: list[str | os.PathLike]) -> str:
     """A content hash of files (names and bytes): identical inputs give identical keys anywhere."""
-    h = hashlib.sha256()
-    for p in paths:
-        p = Path(p)
-        h.update(p.name.encode())
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return files_sha256(paths)
 
 
 def general_data_hash(data_dir: str | os.PathLike) -> str:

@@ -29,6 +29,7 @@ from reccocktail.data.samples import Sample, load_items, load_samples
 from reccocktail.data.selection import selection_samples
 from reccocktail.models import adapters as ad
 from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
+from reccocktail.utils.config import need
 from reccocktail.utils.io import stable_hash, to_plain
 
 log = logging.getLogger(__name__)
@@ -61,20 +62,18 @@ def result_config(t: dict) -> dict:
 
 
 def _prompt_cfg(cfg: DictConfig, general: bool) -> dict:
-    """The prompt wording: `domain.general.prompt` for the general pool when set, else `domain.prompt`."""
-    p = OmegaConf.select(cfg, "domain.general.prompt", default=None) if general else None
-    if p is None:
-        p = OmegaConf.select(cfg, "domain.prompt", default=None)
-    return to_plain(p) if p is not None else {}
+    """The prompt wording (`reccocktail.data.prompts.prompt_wording`), which enters the keys."""
+    from reccocktail.data.prompts import prompt_wording
+
+    return prompt_wording(cfg, general)
 
 
 def _prompt_builder(cfg: DictConfig, items: dict[str, str], prompt: dict, fmt: str):
-    from reccocktail.data.prompts import build_prompt_builder
+    from reccocktail.data.prompts import prompt_builder_from_config
     from reccocktail.models.backbone import load_tokenizer
 
-    tok = load_tokenizer(cfg.backbone)
-    max_title = int(OmegaConf.select(cfg, "data.max_title_tokens", default=32))
-    return build_prompt_builder(tok, items, {"prompt": prompt}, cfg.backbone, max_title, fmt=fmt)
+    return prompt_builder_from_config(cfg, load_tokenizer(cfg.backbone), items, prompt=prompt,
+                                      fmt=fmt)
 
 
 OBJECTIVES = ("instruction", "sequence")
@@ -82,7 +81,7 @@ OBJECTIVES = ("instruction", "sequence")
 
 def objective(t: dict) -> str:
     """`tuning.objective`: instruction (the paper's prompts) | sequence (title sequences)."""
-    obj = str(t.get("objective") or "instruction")
+    obj = str(need(t, "objective", "tuning"))
     if obj not in OBJECTIVES:
         raise ValueError(f"tuning.objective: unknown value {obj!r}; choose one of {list(OBJECTIVES)}")
     return obj
@@ -94,13 +93,15 @@ def sequence_training_windows(path: Path, items: dict[str, str], t: dict,
     `fraction`/`max_samples` of them (a budget in windows, i.e. ~max_titles targets each)."""
     from reccocktail.models.sequence_data import build_windows, load_user_sequences
 
-    s = t.get("sequence") or {}
-    windows = build_windows(load_user_sequences(path, items), int(s.get("max_titles", 40)),
-                            int(s.get("min_context", 3)), s.get("windows_per_user"),
+    windows = build_windows(load_user_sequences(path, items),
+                            int(need(t, "sequence.max_titles", "tuning")),
+                            int(need(t, "sequence.min_context", "tuning")),
+                            need(t, "sequence.windows_per_user", "tuning"),
                             exclude_items=exclude_items)
     if not windows:
         raise ValueError(f"{path}: no user has more than tuning.sequence.min_context titles")
-    return select_subset(windows, t.get("fraction"), t.get("max_samples"), seed=int(t["seed"]))
+    return select_subset(windows, need(t, "fraction", "tuning"), need(t, "max_samples", "tuning"),
+                         seed=int(need(t, "seed", "tuning")))
 
 
 def _load_split(path: Path, items: dict[str, str], required: bool = True) -> list[Sample]:
@@ -118,13 +119,13 @@ def _mean(xs: list[float]) -> float | None:
 def _find_resume(t: dict, ckpt_dir: Path) -> str | None:
     from reccocktail.utils.leftovers import check_checkpoint
 
-    if t.get("ckpt_path"):
+    if need(t, "ckpt_path", "tuning"):
         p = Path(t["ckpt_path"])
         if not p.is_file():
             raise FileNotFoundError(f"tuning.ckpt_path: {p} does not exist")
         return str(check_checkpoint(p, "tuning.ckpt_path"))
     last = ckpt_dir / "last.ckpt"
-    if t.get("resume", True) and last.is_file():
+    if need(t, "resume", "tuning") and last.is_file():
         log.info("resuming from %s", last)
         return str(check_checkpoint(last))
     return None
@@ -144,27 +145,29 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
     from reccocktail.models.tuning import InstructionTuningModule
     from reccocktail.runtime import make_trainer
 
-    L.seed_everything(int(t.get("seed", cfg.seed)), workers=True, verbose=False)
+    seed = int(need(t, "seed", "tuning"))
+    L.seed_everything(seed, workers=True, verbose=False)
     dm_cls = SequenceDataModule if objective(t) == "sequence" else InstructionDataModule
     dm = dm_cls(
-        train, prompt_builder, val_samples=val, batch_size=int(t.get("batch_size", 4)),
-        val_batch_size=t.get("val_batch_size"), group_by_length=bool(t.get("group_by_length", True)),
-        mega_batch_mult=int(t.get("mega_batch_mult", 50)), seed=int(t.get("seed", cfg.seed)),
-        num_workers=int(t.get("num_workers", 0)),
+        train, prompt_builder, val_samples=val, batch_size=int(need(t, "batch_size", "tuning")),
+        val_batch_size=need(t, "val_batch_size", "tuning"),
+        group_by_length=bool(need(t, "group_by_length", "tuning")),
+        mega_batch_mult=int(need(t, "mega_batch_mult", "tuning")), seed=seed,
+        num_workers=int(need(t, "num_workers", "tuning")),
     )
     module = InstructionTuningModule(to_plain(cfg.backbone), t, stage=stage, init_adapter=init_adapter)
     ckpt_dir = out_dir / stage / "checkpoints" / key
-    every = int(t.get("checkpoint_every_n_steps") or 0)
+    every = int(need(t, "checkpoint_every_n_steps", "tuning") or 0)
     callbacks = [ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
                                  every_n_train_steps=every if every > 0 else None)]
     overrides: dict[str, Any] = {
-        "max_epochs": int(t.get("epochs", 1)),
-        "max_steps": int(-1 if t.get("max_steps") is None else t["max_steps"]),
-        "accumulate_grad_batches": int(t.get("accumulate_grad_batches", 1)),
+        "max_epochs": int(need(t, "epochs", "tuning")),
+        "max_steps": int(-1 if need(t, "max_steps", "tuning") is None else t["max_steps"]),
+        "accumulate_grad_batches": int(need(t, "accumulate_grad_batches", "tuning")),
         "use_distributed_sampler": False,  # the batch sampler shards over ranks itself
         "enable_checkpointing": True,
     }
-    if t.get("log_every_n_steps"):
+    if need(t, "log_every_n_steps", "tuning"):
         overrides["log_every_n_steps"] = int(t["log_every_n_steps"])
     if not val:
         overrides["limit_val_batches"] = 0
@@ -248,19 +251,32 @@ def _wait_for_adapter(path: Path, key: str, timeout_s: float = 600.0) -> None:
         time.sleep(0.5)
 
 
-def _with_defaults(cfg: DictConfig, t: dict) -> dict:
-    t = dict(t)
-    if t.get("init_seed") is None:
-        t["init_seed"] = int(cfg.seed)
-    if t.get("seed") is None:
-        t["seed"] = int(cfg.seed)
-    t["precision"] = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+def tuning_config(cfg: DictConfig, stage: str) -> dict:
+    """The stage's tuning config, parsed once at its entry: the shared keys overridden by the
+    stage's block, `seed`/`init_seed` null -> the run's seed, `precision` from the trainer.
+    Every key of conf/tuning/default.yaml must be there (a missing one raises naming it)."""
+    t = stage_tuning_cfg(need(cfg, "tuning"), stage)
+    for k in _required_tuning_keys(stage):
+        need(t, k, f"tuning (stage {stage})")
+    if t["init_seed"] is None:
+        t["init_seed"] = int(need(cfg, "seed"))
+    if t["seed"] is None:
+        t["seed"] = int(need(cfg, "seed"))
+    t["precision"] = str(need(cfg, "trainer.precision"))
     return t
 
 
+def _required_tuning_keys(stage: str) -> list[str]:
+    """The keys conf/tuning/default.yaml sets for `stage` (the shared ones and the stage's)."""
+    from reccocktail.config_check import CONF_DIR
+
+    node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "tuning" / "default.yaml"),
+                                  resolve=False)
+    return [k for k in node if k not in STAGE_BLOCKS] + list(node.get(stage) or {})
+
+
 def _cache_dir(cfg: DictConfig) -> Path:
-    return Path(OmegaConf.select(cfg, "paths.cache_dir", default=None)
-                or OmegaConf.select(cfg, "backbone.cache_dir", default="outputs/cache"))
+    return Path(need(cfg, "paths.cache_dir"))
 
 
 _LABELS = {"general": "base spirit", "specific": "ingredient"}
@@ -301,7 +317,7 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
         log.info("%s: %s already holds adapter %s; not training again", _LABELS[kind], dest, key)
         return {"adapter": str(dest), "key": key, "reused": "run"}
     cache_dir = _cache_dir(cfg)
-    reused = _from_cache(cache_dir, kind, key, dest) if t.get("reuse", True) else None
+    reused = _from_cache(cache_dir, kind, key, dest) if need(t, "reuse", "tuning") else None
     if reused:
         return reused
 
@@ -311,7 +327,7 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
                                             init_adapter=str(init_adapter) if init_adapter else None)
     if trainer.is_global_zero:
         ad.save_adapter(model, dest, _manifest(cfg, kind, t, data_hash, key, metrics, out_dir, extra))
-        if t.get("reuse", True):
+        if t["reuse"]:
             ad.copy_adapter(dest, ad.adapter_cache_dir(cache_dir, key, kind))
     _barrier(trainer)
     return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}
@@ -320,7 +336,7 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
 def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Train (or reuse) the base spirit G on the general pool; writes `adapters/general/`."""
     out_dir = Path(out_dir)
-    t = _with_defaults(cfg, stage_tuning_cfg(cfg.get("tuning"), "general"))
+    t = tuning_config(cfg, "general")
     data_dir = out_dir / "data"
     gen_dir = data_dir / "general"
     data_hash = ad.general_data_hash(data_dir)
@@ -336,10 +352,12 @@ def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
             return items, windows, []
         train = _load_split(gen_dir / "train.jsonl", items)
         val = _load_split(gen_dir / "valid.jsonl", items, required=False)
-        if t.get("include_valid", False):
+        if need(t, "include_valid", "tuning.general"):
             train, val = train + val, []
-        train = select_subset(train, t.get("fraction"), t.get("max_samples"), seed=int(t["seed"]))
-        val = select_subset(val, None, t.get("val_max_samples"), seed=int(t["seed"])) if val else []
+        train = select_subset(train, need(t, "fraction", "tuning"),
+                              need(t, "max_samples", "tuning"), seed=int(t["seed"]))
+        val = (select_subset(val, None, need(t, "val_max_samples", "tuning"), seed=int(t["seed"]))
+               if val else [])
         log.info("base spirit: training on %d general samples (key %s)", len(train), key)
         return items, train, val
 
@@ -349,11 +367,12 @@ def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
 def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[Sample]:
     """The ingredient's mix: valid (if `include_valid`) + N sampled training prompts, then the
     seeded `fraction`/`max_samples` of that pool (few-shot runs)."""
-    seed = int(t.get("seed", 0))
-    n = t.get("num_train_prompts")
+    seed = int(need(t, "seed", "tuning"))
+    n = need(t, "num_train_prompts", "tuning.specific")
     sampled = select_subset(train, None, n, seed=seed) if n != 0 else []
-    pool = (list(valid) if t.get("include_valid", True) else []) + sampled
-    pool = select_subset(pool, t.get("fraction"), t.get("max_samples"), seed=seed)
+    pool = (list(valid) if need(t, "include_valid", "tuning.specific") else []) + sampled
+    pool = select_subset(pool, need(t, "fraction", "tuning"), need(t, "max_samples", "tuning"),
+                         seed=seed)
     if not pool:
         raise ValueError("tuning.specific: the ingredient has no training samples "
                          "(include_valid=false and num_train_prompts=0?)")
@@ -362,7 +381,7 @@ def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[
 
 def _cold_targets(cfg: DictConfig, data_dir: Path) -> set[str]:
     """In the cold scenario the test targets are new items: no training row may hold one."""
-    if str(OmegaConf.select(cfg, "scenario.name", default="warm")) != "cold":
+    if str(need(cfg, "scenario.name")) != "cold":
         return set()
     return {s.target for s in load_samples(data_dir / "test.jsonl")}
 
@@ -374,11 +393,12 @@ def specific_plan(cfg: DictConfig, out_dir: Path, t: dict) -> dict[str, Any]:
     data_dir = Path(out_dir) / "data"
     extra: dict[str, Any] = {"prompt": _prompt_cfg(cfg, general=False)}
     held_out: set[str] = set()
-    if objective(t) == "instruction" and t.get("include_valid", True):
+    if objective(t) == "instruction" and need(t, "include_valid", "tuning.specific"):
         # validation users a later stage selects on (mix=grid) never train S
         valid_all = _load_split(data_dir / "valid.jsonl", None)
         valid_users = {s.user for s in valid_all}
-        held_out = {s.user for s in selection_samples(valid_all, cfg.get("mix"), int(cfg.seed))}
+        held_out = {s.user for s in selection_samples(valid_all, need(cfg, "mix"),
+                                                     int(need(cfg, "seed")))}
         extra["held_out_valid_users"] = sorted(held_out)
         extra["valid_users_trained"] = sorted(valid_users - held_out)
     return extra
@@ -408,10 +428,10 @@ def specific_training_data(cfg: DictConfig, out_dir: Path, t: dict, extra: dict[
 def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Train the ingredient S on the target domain; writes `adapters/specific/`."""
     out_dir = Path(out_dir)
-    t = _with_defaults(cfg, stage_tuning_cfg(cfg.get("tuning"), "specific"))
+    t = tuning_config(cfg, "specific")
     data_dir = out_dir / "data"
     data_hash = ad.target_data_hash(data_dir)
-    init_from = t.get("init_from")
+    init_from = need(t, "init_from", "tuning.specific")
     init_adapter = None
     extra = specific_plan(cfg, out_dir, t)
     prompt = extra["prompt"]

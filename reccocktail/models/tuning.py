@@ -19,6 +19,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from reccocktail.utils.config import need
+
 log = logging.getLogger(__name__)
 
 _SCHEDULES = ("cosine", "linear", "constant")
@@ -53,9 +55,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps
 
 def warmup_steps_for(tuning: dict, total_steps: int) -> int:
     """`tuning.warmup_steps` if set, else `warmup_ratio` of the optimizer steps."""
-    if tuning.get("warmup_steps") is not None:
+    if need(tuning, "warmup_steps", "tuning") is not None:
         return int(tuning["warmup_steps"])
-    return int(round(float(tuning.get("warmup_ratio", 0.0)) * max(1, total_steps)))
+    return int(round(float(need(tuning, "warmup_ratio", "tuning")) * max(1, total_steps)))
 
 
 def response_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -147,13 +149,13 @@ class InstructionTuningModule(L.LightningModule):
                                  "tuning.specific.init_from (a LoRA) does not apply")
             self.model = build_full_model(
                 self.backbone_cfg,
-                train_embeddings=bool((self.tuning.get("full") or {}).get("train_embeddings", False)),
-                gradient_checkpointing=bool(self.tuning.get("gradient_checkpointing", False)))
+                train_embeddings=bool(need(self.tuning, "full.train_embeddings", "tuning")),
+                gradient_checkpointing=bool(need(self.tuning, "gradient_checkpointing", "tuning")))
             return
         self.model = build_peft_model(
             self.backbone_cfg,
-            init_seed=int(self.tuning.get("init_seed", 0)),
-            gradient_checkpointing=bool(self.tuning.get("gradient_checkpointing", False)),
+            init_seed=int(need(self.tuning, "init_seed", "tuning")),
+            gradient_checkpointing=bool(need(self.tuning, "gradient_checkpointing", "tuning")),
             init_adapter=self.init_adapter,
         )
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -203,11 +205,12 @@ class InstructionTuningModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("no trainable parameters: check backbone.lora.target_modules")
-        opt = torch.optim.AdamW(params, lr=float(t.get("lr", 1e-4)),
-                                weight_decay=float(t.get("weight_decay", 0.0)),
-                                betas=tuple(t.get("betas", (0.9, 0.999))))
+        opt = torch.optim.AdamW(params, lr=float(need(t, "lr", "tuning")),
+                                weight_decay=float(need(t, "weight_decay", "tuning")),
+                                betas=tuple(need(t, "betas", "tuning")))
         total = int(self.trainer.estimated_stepping_batches)
-        sched = make_scheduler(opt, str(t.get("schedule", "cosine")), warmup_steps_for(t, total), total)
+        sched = make_scheduler(opt, str(need(t, "schedule", "tuning")), warmup_steps_for(t, total),
+                               total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints: trainable weights only ------------------------------------------

@@ -92,7 +92,11 @@ def load_run(results_path: Path, group_by: Sequence[str] = (), column_by: str | 
             lam = read_json(lam_path)
         except ValueError as err:
             log.warning("%s", err)
-    num_prompts = pick("mix.num_prompts", "num_prompts", None)
+    # λ prompts: selection.lambda_users; mix.num_prompts in older runs (or as the deprecated
+    # alias, which wins when set)
+    num_prompts = _select(cfg, "mix.num_prompts")
+    if num_prompts is None:
+        num_prompts = pick("selection.lambda_users", "num_prompts", None)
     domain = str(pick("domain.name", "domain", "?"))
     setting = {k: _select(cfg, k) for k in group_by}
     column = ""

@@ -132,6 +132,29 @@ def stable_hash(*objs: Any, length: int = 16) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
 
 
+def _hash_file(h: Any, path: str | os.PathLike) -> None:
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+
+
+def file_sha256(path: str | os.PathLike, length: int = 16) -> str:
+    """SHA-256 of a file's bytes (hex, first `length` characters), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    _hash_file(h, path)
+    return h.hexdigest()[:length]
+
+
+def files_sha256(paths: Iterable[str | os.PathLike], length: int = 16) -> str:
+    """SHA-256 over files in order, each file's name then its bytes: a content key that does
+    not depend on the folder the files sit in."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode())
+        _hash_file(h, p)
+    return h.hexdigest()[:length]
+
+
 def file_fingerprint(path: str | os.PathLike) -> dict:
     """Cheap identity of an input file (name, size, mtime) for cache keys."""
     st = Path(path).stat()
