@@ -50,9 +50,9 @@ def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[s
             f"hydra.run.dir={out}", f"seed={args.seed}",
             f"tuning.general.max_samples={args.general_windows}",
             f"tuning.specific.max_samples={args.specific_windows}",
-            f"mix.num_prompts={args.lambda_users}", f"mix.steps={args.lambda_steps}",
+            f"selection.lambda_users={args.lambda_users}", f"mix.steps={args.lambda_steps}",
             "mix.batch_size=10", "mix.measure_entropy=false",
-            f"eval.max_users={args.users}", "eval.progress=false",
+            f"selection.max_scored_users={args.users}", "eval.progress=false",
             f"baseline=[{','.join(args.baselines)}]",
             # baselines first: their rows are there even if the LLM scoring is cut short
             "stages=[data,baselines,general,specific,mix,eval]",

@@ -1,8 +1,8 @@
 """Figure 4 (right) of the paper: NDCG@1 against the number of unlabeled test-time prompts
 used to learn λ (10 to 200), with the -G/-S/-WA rows as flat references.
 
-One sweep over `mix.num_prompts` x settings x seeds. Each point is scored on the users not
-used for tuning (mix.transductive=false), so larger points score slightly fewer users; G is
+One sweep over `selection.lambda_users` x settings x seeds. Each point is scored on the users not
+used for tuning (selection.transductive=false), so larger points score slightly fewer users; G is
 reused across the sweep, the other stages follow the pipeline's reuse rules.
 
     python experiments/figure4_num_prompts.py --dry-run
@@ -20,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", default="10,20,50,100,200")
     a = p.parse_args(argv)
     sweeps = [Sweep("runs", [f"+experiment={','.join(csv_list(a.experiments))}", "mix=entropy",
-                             f"mix.num_prompts={','.join(csv_list(a.prompts))}",
+                             f"selection.lambda_users={','.join(csv_list(a.prompts))}",
                              f"seed={a.seeds}"])]
-    return run_experiment(a, sweeps, group_by=["mix.num_prompts"],
+    return run_experiment(a, sweeps, group_by=["selection.lambda_users"],
                           title="Figure 4: NDCG@1 against the number of unlabeled prompts")
 
 

@@ -69,7 +69,7 @@ def _run_cmd(a: argparse.Namespace, setting: str, objective: str, run_dir: Path)
     cmd = [sys.executable, str(ROOT / "run.py"), f"+experiment={setting}",
            "stages=[general,specific,mix,eval]", f"hydra.run.dir={run_dir}",
            f"backbone={a.backbone}", f"trainer={trainer}", "logger=csv",
-           f"eval.max_users={a.users}", f"mix.num_prompts={a.lambda_users}",
+           f"selection.max_scored_users={a.users}", f"selection.lambda_users={a.lambda_users}",
            "eval.progress=false", f"paths.cache_dir={Path(a.runs) / 'cache'}"]
     if a.gguf:
         cmd.append(f"backbone.gguf_path={a.gguf}")

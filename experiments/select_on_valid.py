@@ -57,7 +57,7 @@ def command(args: argparse.Namespace, point: list[str], out: Path, extra: list[s
             "logger=csv", f"hydra.run.dir={out}", f"seed={args.seed}",
             f"data.max_valid_users={args.valid_users}",
             # every validation user is scored: none is set aside for λ on this split
-            "mix.num_prompts=0", "eval.split=valid", "eval.max_users=null",
+            "selection.lambda_users=0", "eval.split=valid", "selection.max_scored_users=null",
             f"eval.variants=[{','.join(variants)}]", "eval.progress=false",
             f"stages=[{','.join(stages)}]", *extra, *point]
 

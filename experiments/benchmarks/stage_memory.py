@@ -4,7 +4,7 @@ process as `make demo` runs them.
 
     python experiments/benchmarks/stage_memory.py --preset demo-short   # the demo's shapes
     python experiments/benchmarks/stage_memory.py --preset fast         # debug=fast
-    python experiments/benchmarks/stage_memory.py -- +experiment=ml100k_demo eval.max_users=5
+    python experiments/benchmarks/stage_memory.py -- +experiment=ml100k_demo selection.max_scored_users=5
 
 `demo-short` keeps every size that sets the memory of a step (SmolLM2-135M, training batch 4,
 λ micro-batch 2, 30 candidates) and cuts how many steps run (8 training samples per adapter,
@@ -32,8 +32,8 @@ STAGES = ["data", "general", "specific", "mix", "eval"]
 PRESETS = {
     "fast": ["debug=fast"],
     "demo-short": ["tuning.general.max_samples=8", "tuning.specific.max_samples=8",
-                   "tuning.val_max_samples=4", "mix.num_prompts=4", "mix.steps=1",
-                   "mix.batch_size=2", "eval.max_users=2", "eval.progress=false"],
+                   "tuning.val_max_samples=4", "selection.lambda_users=4", "mix.steps=1",
+                   "mix.batch_size=2", "selection.max_scored_users=2", "eval.progress=false"],
 }
 ALWAYS = ["logger=none", "tuning.general.reuse=false", "tuning.specific.reuse=false"]
 

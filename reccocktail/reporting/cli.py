@@ -13,7 +13,7 @@ mix.*), and writes into `--out` (default: the first folder):
 - `report.json`: the same numbers, machine-readable;
 - `lambda.png`: the learned weight of the base spirit λ_G per domain and scenario (from each
   run's `mix/lambda.json`), and `lambda_curve.png` when runs recorded the λ trajectory;
-- `ndcg_vs_prompts.png`: NDCG@1 against `mix.num_prompts` when the runs vary it.
+- `ndcg_vs_prompts.png`: NDCG@1 against `selection.lambda_users` when the runs vary it.
 
 A run that reached the same (domain, scenario, variant, seed, group-by values) twice counts
 once: the newest results.json wins, and the report says so. A run whose stage restarted and did

@@ -98,7 +98,7 @@ def plot_num_prompts(runs: Sequence[Run], out: Path, metric: str = "ndcg@1") -> 
             stats = [mean_std(vals) for _, vals in pts]
             ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
                         capsize=3, label=variant_label(v))
-        ax.set_xlabel("unlabeled prompts (mix.num_prompts)")
+        ax.set_xlabel("unlabeled prompts (selection.lambda_users)")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(f"{key[0]} / {key[1]}")
     axes[0][-1].legend(fontsize=8)
