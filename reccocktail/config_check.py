@@ -119,6 +119,12 @@ def config_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:
                 continue
             near = difflib.get_close_matches(key, sorted(known[block]), n=1, cutoff=0.75)
             errors.append(f"{key}: unknown key" + (f" (did you mean {near[0]}?)" if near else ""))
+    from reccocktail.data.selection import selection_config
+
+    try:  # the one setting several stages read: its values (and deprecated aliases) up front
+        selection_config(cfg)
+    except (KeyError, ValueError) as err:
+        errors.append(str(err.args[0]))
     for key, allowed in _choices().items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         values = list(value) if OmegaConf.is_list(value) or isinstance(value, list) else [value]

@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from reccocktail.config_check import check_config
 
     check_config(cfg)  # unknown keys and bad choices fail here, before any stage spends time
-    task = cfg.get("task", "train")
+    task = cfg.task
     if task == "recommend":
         return _resolve("reccocktail.recommend:run_recommend")(cfg)
     if task != "train":

@@ -114,10 +114,13 @@ def test_old_keys_map_onto_the_selection_block_with_a_warning(old, new, value, e
     assert plain == sel.Selection(lambda_users=10, transductive=False, max_scored_users=50)
 
 
-def test_selection_values_are_checked():
+def test_selection_values_are_checked_before_any_stage():
+    from reccocktail.config_check import config_errors
+
     cfg = run_config(None, "selection.lambda_users=-1")
     with pytest.raises(ValueError, match="selection.lambda_users"):
         sel.selection_config(cfg)
+    assert any("selection.lambda_users must be >= 0" in e for e in config_errors(cfg))
     with pytest.raises(ValueError, match="selection.max_scored_users"):
         sel.selection_config(run_config(None, "selection.max_scored_users=0"))
 

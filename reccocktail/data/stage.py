@@ -27,6 +27,7 @@ from reccocktail.data.general import GeneralPool, build_general_pool, target_ide
 from reccocktail.data.readers import SourceTable
 from reccocktail.data.samples import write_items
 from reccocktail.data.splits import Rows, Split, cap_rows, cap_users, cold_split, warm_split
+from reccocktail.utils.config import need
 from reccocktail.utils.io import (
     atomic_dir,
     file_fingerprint,
@@ -231,7 +232,7 @@ def build_data(cfg: DictConfig, dest: Path) -> dict[str, Any]:
     num_candidates = int(data.num_candidates)
     history_len = int(data.history_len)
     min_core = int(data.min_core)
-    negatives = str(data.get("negatives", "uniform"))
+    negatives = str(need(data, "negatives", "data"))
     if negatives not in _NEGATIVES:
         raise ValueError(f"data.negatives: unknown value {negatives!r}; choose from {list(_NEGATIVES)}")
     scenario = str(scen.name)
@@ -246,15 +247,18 @@ def build_data(cfg: DictConfig, dest: Path) -> dict[str, Any]:
     seqs = build_sequences(table, name, min_core=min_core, user_subset=src_cfg.get("user_subset"))
     check_size(seqs, num_candidates, f"domain {domain.name} ({name})")
 
-    per_user = _opt_int(data.get("max_train_prompts_per_user"))
+    per_user = _opt_int(need(data, "max_train_prompts_per_user", "data"))
     if scenario == "warm":
         split = warm_split(seqs, per_user)
     else:
-        split = cold_split(seqs, float(scen.get("new_item_fraction", 0.1)), seed, per_user)
+        split = cold_split(seqs, float(need(scen, "new_item_fraction", "scenario")), seed,
+                           per_user)
     rows = split.rows
-    rows["test"] = cap_users(rows["test"], _opt_int(data.get("max_test_users")), seed, 3)
-    rows["valid"] = cap_users(rows["valid"], _opt_int(data.get("max_valid_users")), seed, 2)
-    rows["train"] = cap_rows(rows["train"], _opt_int(data.get("max_train_prompts")), seed, 1)
+    rows["test"] = cap_users(rows["test"], _opt_int(need(data, "max_test_users", "data")), seed, 3)
+    rows["valid"] = cap_users(rows["valid"], _opt_int(need(data, "max_valid_users", "data")),
+                              seed, 2)
+    rows["train"] = cap_rows(rows["train"], _opt_int(need(data, "max_train_prompts", "data")),
+                             seed, 1)
     for k in ("train", "valid", "test"):
         if len(rows[k]) == 0:
             raise ValueError(
@@ -264,8 +268,9 @@ def build_data(cfg: DictConfig, dest: Path) -> dict[str, Any]:
             )
     weights = (popularity_weights(split.train_flat, seqs.num_items)
                if negatives == "popularity" else None)
-    cold_negatives = str(scen.get("cold_negatives", "mixed"))
-    if cold_negatives not in _COLD_NEGATIVES:
+    # only the cold scenario has new items (conf/scenario/cold.yaml sets the key)
+    cold_negatives = str(need(scen, "cold_negatives", "scenario")) if scenario == "cold" else None
+    if scenario == "cold" and cold_negatives not in _COLD_NEGATIVES:
         raise ValueError(f"scenario.cold_negatives: unknown value {cold_negatives!r}; choose from "
                          f"{list(_COLD_NEGATIVES)}")
     test_mask = None
@@ -303,14 +308,15 @@ def build_data(cfg: DictConfig, dest: Path) -> dict[str, Any]:
         titles, users = target_identity(table, src_cfg.get("user_subset"))
         pool = build_general_pool(
             tables, titles, users, src_cfg.get("user_space"),
-            list(gcfg.get("remove_overlap", ["items", "users"])), min_core, num_candidates, seed,
-            max_train_prompts_per_user=_opt_int(gcfg.get("max_train_prompts_per_user")),
-            max_train_prompts=_opt_int(gcfg.get("max_train_prompts")),
-            max_valid_prompts=_opt_int(gcfg.get("max_valid_prompts")),
+            list(need(gcfg, "remove_overlap", "domain.general")), min_core, num_candidates, seed,
+            max_train_prompts_per_user=_opt_int(need(gcfg, "max_train_prompts_per_user",
+                                                     "domain.general")),
+            max_train_prompts=_opt_int(need(gcfg, "max_train_prompts", "domain.general")),
+            max_valid_prompts=_opt_int(need(gcfg, "max_valid_prompts", "domain.general")),
         )
         gcounts = _write_general(dest / "general", pool, history_len)
         stats["general"] = {"sources": pool.stats, "samples": gcounts,
-                            "remove_overlap": list(gcfg.get("remove_overlap", []))}
+                            "remove_overlap": list(gcfg["remove_overlap"])}
     else:
         log.warning("domain %s declares no general sources: no general pool is written", domain.name)
     stats["seconds"] = {"target_split": round(t_split - t0, 2), "total": round(time.time() - t0, 2)}

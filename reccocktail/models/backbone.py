@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.utils.config import need
 from reccocktail.utils.io import atomic_dir, file_fingerprint, stable_hash
 from reccocktail.utils.packages import distribution
 
@@ -195,7 +196,7 @@ def _quantization_config(cfg: Any):
         )
     from transformers import BitsAndBytesConfig
 
-    compute = torch_dtype(_cfg_get(cfg, "dtype", "bfloat16"))
+    compute = torch_dtype(need(cfg, "dtype", "backbone"))
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -208,7 +209,7 @@ def build_tiny_model(cfg: Any, vocab_size: int):
     """A randomly initialised small Llama or Qwen2, deterministic under `init_seed`."""
     import transformers
 
-    arch = _cfg_get(cfg, "arch", "llama")
+    arch = need(cfg, "arch", "backbone")
     if arch not in _TINY_ARCHS:
         raise ValueError(f"backbone.arch: unknown value {arch!r}; choose one of {sorted(_TINY_ARCHS)}")
     kwargs = dict(_cfg_get(cfg, "config") or {})
@@ -216,7 +217,7 @@ def build_tiny_model(cfg: Any, vocab_size: int):
         kwargs = OmegaConf.to_container(kwargs, resolve=True)
     config = getattr(transformers, _TINY_ARCHS[arch])(vocab_size=vocab_size, **kwargs)
     with torch.random.fork_rng():
-        torch.manual_seed(int(_cfg_get(cfg, "init_seed", 0)))
+        torch.manual_seed(int(need(cfg, "init_seed", "backbone")))
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model
 
@@ -227,7 +228,7 @@ def load_backbone(cfg: Any, device: str | torch.device | None = None):
 
     tokenizer = load_tokenizer(cfg)
     source = _cfg_get(cfg, "source")
-    dtype = torch_dtype(_cfg_get(cfg, "dtype", "float32"))
+    dtype = torch_dtype(need(cfg, "dtype", "backbone"))
     if source == "tiny":
         model = build_tiny_model(cfg, vocab_size=len(tokenizer)).to(dtype)
     else:
