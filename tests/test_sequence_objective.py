@@ -119,7 +119,8 @@ def test_training_rows_hold_no_validation_test_or_new_item(shared_data, tmp_path
     run_data_stage(cfg, tmp_path)
     d = tmp_path / "data"
     items = load_items(d / "items.tsv")
-    t = {"seed": 0, "sequence": {"max_titles": 40, "min_context": 3, "windows_per_user": None}}
+    t = tuning_block(seed=0, sequence={"max_titles": 40, "min_context": 3,
+                                       "windows_per_user": None})
     test = load_samples(d / "test.jsonl")
     exclude = {s.target for s in test} if scenario == "cold" else set()
     windows = sequence_training_windows(d / "sequences.jsonl", items, t, exclude_items=exclude)

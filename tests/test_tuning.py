@@ -179,12 +179,13 @@ def test_select_subset_is_seeded_and_validated():
 
 
 def test_specific_mix_is_valid_plus_n_sampled_train():
-    from reccocktail.models.stage import specific_samples, stage_tuning_cfg
+    from reccocktail.models.stage import specific_samples, tuning_config
 
     items = make_items()
     train, valid = make_samples(items, 30, 1), make_samples(items, 5, 2, tag="v")
-    t = stage_tuning_cfg({"seed": 0, "max_samples": None, "specific": {"num_train_prompts": 7}},
-                         "specific")
+    t = tuning_config(run_config({"seed": 0, "tuning": {"max_samples": None,
+                                                        "specific": {"num_train_prompts": 7}}},
+                                 "tuning=default"), "specific")
     pool = specific_samples(train, valid, t)
     assert pool[:5] == valid and len(pool) == 12
     assert {s.id for s in pool[5:]} <= {s.id for s in train}
