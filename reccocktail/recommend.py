@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.data.titles import clean_title
 from reccocktail.utils.config import need
-from reccocktail.utils.device import place_backbone, resolve_device
+from reccocktail.utils.device import model_device, place_backbone, resolve_device
 from reccocktail.utils.io import iter_jsonl, read_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def explain(model: Any, builder: Any, history: list[str], candidates: list[str],
         ids = list(ids)
     else:
         ids = tok(f"{first}\n{builder.title(choice)}\n{question}\n", add_special_tokens=True)["input_ids"]
-    device = next(model.parameters()).device
+    device = model_device(model)
     input_ids = torch.tensor([ids], device=device)
     out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                          max_new_tokens=int(max_new_tokens), do_sample=False,

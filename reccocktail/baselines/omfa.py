@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample
+from reccocktail.utils.device import model_device
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def score_samples(model: Any, builder: Any, samples: Sequence[Sample], prefix_id
     model.eval()
     try:
         pad = int(builder.pad_token_id)
-        dev = next(model.parameters()).device
+        dev = model_device(model)
 
         def encode(rows: list[list[int]]) -> torch.Tensor:
             out = []

@@ -31,6 +31,7 @@ from reccocktail.cocktail.mix import (
     mix_factors,
     model_module_name,
 )
+from reccocktail.utils.device import model_device
 
 
 class MixedLoraLinear(nn.Module):
@@ -291,7 +292,7 @@ class EntropyMixModule(L.LightningModule):
         """The objective over a whole set of prompts at the current λ (batches as the loader
         yields them). The per-step curve is measured on changing batches; this is comparable
         before and after learning."""
-        dev = next(self.model.parameters()).device
+        dev = model_device(self.model)
         total, count = 0.0, 0
         for batch in batches:
             ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)

@@ -32,6 +32,7 @@ import torch
 from reccocktail.data.prompts import PromptBuilder
 from reccocktail.data.samples import Sample
 from reccocktail.evaluation.matching import Match, match_output
+from reccocktail.utils.device import model_device
 
 
 def num_candidates(samples: Sequence[Sample]) -> int:
@@ -70,10 +71,6 @@ def _is_flash(model: Any) -> bool:
     """Flash-attention kernels take no custom 4D mask: the packed path must not be used."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
     return "flash" in str(impl)
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _progress(items: Sequence[Any], enabled: bool, description: str):
@@ -149,7 +146,7 @@ class LikelihoodScorer:
 
     def score_ids(self, prompt: list[int], responses: list[list[int]]) -> torch.Tensor:
         """Scores `[len(responses)]` of token-id responses after one token-id prompt."""
-        model, dev = self.model, _device(self.model)
+        model, dev = self.model, model_device(self.model)
         out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
         first_lp = out.logits[0, -1].float().log_softmax(-1)  # next token after the prompt
         prefix = [(layer.keys, layer.values) for layer in _out_cache(out).layers]
@@ -213,7 +210,7 @@ class NaiveLikelihoodScorer(LikelihoodScorer):
     name: str = "naive"
 
     def score_ids(self, prompt: list[int], responses: list[list[int]]) -> torch.Tensor:
-        model, dev = self.model, _device(self.model)
+        model, dev = self.model, model_device(self.model)
         p_len = len(prompt)
         pad = self.prompt_builder.eos_token_id
         scores = torch.empty(len(responses), dtype=torch.float32)
@@ -256,7 +253,7 @@ class GenerateMatchScorer:
         """Greedy answers (decoded text) for each sample's prompt, batched with left padding."""
         from transformers import GenerationConfig
 
-        pb, dev = self.prompt_builder, _device(self.model)
+        pb, dev = self.prompt_builder, model_device(self.model)
         tok = pb.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else pb.eos_token_id
         gen_cfg = GenerationConfig(
@@ -456,7 +453,7 @@ class BeamScorer(LikelihoodScorer):
                excluded: dict[int, Sequence[int]] | None = None) -> dict[int, float]:
         """{answer index: log-likelihood} of the answers the beam finished (at least the best
         `beam_size` it found), answers in `excluded` ({index: tokens}) never among them."""
-        model, dev = self.model, _device(self.model)
+        model, dev = self.model, model_device(self.model)
         excluded = excluded or {}
         dead = trie.dead(excluded) if excluded else set()
         out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)

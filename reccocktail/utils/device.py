@@ -92,6 +92,12 @@ def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's (first) parameters live: where its inputs must go. Not a config rule
+    (that is `resolve_device`), the state of a loaded model."""
+    return next(model.parameters()).device
+
+
 def _devices(model: torch.nn.Module) -> set[torch.device]:
     return {p.device for p in model.parameters()} | {b.device for b in model.buffers()}
 
