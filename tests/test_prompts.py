@@ -34,7 +34,7 @@ def ml1m_domain():
 
 def test_real_user_prompt_through_chat_template(tokenizer, smollm2_cfg, ml1m_user, ml1m_domain):
     items, history, target, candidates = ml1m_user
-    pb = build_prompt_builder(tokenizer, items, ml1m_domain, smollm2_cfg)
+    pb = build_prompt_builder(tokenizer, items, ml1m_domain, smollm2_cfg, 32)
     ids = pb.prompt_ids(history, candidates)
     text = tokenizer.decode(ids)
     titles = " || ".join(items[i] for i in history)
@@ -51,11 +51,11 @@ def test_real_user_prompt_through_chat_template(tokenizer, smollm2_cfg, ml1m_use
 
 def test_budget_cuts_history_from_the_oldest_side(tokenizer, smollm2_cfg, ml1m_user, ml1m_domain):
     items, history, _, candidates = ml1m_user
-    full = build_prompt_builder(tokenizer, items, ml1m_domain, smollm2_cfg).prompt_ids(
+    full = build_prompt_builder(tokenizer, items, ml1m_domain, smollm2_cfg, 32).prompt_ids(
         history, candidates)
     cfg = smollm2_cfg.copy()
     cfg.max_prompt_tokens = len(full) - 1
-    pb = build_prompt_builder(tokenizer, items, ml1m_domain, cfg)
+    pb = build_prompt_builder(tokenizer, items, ml1m_domain, cfg, 32)
     text = tokenizer.decode(pb.prompt_ids(history, candidates))
     assert len(pb.prompt_ids(history, candidates)) <= cfg.max_prompt_tokens
     shown = text.split("I watched [", 1)[1].split("]. Please", 1)[0]
@@ -69,6 +69,6 @@ def test_error_when_even_an_empty_history_does_not_fit(tokenizer, smollm2_cfg, m
     items, history, _, candidates = ml1m_user
     cfg = smollm2_cfg.copy()
     cfg.max_prompt_tokens = 50
-    pb = build_prompt_builder(tokenizer, items, ml1m_domain, cfg)
+    pb = build_prompt_builder(tokenizer, items, ml1m_domain, cfg, 32)
     with pytest.raises(PromptTooLongError, match="max_prompt_tokens=50"):
         pb.prompt_ids(history, candidates)

@@ -38,7 +38,7 @@ def reference_scores(model, cfg: DictConfig, items: dict[str, str], history: lis
     from reccocktail.models.backbone import load_tokenizer
 
     pb = build_prompt_builder(load_tokenizer(cfg.backbone), items, cfg.domain, cfg.backbone,
-                              fmt=fmt)
+                              cfg.data.max_title_tokens, fmt=fmt)
     out = []
     with torch.no_grad():
         for c in candidates:

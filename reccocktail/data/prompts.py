@@ -188,7 +188,7 @@ def check_prompts(samples: Sequence[Any], builder: Any, where: str | None = None
 
 
 def build_prompt_builder(tokenizer: Any, items: dict[str, str], domain_cfg: Any, backbone_cfg: Any,
-                         max_title_tokens: int = 32, fmt: str = "instruction") -> PromptBuilder:
+                         max_title_tokens: int, fmt: str = "instruction") -> PromptBuilder:
     """The prompt builder of format `fmt` (`tuning.objective`: instruction | sequence) from the
     `domain.prompt` and `backbone` config blocks."""
     p = domain_cfg.get("prompt", {}) if domain_cfg is not None else {}
