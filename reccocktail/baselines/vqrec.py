@@ -176,6 +176,6 @@ def build(settings: dict[str, Any], dm: SequenceDataModule,
                        int(settings.get("opq_iters", 4)), int(settings.get("quantizer_seed", 0)))
     model = VQRec(codes, num_codes, dim=int(settings["dim"]), max_len=int(settings["max_len"]),
                   **kwargs)
-    return RecModule(model, dm.train_items, loss=settings.get("loss", "ce"),
-                     lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 0.0)),
+    return RecModule(model, dm.train_items, loss=settings["loss"],
+                     lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]),
                      prefix=f"baselines/{name}/", num_negatives=settings.get("num_negatives"))
