@@ -110,8 +110,12 @@ def test_old_keys_map_onto_the_selection_block_with_a_warning(old, new, value, e
         parsed = sel.selection_config(cfg)
     assert getattr(parsed, new) == expected
     assert f"{old} is deprecated" in caplog.text and f"selection.{new}" in caplog.text
-    plain = sel.selection_config(run_config())  # unset (null) aliases: the block's own values
-    assert plain == sel.Selection(lambda_users=10, transductive=False, max_scored_users=50)
+    plain_cfg = run_config()
+    plain = sel.selection_config(plain_cfg)  # unset (null) aliases: the block's own values
+    block = plain_cfg.selection
+    assert plain == sel.Selection(lambda_users=block.lambda_users, transductive=block.transductive,
+                                  max_scored_users=block.max_scored_users)
+    assert getattr(plain, new) != expected  # the alias's value came from the alias alone
 
 
 def test_selection_values_are_checked_before_any_stage():
