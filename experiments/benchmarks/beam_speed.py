@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import DATA_ROOT, backbone_config  # the sibling module (script folder on sys.path)
+from common import (  # the sibling module (script folder on sys.path)
+    DATA_ROOT,
+    backbone_config,
+    draw_candidates,
+)
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import build_prompt_builder
@@ -63,13 +67,7 @@ def ml100k_users(n: int, seed: int, history: int = 10, num_candidates: int = 30
     for user in rng.sample(sorted(seqs), n):
         seq = seqs[user]
         target, before = seq[-1], seq[:-1]
-        negs: list[str] = []
-        while len(negs) < num_candidates - 1:
-            c = rng.choice(pool)
-            if c not in seq and c not in negs:
-                negs.append(c)
-        cands = [target, *negs]
-        rng.shuffle(cands)
+        cands = draw_candidates(rng, pool, target, seq, num_candidates)
         samples.append(Sample(f"{user}-bench", user, before[-history:], target, cands))
         seen.append(set(before))
     return samples, seen, titles

@@ -33,6 +33,20 @@ def _read_recbole(path: Path) -> tuple[list[str], list[list[str]]]:
         return header, [line.rstrip("\n").split("\t") for line in fh]
 
 
+def draw_candidates(rng: random.Random, pool: list[str], target: str, exclude: set[str] | list[str],
+                    num_candidates: int) -> list[str]:
+    """The target and `num_candidates - 1` uniform negatives from `pool` outside `exclude`,
+    shuffled (the benchmarks' stand-in for the data stage's stored candidates)."""
+    negs: list[str] = []
+    while len(negs) < num_candidates - 1:
+        c = rng.choice(pool)
+        if c not in exclude and c not in negs:
+            negs.append(c)
+    cands = [target, *negs]
+    rng.shuffle(cands)
+    return cands
+
+
 def ml1m_samples(data_root: Path, n: int, seed: int = 0, history: int = 10,
                  num_candidates: int = 30) -> tuple[list[Sample], dict[str, str]]:
     """Leave-one-out test-like samples of `n` random ML-1M users (see `recbole_samples`)."""
@@ -61,12 +75,6 @@ def recbole_samples(data_root: Path, dataset: str, n: int, seed: int = 0, histor
         seq = [x for _, x in sorted(seqs[user])]
         target, hist = seq[-1], seq[:-1][-history:]
         seen = set(seq)
-        negs: list[str] = []
-        while len(negs) < num_candidates - 1:
-            c = rng.choice(pool)
-            if c not in seen and c not in negs:
-                negs.append(c)
-        cands = [target, *negs]
-        rng.shuffle(cands)
-        samples.append(Sample(f"{user}-bench", user, hist, target, cands))
+        samples.append(Sample(f"{user}-bench", user, hist, target,
+                              draw_candidates(rng, pool, target, seen, num_candidates)))
     return samples, items
