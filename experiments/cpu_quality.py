@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from reccocktail.reporting.launch import run_logged
 from reccocktail.utils.io import read_json, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,12 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         # one scenario after the other, each with both cores (two 1-thread processes side by
         # side trained ~2x slower in total here); the second reuses the cached G
         for s in a.scenarios:
-            cmd = command(a, s, extra)
-            print(" ".join(cmd), flush=True)
-            if not a.dry_run:
-                t0 = time.time()
-                subprocess.run(cmd, check=True, cwd=ROOT)
-                print(f"{s}: {time.time() - t0:.0f} s", flush=True)
+            run_logged(command(a, s, extra), s, a.dry_run)
     if a.dry_run:
         return 0
     print(report(a))

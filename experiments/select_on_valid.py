@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from reccocktail.reporting.launch import run_logged
 from reccocktail.utils.io import read_json, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,12 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[point_name(point)] = (point, out)
         if a.report_only:
             continue
-        cmd = command(a, point, out, extra)
-        print(" ".join(cmd), flush=True)
-        if not a.dry_run:
-            t0 = time.time()
-            subprocess.run(cmd, check=True, cwd=ROOT)
-            print(f"{point_name(point)}: {time.time() - t0:.0f} s", flush=True)
+        run_logged(command(a, point, out, extra), point_name(point), a.dry_run)
     if a.dry_run:
         return 0
     print(summarise(a, runs))

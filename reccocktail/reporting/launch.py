@@ -74,6 +74,20 @@ def report_argv(folders: Sequence[Path], out: Path, **kw: Any) -> list[str]:
     return argv
 
 
+def run_logged(cmd: list[str], label: str, dry_run: bool = False) -> None:
+    """Print a run.py command, run it from the repository root (unless `dry_run`) and print
+    its wall time under `label`: how the single-run experiment scripts launch their runs."""
+    import subprocess
+    import time
+
+    print(" ".join(cmd), flush=True)
+    if dry_run:
+        return
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    print(f"{label}: {time.time() - t0:.0f} s", flush=True)
+
+
 def run_experiment(args: argparse.Namespace, sweeps: Sequence[Sweep], **report_kw: Any) -> int:
     """Print and (unless --dry-run) run the sweeps one after the other, then the report over
     their folders into `<out>/report` (report_kw: metrics, group_by, columns, domains, title)."""
