@@ -202,7 +202,24 @@ class FMLPRec(nn.Module):
         return h, e
 
 
-class RecModule(L.LightningModule):
+class RankingValidation:
+    """Validation NDCG over the stored candidates, for any LightningModule with `score(batch)`,
+    `val_metrics` and `prefix` (the ID/text RecModule and the RecFormer-style module)."""
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        scores = self.score(batch)
+        target = F.one_hot(batch["target_index"], scores.size(1)).bool()
+        indexes = batch["row"][:, None].expand_as(scores)
+        for metric in self.val_metrics.values():
+            metric.update(scores.flatten(), target.flatten(), indexes=indexes.flatten())
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.val_metrics.items():
+            self.log(f"{self.prefix}val/{name}", metric.compute(), prog_bar=name == "ndcg@1")
+            metric.reset()
+
+
+class RecModule(RankingValidation, L.LightningModule):
     """Trains a sequence model on next-item prediction; validates by NDCG@k on stored candidates.
 
     `loss`: `ce` (softmax over the training items) or `bpr` (one sampled negative per positive).
@@ -268,18 +285,6 @@ class RecModule(L.LightningModule):
         h = self.model.encode(batch["seq"], batch["user"])[:, -1]
         h, table = self.model.project(h, self.model.item_table())
         return torch.einsum("bd,bcd->bc", h, table[batch["candidates"]])
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        scores = self.score(batch)
-        target = F.one_hot(batch["target_index"], scores.size(1)).bool()
-        indexes = batch["row"][:, None].expand_as(scores)
-        for metric in self.val_metrics.values():
-            metric.update(scores.flatten(), target.flatten(), indexes=indexes.flatten())
-
-    def on_validation_epoch_end(self) -> None:
-        for name, metric in self.val_metrics.items():
-            self.log(f"{self.prefix}val/{name}", metric.compute(), prog_bar=name == "ndcg@1")
-            metric.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.retrieval import RetrievalNormalizedDCG
 
+from reccocktail.baselines.models import RankingValidation
 from reccocktail.baselines.sequential import SequenceDataModule
 
 
-class RecFormerModule(L.LightningModule):
+class RecFormerModule(RankingValidation, L.LightningModule):
     """One encoder for user texts and item texts; cosine / temperature; in-batch contrastive.
 
     Scores a batch of stored samples like `RecModule.score` (same batch keys), so the stage's
@@ -185,18 +186,6 @@ class RecFormerModule(L.LightningModule):
         """Scores [B, C]: cosine of each row's user text encoding and its candidates'."""
         users = self.encode_users(batch["seq"])
         return torch.einsum("bd,bcd->bc", users, self.item_vectors(batch["candidates"]))
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        scores = self.score(batch)
-        target = F.one_hot(batch["target_index"], scores.size(1)).bool()
-        indexes = batch["row"][:, None].expand_as(scores)
-        for metric in self.val_metrics.values():
-            metric.update(scores.flatten(), target.flatten(), indexes=indexes.flatten())
-
-    def on_validation_epoch_end(self) -> None:
-        for name, metric in self.val_metrics.items():
-            self.log(f"{self.prefix}val/{name}", metric.compute(), prog_bar=name == "ndcg@1")
-            metric.reset()
 
 
 def build(settings: dict[str, Any], dm: SequenceDataModule,
