@@ -226,6 +226,19 @@ def test_text_model_learns_planted_pattern(planted, tmp_path):
 
 
 # --------------------------------------------------------------------------- stage
+def stage_config(out: Path, tmp_path: Path, names: list[str], group):
+    """The composed run config of a baselines-stage test: `names` with the settings `group`,
+    20 λ users set aside, a one-epoch CPU trainer, no logger."""
+    return run_config({
+        "seed": 1, "baseline": list(names), "baselines": group,
+        "selection": {"lambda_users": 20, "transductive": False, "max_scored_users": None},
+        "paths": {"output_dir": str(out), "cache_dir": str(tmp_path / "cache")},
+        "trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
+                    "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        "logger": None,
+    })
+
+
 def _fake_record_results(out_dir, variant, metrics, **meta):
     path = Path(out_dir) / "results.json"
     res = read_json(path) if path.exists() else {"variants": {}}
@@ -249,14 +262,7 @@ def test_stage_scores_the_eval_stages_samples(planted, tmp_path, monkeypatch):
     for n in ("pop", "gru4rec"):
         group[n] = OmegaConf.load(ROOT / "conf" / "baselines" / f"{n}.yaml")
     group.common.update(max_epochs=2, max_len=12)
-    cfg = run_config({
-        "seed": 1, "baseline": ["pop", "gru4rec"], "baselines": group,
-        "selection": {"lambda_users": 20, "transductive": False, "max_scored_users": None},
-        "paths": {"output_dir": str(out), "cache_dir": str(tmp_path / "cache")},
-        "trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
-                    "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
-        "logger": None,
-    })
+    cfg = stage_config(out, tmp_path, ["pop", "gru4rec"], group)
     summary = bstage.run_baselines_stage(cfg, out)
     from reccocktail.data.samples import load_samples
     from reccocktail.data.selection import split_unlabeled

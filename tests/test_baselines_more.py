@@ -15,7 +15,6 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_config
 from omegaconf import OmegaConf
 from test_baselines import (  # noqa: F401  (one_thread: autouse fixture)
     RANDOM_NDCG1,
@@ -24,6 +23,7 @@ from test_baselines import (  # noqa: F401  (one_thread: autouse fixture)
     ndcg1,
     one_thread,
     settings,
+    stage_config,
     trainer_factory,
 )
 
@@ -217,14 +217,7 @@ def test_stage_scores_exactly_the_stored_candidates(planted, bert_dir, tmp_path,
     group.vqrec.model.update(num_subspaces=4, num_codes=16)
     group.recformer.model_dir = str(bert_dir)
     group.recformer.model.steps_per_epoch = 2
-    cfg = run_config({
-        "seed": 1, "baseline": list(NAMES), "baselines": group,
-        "selection": {"lambda_users": 20, "transductive": False, "max_scored_users": None},
-        "paths": {"output_dir": str(out), "cache_dir": str(tmp_path / "cache")},
-        "trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
-                    "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
-        "logger": None,
-    })
+    cfg = stage_config(out, tmp_path, list(NAMES), group)
     summary = bstage.run_baselines_stage(cfg, out)
     from reccocktail.evaluation.samples import eval_samples
 
