@@ -1,4 +1,5 @@
-"""Constrained beam search speed and agreement on ML-100k with SmolLM2-135M (CPU by default).
+"""Constrained beam search speed and agreement on ML-100k or ML-1M (`--dataset`) with
+SmolLM2-135M (CPU by default).
 
   (a) full catalogue (every ML-100k title in one trie, the user's seen items excluded, as
       `eval.candidates=all`): the old uncached beam, which re-feeds each hypothesis's whole
@@ -6,14 +7,17 @@
       hypothesis per step) in its layouts `tree` (one cache row, tree mask; the default) and
       `batched` (one cache row per hypothesis, gathered by parent). Interleaved per user (the
       order rotates), the same users; the found items and log-likelihoods are compared.
-  (b) 30 sampled candidates: beam (`--beam30`, eval default 10) vs likelihood, interleaved.
-  (c) agreement of the beam's top 10 with the exhaustive likelihood ranking, on the same users:
+  (b) 30 sampled candidates: beam (`--beam30`, one or more widths, e.g. `3,5,10`; eval default
+      10) vs likelihood, interleaved.
+  (c) agreement of each beam's top k with the exhaustive likelihood ranking, on the same users:
       on the 30 candidates (from (b)), and over the whole catalogue for the first
       `--exhaustive-users` users (every title scored; slow).
 
     python experiments/benchmarks/beam_speed.py --users 6 --out outputs/benchmarks/beam_speed.json
+    python experiments/benchmarks/beam_speed.py --dataset ml1m --layouts tree --beam30 3,5,10 \
+        --users 10 --exhaustive-users 3 --out outputs/benchmarks/beam_speed_ml1m.json
 
-A user: a random ML-100k user (seeded), their last rating the target, up to 10 ratings before
+A user: a random user of the dataset (seeded), their last rating the target, up to 10 ratings before
 it the history, 29 titles they never rated the negatives. One extra user is run first, untimed
 (warm-up). Numbers depend on the machine and on what else runs on it.
 """
@@ -33,6 +37,7 @@ from common import (  # the sibling module (script folder on sys.path)
     DATA_ROOT,
     backbone_config,
     draw_candidates,
+    recbole_users,
 )
 from omegaconf import OmegaConf
 
@@ -106,7 +111,10 @@ def main() -> None:
                     help=f"full-catalogue beams to time, of {list(LAYOUTS)}")
     ap.add_argument("--beam-size", type=int, default=20,
                     help="full-catalogue beam (eval.beam_size; 20 = largest default full_ks)")
-    ap.add_argument("--beam30", type=int, default=10, help="beam on the 30 candidates")
+    ap.add_argument("--beam30", default="10",
+                    help="beam width(s) on the 30 candidates, comma-separated (e.g. 3,5,10)")
+    ap.add_argument("--dataset", default="ml100k", choices=["ml100k", "ml1m"],
+                    help="ml100k (raw GroupLens files) or ml1m (the RecBole files)")
     ap.add_argument("--exhaustive-users", type=int, default=1,
                     help="users whose whole catalogue is also scored exhaustively (c)")
     ap.add_argument("--format", default="instruction", choices=["instruction", "sequence"])
@@ -123,7 +131,16 @@ def main() -> None:
     if unknown:
         ap.error(f"--layouts: unknown {sorted(unknown)}; choose from {list(LAYOUTS)}")
 
-    samples, seen, titles = ml100k_users(args.users + 1, args.seed)
+    try:
+        widths = sorted({int(w) for w in args.beam30.split(",") if w.strip()})
+    except ValueError:
+        ap.error(f"--beam30: expected comma-separated integers, got {args.beam30!r}")
+    if not widths or min(widths) < 1:
+        ap.error(f"--beam30: expected positive widths, got {args.beam30!r}")
+    if args.dataset == "ml1m":
+        samples, seen, titles = recbole_users(DATA_ROOT, "ml-1m", args.users + 1, args.seed)
+    else:
+        samples, seen, titles = ml100k_users(args.users + 1, args.seed)
     warm, users, warm_seen, seen = samples[0], samples[1:], seen[0], seen[1:]
     model, tok = load_backbone(backbone_config(args.backbone), device=args.device)
     domain = OmegaConf.create({"prompt": {"noun": "movie", "verb": "watched"}})
@@ -132,13 +149,14 @@ def main() -> None:
     catalogue = sorted(titles, key=int)
     full = CatalogueBeamScorer(model, pb, beam_size=args.beam_size, progress=False,
                                item_ids=catalogue)
-    beam30 = BeamScorer(model, pb, beam_size=args.beam30, progress=False)
+    beams = {w: BeamScorer(model, pb, beam_size=w, progress=False) for w in widths}
     lik = LikelihoodScorer(model, pb, batch_size=30, progress=False)
     n = len(users)
-    res: dict = {"backbone": args.backbone, "device": args.device, "format": args.format,
+    res: dict = {"dataset": args.dataset, "backbone": args.backbone, "device": args.device,
+                 "format": args.format,
                  "threads": torch.get_num_threads(), "users": n, "seed": args.seed,
                  "catalogue_size": len(catalogue), "beam_size_full": args.beam_size,
-                 "beam_size_30": args.beam30,
+                 "beam_sizes_30": widths,
                  "mean_title_tokens": round(statistics.mean(len(r) for r in full.responses), 2)}
 
     def rank_full(layout: str, s: Sample, ex: set[str]) -> list[tuple[str, float]]:
@@ -149,7 +167,8 @@ def main() -> None:
     # warm-up, untimed: every code path once
     for layout in layouts:
         rank_full(layout, warm, warm_seen)
-    beam30.score([warm])
+    for b in beams.values():
+        b.score([warm])
     lik.score([warm])
 
     # (a) full catalogue: uncached vs cached layouts, interleaved
@@ -174,36 +193,43 @@ def main() -> None:
         print(f"    {m} vs {ref}: {ratio:.2f}x faster; same ranked list for {same}/{n} users, "
               f"max |log-lik diff| {diff:.1e}")
 
-    # (b) 30 candidates: beam vs likelihood, interleaved
-    secs30, outs30 = interleave(n, {"likelihood": lambda u: lik.score([users[u]])[0],
-                                    "beam": lambda u: beam30.score([users[u]])[0]})
+    # (b) 30 candidates: beams vs likelihood, interleaved
+    runs30: dict[str, Callable[[int], object]] = {"likelihood": lambda u: lik.score([users[u]])[0]}
+    runs30.update({f"beam{w}": (lambda u, w=w: beams[w].score([users[u]])[0]) for w in widths})
+    secs30, outs30 = interleave(n, runs30)
     res["candidates_30"] = {m: {"seconds": round(secs30[m], 3),
                                 "users_per_s": round(n / secs30[m], 4)} for m in secs30}
-    ratio = secs30["beam"] / secs30["likelihood"]
-    res["candidates_30"]["beam_time_over_likelihood"] = round(ratio, 2)
-    print(f"(b) 30 candidates: likelihood {n / secs30['likelihood']:.4f} users/s, "
-          f"beam {args.beam30} {n / secs30['beam']:.4f} users/s (beam takes {ratio:.2f}x the "
-          "time)")
+    print(f"(b) 30 candidates, {n} users: likelihood {n / secs30['likelihood']:.4f} users/s")
+    for w in widths:
+        ratio = secs30[f"beam{w}"] / secs30["likelihood"]
+        res["candidates_30"][f"beam{w}"]["time_over_likelihood"] = round(ratio, 2)
+        print(f"    beam {w:3d}  {n / secs30[f'beam{w}']:.4f} users/s ({ratio:.2f}x the time of "
+              "likelihood)")
 
-    # (c) agreement of the beam's top 10 with the exhaustive ranking, same users
-    k = min(10, args.beam30)
-    agree = {"top1": 0, "overlap@10": [], "same_top10_order": 0, "max_abs_diff": 0.0}
-    for s, b, lk in zip(users, outs30["beam"], outs30["likelihood"]):
-        bo = [s.candidates[j] for j in b.argsort(descending=True, stable=True).tolist()
-              if torch.isfinite(b[j])]
-        lo = [s.candidates[j] for j in lk.argsort(descending=True, stable=True).tolist()]
-        agree["top1"] += bo[0] == lo[0]
-        agree["overlap@10"].append(top_overlap(bo, lo, k))
-        agree["same_top10_order"] += bo[:k] == lo[:k]
-        found = torch.isfinite(b)
-        agree["max_abs_diff"] = max(agree["max_abs_diff"], float((b[found] - lk[found]).abs().max()))
-    res["agreement_30"] = {"k": k, "top1": f"{agree['top1']}/{n}",
-                           "mean_overlap@k": round(statistics.mean(agree["overlap@10"]), 4),
-                           "same_top_k_order": f"{agree['same_top10_order']}/{n}",
-                           "max_abs_diff": agree["max_abs_diff"]}
-    print(f"(c) 30 candidates, beam top {k} vs likelihood: top-1 equal {agree['top1']}/{n}, "
-          f"mean overlap@{k} {res['agreement_30']['mean_overlap@k']:.3f}, same order "
-          f"{agree['same_top10_order']}/{n}, max |score diff| {agree['max_abs_diff']:.1e}")
+    # (c) agreement of each beam's top k (k = its width, at most 10) with exhaustive likelihood
+    res["agreement_30"] = {}
+    for w in widths:
+        k = min(10, w)
+        agree = {"top1": 0, "overlap": [], "same_order": 0, "max_abs_diff": 0.0}
+        for s, b, lk in zip(users, outs30[f"beam{w}"], outs30["likelihood"]):
+            bo = [s.candidates[j] for j in b.argsort(descending=True, stable=True).tolist()
+                  if torch.isfinite(b[j])]
+            lo = [s.candidates[j] for j in lk.argsort(descending=True, stable=True).tolist()]
+            agree["top1"] += bo[0] == lo[0]
+            agree["overlap"].append(top_overlap(bo, lo, k))
+            agree["same_order"] += bo[:k] == lo[:k]
+            found = torch.isfinite(b)
+            agree["max_abs_diff"] = max(agree["max_abs_diff"],
+                                        float((b[found] - lk[found]).abs().max()))
+        res["agreement_30"][f"beam{w}"] = {
+            "k": k, "top1": f"{agree['top1']}/{n}",
+            "mean_overlap@k": round(statistics.mean(agree["overlap"]), 4),
+            "same_top_k_order": f"{agree['same_order']}/{n}",
+            "max_abs_diff": agree["max_abs_diff"]}
+        print(f"(c) 30 candidates, beam {w} top {k} vs likelihood: top-1 equal "
+              f"{agree['top1']}/{n}, mean overlap@{k} "
+              f"{res['agreement_30'][f'beam{w}']['mean_overlap@k']:.3f}, same order "
+              f"{agree['same_order']}/{n}, max |score diff| {agree['max_abs_diff']:.1e}")
     m_ex = min(args.exhaustive_users, n)
     if m_ex:
         beam_full = outs["tree" if "tree" in outs else layouts[0]]

@@ -59,6 +59,15 @@ def recbole_samples(data_root: Path, dataset: str, n: int, seed: int = 0, histor
     (`ml-1m`, `amazon-beauty`; benchmark input only): the user's last item is the target, up to
     `history` items before it the history, items the user never touched the negatives. Returns
     the samples and the titles."""
+    samples, _, items = recbole_users(data_root, dataset, n, seed, history, num_candidates)
+    return samples, items
+
+
+def recbole_users(data_root: Path, dataset: str, n: int, seed: int = 0, history: int = 10,
+                  num_candidates: int = 30
+                  ) -> tuple[list[Sample], list[set[str]], dict[str, str]]:
+    """`recbole_samples`, plus each user's items before the target (what full-catalogue
+    ranking excludes, as `eval.exclude_seen`)."""
     header, rows = _read_recbole(data_root / dataset / f"{dataset}.item")
     i_id, i_title = header.index("item_id"), header.index("title")
     items = {r[i_id]: " ".join(r[i_title].split()) for r in rows if r[i_title].strip()}
@@ -70,11 +79,12 @@ def recbole_samples(data_root: Path, dataset: str, n: int, seed: int = 0, histor
             seqs.setdefault(r[u], []).append((float(r[t]), r[i]))
     rng = random.Random(seed)
     pool = sorted(items)
-    samples = []
+    samples, before = [], []
     for user in rng.sample(sorted(seqs), n):
         seq = [x for _, x in sorted(seqs[user])]
         target, hist = seq[-1], seq[:-1][-history:]
         seen = set(seq)
         samples.append(Sample(f"{user}-bench", user, hist, target,
                               draw_candidates(rng, pool, target, seen, num_candidates)))
-    return samples, items
+        before.append(set(seq[:-1]))
+    return samples, before, items

@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from reccocktail.models.head_loss import linear_cross_entropy
 from reccocktail.utils.config import need
 
 log = logging.getLogger(__name__)
@@ -60,22 +61,49 @@ def warmup_steps_for(tuning: dict, total_steps: int) -> int:
     return int(round(float(need(tuning, "warmup_ratio", "tuning")) * max(1, total_steps)))
 
 
+# Causal LMs whose logits are exactly `lm_head(decoder(x))` (no soft-capping or logit scale),
+# so the head's loss can be taken from the decoder's hidden states (`head_loss`).
+_PLAIN_HEAD_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+
+
+def _plain_head(model) -> tuple[Any, torch.nn.Linear] | None:
+    """(decoder, lm_head) of a model whose logits are the head applied to the decoder's output,
+    else None (the loss then goes through the model's own forward)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(base, "config", None), "model_type", None) not in _PLAIN_HEAD_TYPES:
+        return None
+    head = base.get_output_embeddings()
+    decoder = base.get_decoder()
+    if (decoder is base or type(head) is not torch.nn.Linear or head.bias is not None):
+        return None
+    return decoder, head
+
+
 def response_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  labels: torch.Tensor) -> torch.Tensor:
+                  labels: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled (response) tokens.
 
     Only the positions that predict a labelled token go through the LM head: with ~450-token
     prompts, ~10-token answers and a 49k-152k vocabulary, projecting every position would spend
-    most of the head's time and memory on logits that the masked loss throws away. The positions
-    go to `logits_to_keep` as one 1-D index tensor (their union over the batch; length-grouped
+    most of the head's time and memory on logits that the masked loss throws away. With `fused`
+    (and a model of `_PLAIN_HEAD_TYPES`) the loss is taken from the decoder's hidden states a
+    chunk of positions at a time (`head_loss.linear_cross_entropy`), so no [positions,
+    vocabulary] logits block is kept for the backward. Otherwise the positions go to
+    `logits_to_keep` as one 1-D index tensor (their union over the batch; length-grouped
     batches keep it tight), the form every transformers 5.x model accepts (transformers 5.17
-    rejects a 2-D mask). Equal to the model's own loss (`labels=`) up to rounding.
+    rejects a 2-D mask). Both equal the model's own loss (`labels=`) up to rounding.
     """
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
     targets = labels[:, 1:][keep[:, :-1]]
     if targets.numel() == 0:
         raise ValueError("a batch without response tokens (every label is -100)")
+    parts = _plain_head(model) if fused else None
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                         use_cache=False).last_hidden_state
+        return linear_cross_entropy(hidden[keep], head.weight, targets)
     pos = keep.any(dim=0).nonzero().squeeze(1)
     out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=pos)
     logits = out.logits
