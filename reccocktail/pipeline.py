@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.runtime import finish_loggers, make_loggers, make_trainer, output_dir  # noqa: F401
 from reccocktail.utils import memory
+from reccocktail.utils.config import need
 from reccocktail.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     stages = list(cfg.stages)
     # validated here, so that a misspelt baseline fails before hours of training, not after
-    if baseline_names(cfg.get("baseline")) and "baselines" not in stages:
+    if baseline_names(need(cfg, "baseline")) and "baselines" not in stages:
         stages.append("baselines")  # `baseline=sasrec` alone asks for their rows too
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -119,7 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def optimized_value(cfg: DictConfig, summaries: dict[str, Any]) -> float | None:
     """The number a sweeper optimises: `cfg.optimized_metric`, a dotted path into the stage
     summaries (e.g. `eval.variants.cocktail.ndcg@1`); None when no metric is asked for."""
-    path = cfg.get("optimized_metric")
+    path = need(cfg, "optimized_metric")
     if not path:
         return None
     node: Any = summaries

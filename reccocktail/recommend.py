@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from reccocktail.data.titles import clean_title
 from reccocktail.utils.config import need
@@ -68,8 +69,9 @@ class ItemResolver:
 def read_requests(cfg: DictConfig) -> list[dict[str, Any]]:
     """The requests: `recommend.file` (JSON lines) or the single `history`/`candidates` pair."""
     rc = cfg.recommend
-    if rc.get("file"):
-        path = Path(rc.get("file"))
+    file = need(rc, "file", "recommend")
+    if file:
+        path = Path(file)
         out = []
         for lineno, row in enumerate(iter_jsonl(path), 1):
             for key in ("history", "candidates"):
@@ -80,20 +82,23 @@ def read_requests(cfg: DictConfig) -> list[dict[str, Any]]:
         if not out:
             raise ValueError(f"{path}: no requests in the file")
         return out
-    hist = OmegaConf.to_container(rc.history, resolve=True) if rc.get("history") is not None else []
-    cands = OmegaConf.to_container(rc.candidates, resolve=True) if rc.get("candidates") else []
+    hist = need(rc, "history", "recommend")
+    cands = need(rc, "candidates", "recommend")
+    hist = [] if hist is None else OmegaConf.to_container(hist, resolve=True)
+    cands = OmegaConf.to_container(cands, resolve=True) if cands else []
     if not isinstance(hist, list) or not isinstance(cands, list):
         raise ValueError("recommend.history and recommend.candidates must be lists")
     return [{"id": "1", "history": hist, "candidates": cands, "where": "recommend"}]
 
 
 def _items_path(rc: DictConfig) -> Path | None:
-    if rc.get("items"):
-        path = Path(rc.get("items"))
+    items = need(rc, "items", "recommend")  # `rc.items` would be the DictConfig method
+    if items:
+        path = Path(items)
         if not path.exists():
             raise FileNotFoundError(f"recommend.items: {path} does not exist")
         return path
-    adapter = rc.get("adapter")
+    adapter = need(rc, "adapter", "recommend")
     if adapter:
         guess = Path(adapter).parent.parent / "data" / "items.tsv"  # <run>/adapters/<name>
         if guess.exists():
@@ -111,7 +116,7 @@ def load_model(cfg: DictConfig):
     device = resolve_device(cfg, "recommend.device")
     model, tokenizer = load_backbone(cfg.backbone, device=device)
     place_backbone(model, device, cfg, "recommend")
-    adapter = rc.get("adapter")
+    adapter = need(rc, "adapter", "recommend")
     fmt = prompt_format(cfg)
     if adapter and str(adapter).lower() not in ("none", "null"):
         from reccocktail.models.adapters import check_backbone, load_adapter
@@ -222,16 +227,19 @@ def run_recommend(cfg: DictConfig) -> dict[str, Any]:
                     "score": float(scores[i]), "share": float(share[i])} for r, i in enumerate(order)]
         result = {"id": req["id"], "history": [builder.title(h) for h in sample.history],
                   "ranking": ranking, "explanation": None}
-        if rc.get("explain"):
+        if need(rc, "explain", "recommend"):
             result["explanation"] = explain(
                 model, builder, sample.history, sample.candidates, ranking[0]["item"],
-                str(rc.get("explain_prompt")), int(need(rc, "explain_max_new_tokens", "recommend")))
+                str(need(rc, "explain_prompt", "recommend")),
+                int(need(rc, "explain_max_new_tokens", "recommend")))
         if need(rc, "print", "recommend"):
-            _print_ranking(result, rc.get("top_k"))
+            _print_ranking(result, need(rc, "top_k", "recommend"))
         results.append(result)
-    out = OmegaConf.select(cfg, "recommend.output", default=None,
-                           throw_on_resolution_failure=False)
+    try:
+        out = need(rc, "output", "recommend")
+    except InterpolationResolutionError:  # no Hydra run folder (a composed config): no file
+        out = None
     if out:
         write_jsonl(out, results)
         log.info("wrote %d ranking(s) to %s", len(results), out)
-    return {"requests": results, "adapter": rc.get("adapter"), "items": str(items_path) if items_path else None}
+    return {"requests": results, "adapter": need(rc, "adapter", "recommend"), "items": str(items_path) if items_path else None}

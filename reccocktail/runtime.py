@@ -13,11 +13,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.utils.config import need
+
 log = logging.getLogger(__name__)
 
 
 def output_dir(cfg: DictConfig) -> Path:
-    out = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    out = need(cfg, "paths.output_dir")
     if out is None:
         raise ValueError("paths.output_dir is not set (run through run.py, or set it explicitly)")
     return Path(out)
@@ -41,14 +43,14 @@ def make_loggers(cfg: DictConfig) -> list:
     if key in _LOGGERS:
         return _LOGGERS[key]
     loggers = []
-    for name, lcfg in (OmegaConf.select(cfg, "logger") or {}).items():
+    for name, lcfg in (need(cfg, "logger") or {}).items():  # logger=none: {}
         if lcfg is None:
             continue
         lcfg = OmegaConf.to_container(lcfg, resolve=True)
-        if "WandbLogger" in str(lcfg.get("_target_", "")):
+        if "WandbLogger" in str(need(lcfg, "_target_", f"logger.{name}")):
             if os.environ.get("WANDB_MODE") == "disabled":
                 continue
-            if lcfg.get("offline") == "auto":
+            if lcfg.get("offline") == "auto":  # WandbLogger's argument; `auto` is ours
                 lcfg["offline"] = not _wandb_has_credentials()
         try:
             loggers.append(instantiate(lcfg))

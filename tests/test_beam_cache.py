@@ -40,7 +40,7 @@ def _builder(tok, items, fmt: str):
     from reccocktail.data.prompts import build_prompt_builder
 
     return build_prompt_builder(tok, items, {"prompt": {"noun": "movie", "verb": "watched"}},
-                                {"max_prompt_tokens": 1024}, 32, fmt=fmt)
+                                {"max_prompt_tokens": 1024, "chat_template": True}, 32, fmt=fmt)
 
 
 def _search(model, pb, items, beam: int, history: list[str], cands: list[str],

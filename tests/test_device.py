@@ -3,6 +3,7 @@ and the mix stage's entropy pass back on the configured device after Lightning's
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,14 @@ import torch
 from omegaconf import OmegaConf
 
 from reccocktail.utils.device import place_backbone, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
+# conf/run.yaml's `placement:` block: the one default of the large-backbone rule
+PLACEMENT = OmegaConf.create({"placement": OmegaConf.load(ROOT / "conf" / "run.yaml").placement})
+
+
+def _placement(**over):
+    return OmegaConf.merge(PLACEMENT, {"placement": over})
 
 
 def _cfg(accelerator="cpu", devices=1, **extra):
@@ -59,19 +68,19 @@ class FakeBackbone(torch.nn.Module):
 
 def test_place_moves_a_model_that_lives_elsewhere():
     model = FakeBackbone(7_600_000_000, "cpu")  # e.g. after Lightning's teardown
-    place_backbone(model, "cuda", None, "mix (after fit)")
+    place_backbone(model, "cuda", PLACEMENT, "mix (after fit)")
     assert model.moves == [torch.device("cuda")] and model.where.type == "cuda"
-    place_backbone(model, "cuda", None, "eval")  # already there: no second copy
+    place_backbone(model, "cuda", PLACEMENT, "eval")  # already there: no second copy
     assert model.moves == [torch.device("cuda")]
 
 
 def test_large_backbone_refused_on_the_cpu_unless_asked():
     with pytest.raises(RuntimeError, match="7.62B parameters.*placement.allow_cpu_large=true"):
-        place_backbone(FakeBackbone(7_615_000_000, "cpu"), "cpu", None, "eval")
-    place_backbone(FakeBackbone(135_000_000, "cpu"), "cpu", None, "eval")  # small: fine
-    ok = OmegaConf.create({"placement": {"allow_cpu_large": True}})
-    place_backbone(FakeBackbone(7_615_000_000, "cpu"), "cpu", ok, "eval")
-    low = OmegaConf.create({"placement": {"large_params": 1e6}})
+        place_backbone(FakeBackbone(7_615_000_000, "cpu"), "cpu", PLACEMENT, "eval")
+    place_backbone(FakeBackbone(135_000_000, "cpu"), "cpu", PLACEMENT, "eval")  # small: fine
+    place_backbone(FakeBackbone(7_615_000_000, "cpu"), "cpu", _placement(allow_cpu_large=True),
+                   "eval")
+    low = _placement(large_params=1e6)
     with pytest.raises(RuntimeError, match="placement.large_params"):
         place_backbone(FakeBackbone(2_000_000, "cpu"), "cpu", low, "recommend")
 
@@ -90,7 +99,7 @@ def test_eval_stage_refuses_a_gpu_run_without_a_gpu_and_a_large_cpu_run(tmp_path
     with pytest.raises(RuntimeError, match="no CUDA device"):  # not a quiet CPU run
         run_eval_stage(cfg, tmp_path)
     cfg.trainer = {"accelerator": "cpu"}
-    cfg.placement = {"large_params": 1000}  # the tiny model counts as large here
+    cfg.placement.large_params = 1000  # the tiny model counts as large here
     with pytest.raises(RuntimeError, match="placement.allow_cpu_large"):
         run_eval_stage(cfg, tmp_path)
     cfg.placement.allow_cpu_large = True

@@ -63,6 +63,11 @@ def _write_run(out: Path, general: bool = True) -> list[Sample]:
     return samples
 
 
+# the prompt keys build_prompt_builder requires, for the builders made by hand below
+WORDING = {"prompt": {"noun": "item", "verb": "interacted with"}}
+BACKBONE = {"max_prompt_tokens": 256, "chat_template": True}
+
+
 def _cfg(out: Path, backbone, **tuning) -> OmegaConf:
     trainer = OmegaConf.load(ROOT / "conf" / "trainer" / "cpu.yaml")
     trainer.enable_progress_bar = False
@@ -106,8 +111,7 @@ def test_full_mode_changes_the_base_weights_and_lora_mode_does_not(mode, tiny_ll
 
     backbone = OmegaConf.to_container(tiny_llama_cfg)
     before = {k: v.clone() for k, v in load_backbone(backbone)[0].state_dict().items()}
-    pb = build_prompt_builder(tokenizer, _items(), {"prompt": {}}, {"max_prompt_tokens": 256},
-                              16, fmt="sequence")
+    pb = build_prompt_builder(tokenizer, _items(), WORDING, BACKBONE, 16, fmt="sequence")
     seqs = {r["user"]: r["items"] for r in _cycle_sequences("", 4, 0)}
     dm = SequenceDataModule(build_windows(seqs, 40, 2), pb, batch_size=4)
     module = InstructionTuningModule(backbone, tuning_block(lr=1e-2, init_seed=0,
@@ -227,8 +231,7 @@ def test_omfa_batch_masks_the_users_other_titles_and_targets_every_position(toke
     from reccocktail.data.prompts import build_prompt_builder
 
     items = _items()
-    pb = build_prompt_builder(tokenizer, items, {"prompt": {}}, {"max_prompt_tokens": 256}, 16,
-                              fmt="sequence")
+    pb = build_prompt_builder(tokenizer, items, WORDING, BACKBONE, 16, fmt="sequence")
     rows = [title_window(pb, ["0", "1", "2", "3"], 2), title_window(pb, ["5", "6", "7"], 2)]
     title_ids = {pb.title(i): item_tokens(pb, i, [1]) for i in items}
     b = collate_windows(rows, pb.pad_token_id, title_ids)

@@ -233,7 +233,7 @@ def test_beam_returns_k_distinct_valid_candidates_and_matches_exhaustive_ranking
         model.get_input_embeddings().weight.mul_(8.0)
     try:
         pb = build_prompt_builder(tok, items, {"prompt": {"noun": "movie", "verb": "watched"}},
-                                  {"max_prompt_tokens": 1024}, 32, fmt=fmt)
+                                  {"max_prompt_tokens": 1024, "chat_template": True}, 32, fmt=fmt)
         samples = make_samples(items, n_users=3, n_cand=30, seed=5)
         exact = LikelihoodScorer(model, pb, batch_size=32).score(samples)
         for k in (3, 5):

@@ -34,9 +34,14 @@ def items_(n: int = 12) -> dict[str, str]:
     return {str(i): " ".join(rng.sample(WORDS, 2)).title() + f" ({1990 + i})" for i in range(n)}
 
 
+def backbone(max_prompt_tokens: int) -> dict:
+    """The backbone keys a prompt builder reads."""
+    return {"max_prompt_tokens": max_prompt_tokens, "chat_template": True}
+
+
 def builder(tokenizer, items, **kw) -> SequencePromptBuilder:
-    return build_prompt_builder(tokenizer, items, DOMAIN, {"max_prompt_tokens": 256}, 16,
-                                fmt="sequence", **kw)
+    return build_prompt_builder(tokenizer, items, DOMAIN, backbone(256), 16, fmt="sequence",
+                                **kw)
 
 
 def test_prompt_is_header_plus_title_chunks_and_candidates_are_not_shown(tokenizer):
@@ -56,7 +61,7 @@ def test_prompt_is_header_plus_title_chunks_and_candidates_are_not_shown(tokeniz
 
 def test_history_is_cut_from_the_oldest_side(tokenizer):
     items = items_()
-    pb = build_prompt_builder(tokenizer, items, DOMAIN, {"max_prompt_tokens": 80}, 16, fmt="sequence")
+    pb = build_prompt_builder(tokenizer, items, DOMAIN, backbone(80), 16, fmt="sequence")
     hist = [str(i) for i in range(12)]
     ids = pb.prompt_ids(hist)
     assert len(ids) <= 80 - (16 + 2)

@@ -277,7 +277,8 @@ def test_nf4_without_cuda_fails_clearly(tiny_llama_cfg):
     from reccocktail.models.tuning import build_peft_model
 
     cfg = OmegaConf.to_container(tiny_llama_cfg)
-    cfg.update(source="hub", pretrained=resolve_pretrained(tiny_llama_cfg), quantization="nf4")
+    cfg.update(source="hub", pretrained=resolve_pretrained(tiny_llama_cfg), quantization="nf4",
+               allow_cpu_quantization=False, attn_implementation=None)  # a hub backbone's keys
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="allow_cpu_quantization"):

@@ -36,6 +36,7 @@ from torch import nn
 from reccocktail.baselines.models import RecModule
 from reccocktail.baselines.sequential import SequenceDataModule
 from reccocktail.baselines.titles import TitleEmbedder, title_table
+from reccocktail.utils.config import need
 
 
 class AlphaRec(nn.Module):
@@ -166,11 +167,14 @@ def build(settings: dict[str, Any], dm: SequenceDataModule,
           embed: TitleEmbedder | None = None, name: str = "alpharec") -> AlphaRecModule:
     """The AlphaRec-style module for `dm`'s training graph (`embed`: see titles.title_table)."""
     dm.load()
-    text = title_table(dm, settings, cache_dir, embed)
+    where = f"baselines.{name}"
+    text = title_table(dm, settings, cache_dir, embed, where)
     interactions: list[list[int]] = [[] for _ in range(dm.num_users)]
     for user, seq in dm.sequences.items():
         interactions[dm.users[user]] = dm.vocab.encode(seq, where="sequences.jsonl")
-    model = AlphaRec(text, interactions, dim=int(settings["dim"]), **dict(settings.get("model") or {}))
+    model = AlphaRec(text, interactions, dim=int(settings["dim"]),
+                     **dict(need(settings, "model", where)))
     return AlphaRecModule(model, dm.train_items, loss="ce", lr=float(settings["lr"]),
                           weight_decay=float(settings["weight_decay"]),
-                          prefix=f"baselines/{name}/", num_negatives=settings.get("num_negatives"))
+                          prefix=f"baselines/{name}/",
+                          num_negatives=need(settings, "num_negatives", where))

@@ -53,12 +53,19 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample
+from reccocktail.utils.config import need
 from reccocktail.utils.device import model_device
 
 log = logging.getLogger(__name__)
 
 _RESULT_KEYS = ("general_windows", "target_windows", "max_titles", "min_context", "batch_size",
                 "epochs", "lr", "warmup_ratio", "temperature", "item_prefix")
+WHERE = "baselines.omfa"  # the settings block, for errors (conf/baselines/omfa.yaml)
+
+
+def result_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide the trained LoRA (its cache key), each required."""
+    return {k: need(settings, k, WHERE) for k in _RESULT_KEYS}
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,7 @@ class OMfAModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=float(self.settings["lr"]), weight_decay=0.0)
         total = int(self.trainer.estimated_stepping_batches)
-        warm = int(round(float(self.settings.get("warmup_ratio") or 0.0) * max(1, total)))
+        warm = int(round(float(need(self.settings, "warmup_ratio", WHERE)) * max(1, total)))
         return {"optimizer": opt, "lr_scheduler": {
             "scheduler": make_scheduler(opt, "cosine", warm, total), "interval": "step"}}
 
@@ -278,14 +285,15 @@ def build_rows(cfg: DictConfig, out_dir: Path, settings: dict[str, Any], tokeniz
     data_dir = Path(out_dir) / "data"
     seed = int(cfg.seed)
     mt, mc = int(settings["max_titles"]), int(settings["min_context"])
-    prefix = str(settings.get("item_prefix") or "")
+    prefix = str(need(settings, "item_prefix", WHERE) or "")  # null: no prefix
     prefix_ids = list(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else []
     rows: list[TitleWindow] = []
     title_ids: dict[str, list[int]] = {}
     counts = {}
     target_builder = None
-    for domain, folder, n in (("general", data_dir / "general", settings.get("general_windows")),
-                              ("target", data_dir, settings.get("target_windows"))):
+    for domain, folder, n in (("general", data_dir / "general",
+                               need(settings, "general_windows", WHERE)),
+                              ("target", data_dir, need(settings, "target_windows", WHERE))):
         if n == 0:
             counts[domain] = 0
             continue
@@ -314,7 +322,7 @@ def omfa_key(cfg: DictConfig, out_dir: Path, settings: dict[str, Any]) -> str:
 
     data_dir = Path(out_dir) / "data"
     return stable_hash(ad.backbone_identity(cfg.backbone), ad.general_data_hash(data_dir),
-                       ad.target_data_hash(data_dir), {k: settings.get(k) for k in _RESULT_KEYS},
+                       ad.target_data_hash(data_dir), result_settings(settings),
                        int(cfg.seed), "omfa")
 
 
@@ -359,7 +367,7 @@ def run_omfa(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any]
             module.model.save_pretrained(str(tmp), safe_serialization=True)
             write_json(tmp / "manifest.json", {
                 "kind": "omfa", "key": key, "backbone": str(cfg.backbone.name),
-                "settings": {k: settings.get(k) for k in _RESULT_KEYS}, "windows": counts,
+                "settings": result_settings(settings), "windows": counts,
                 "metrics": metrics, "trained_in": str(out_dir)})
         link_or_copy_dir(dest, cached)
         del module, trainer
@@ -371,7 +379,7 @@ def run_omfa(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any]
     model = PeftModel.from_pretrained(base, str(dest), is_trainable=False)
     t0 = time.time()
     scores = score_samples(model, builder, samples, prefix_ids,
-                           int(settings.get("score_batch_size") or 64))
+                           int(need(settings, "score_batch_size", WHERE)))
     return scores, {
         "method": f"One-Model-for-All-style ({cfg.backbone.name}, LoRA)",
         "scorer": "cosine of last-token states", "train_seconds": metrics["seconds"],

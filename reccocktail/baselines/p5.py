@@ -47,10 +47,11 @@ def p5_tuning(cfg: DictConfig, settings: dict[str, Any], name: str = "p5") -> di
     from reccocktail.models.stage import tuning_config
 
     t = tuning_config(cfg, "specific")
-    over = settings.get("tuning") or {}
-    if over.get("mode") != "full":
+    over = need(settings, "tuning", f"baselines.{name}")
+    mode = over.get("mode")  # required, and only `full` is accepted: missing is the same error
+    if mode != "full":
         raise ValueError(f"baselines.{name}.tuning.mode: must be full (the P5 row is the full "
-                         f"fine-tuning of S's setting), got {over.get('mode')!r}")
+                         f"fine-tuning of S's setting), got {mode!r}")
     t = _merge(t, over)
     t["init_from"] = None  # S may start from G (a LoRA); a full fine-tuning starts from the backbone
     return t
@@ -137,6 +138,7 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
     from reccocktail.data.prompts import prompt_builder_from_config
     from reccocktail.data.samples import load_items
     from reccocktail.evaluation.scorers import build_scorer
+    from reccocktail.evaluation.stage import eval_config
     from reccocktail.models.backbone import load_tokenizer, torch_dtype
     from reccocktail.models.full import load_full_model
     from reccocktail.utils.device import place_backbone, resolve_device
@@ -147,7 +149,7 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
     place_backbone(model, device, cfg, "baselines/p5")
     items = load_items(Path(out_dir) / "data" / "items.tsv")
     pb = prompt_builder_from_config(cfg, load_tokenizer(cfg.backbone), items, fmt=fmt)
-    return build_scorer("likelihood", model, pb, need(cfg, "eval")).score(samples)
+    return build_scorer("likelihood", model, pb, eval_config(cfg)).score(samples)
 
 
 def run_p5(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],

@@ -41,6 +41,7 @@ from torchmetrics.retrieval import RetrievalNormalizedDCG
 
 from reccocktail.baselines.models import RankingValidation
 from reccocktail.baselines.sequential import SequenceDataModule
+from reccocktail.utils.config import need
 
 
 class RecFormerModule(RankingValidation, L.LightningModule):
@@ -193,14 +194,15 @@ def build(settings: dict[str, Any], dm: SequenceDataModule,
     """The RecFormer-style module; `model_dir` (a local BERT-style folder) or, when null, the
     encoder inside `encoder_package` (all-MiniLM-L6-v2)."""
     dm.load()
-    model_dir = settings.get("model_dir")
+    where = f"baselines.{name}"
+    model_dir = need(settings, "model_dir", where)
     if model_dir is None:
-        from reccocktail.baselines.text import ENCODER_PACKAGE, locate_encoder
+        from reccocktail.baselines.text import locate_encoder
 
-        model_dir = locate_encoder(settings.get("encoder_package", ENCODER_PACKAGE))
+        model_dir = locate_encoder(str(need(settings, "encoder_package", where)))
     elif not (Path(model_dir) / "config.json").exists():
         raise ValueError(f"baselines.{name}.model_dir: {model_dir} holds no config.json")
     titles = [""] + list(dm.items.values())  # aligned with ItemVocab (row 0 = padding)
     return RecFormerModule(model_dir, titles, dm.train_items, lr=float(settings["lr"]),
                            weight_decay=float(settings["weight_decay"]),
-                           prefix=f"baselines/{name}/", **dict(settings.get("model") or {}))
+                           prefix=f"baselines/{name}/", **dict(need(settings, "model", where)))

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from reccocktail.baselines.models import ID_MODELS, KeepBest, RecModule, score_loader
 from reccocktail.baselines.sequential import SequenceDataModule
 from reccocktail.data.samples import Sample
+from reccocktail.utils.config import need
 from reccocktail.utils.io import write_jsonl
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def settings_for(cfg: DictConfig, name: str) -> dict[str, Any]:
     if group is None or name not in group:
         raise ValueError(f"baselines.{name}: no settings; add `- baselines: default` to the "
                          "defaults of conf/run.yaml (or compose with +baselines=default)")
-    common = OmegaConf.to_container(group.common, resolve=True) if "common" in group else {}
+    common = OmegaConf.to_container(need(group, "common", "baselines"), resolve=True)
     return {**common, **OmegaConf.to_container(group[name], resolve=True)}
 
 
@@ -69,15 +70,15 @@ def build_module(name: str, settings: dict[str, Any], dm: SequenceDataModule,
                  cache_dir: str | Path | None = None) -> RecModule:
     """The RecModule for one baseline, sized from the datamodule's vocabulary."""
     dm.load()
-    kwargs = dict(settings.get("model") or {})
     common = {"num_items": len(dm.vocab), "num_users": dm.num_users, "dim": settings["dim"],
               "max_len": settings["max_len"]}
-    kind = settings.get("kind")
+    kind = need(settings, "kind", f"baselines.{name}")
     if kind in TEXT_MODULES:  # models with their own module and builder (text-based, no IDs)
         import importlib
 
         return importlib.import_module(f"reccocktail.baselines.{kind}").build(
             settings, dm, cache_dir, name=name)
+    kwargs = dict(need(settings, "model", f"baselines.{name}"))
     if kind == "id":
         if name not in ID_MODELS:
             raise ValueError(f"baselines.{name}.kind: id, but {name!r} is not one of {list(ID_MODELS)}")
@@ -109,9 +110,9 @@ def fit_baseline(module: RecModule, dm: SequenceDataModule, settings: dict[str, 
     overrides: dict[str, Any] = {"max_epochs": int(settings["max_epochs"]),
                                  "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0,
                                  "enable_checkpointing": False, "max_steps": -1}
-    if settings.get("max_time"):
+    if need(settings, "max_time", "baselines.common"):
         overrides["max_time"] = settings["max_time"]
-    if settings.get("limit_val_batches") is not None:
+    if need(settings, "limit_val_batches", "baselines.common") is not None:
         overrides["limit_val_batches"] = settings["limit_val_batches"]
     trainer = trainer_factory(callbacks=[keep, stop], **overrides)
     t0 = time.time()
@@ -176,13 +177,13 @@ def run_one(name: str, settings: dict[str, Any], data_dir: Path, samples: list[S
     `full` (eval.candidates=all) scores [n, V] of every item in vocabulary order."""
     dm = make_datamodule(data_dir, settings, seed)
     dm.load()
-    if settings.get("kind") == "popularity":
+    if need(settings, "kind", f"baselines.{name}") == "popularity":
         t0 = time.time()
         scores = (dm.item_counts.float()[None].expand(len(samples), -1).clone() if full
                   else popularity_scores(dm, samples))
         return scores, {"train_seconds": round(time.time() - t0, 2), "is_global_zero": True}
     threads_before = torch.get_num_threads()
-    if settings.get("num_threads"):
+    if need(settings, "num_threads", "baselines.common"):
         torch.set_num_threads(int(settings["num_threads"]))
     try:
         L.seed_everything(seed, workers=True, verbose=False)
@@ -211,7 +212,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     from reccocktail.runtime import make_trainer
 
     out_dir = Path(out_dir)
-    names = baseline_names(OmegaConf.select(cfg, "baseline"))
+    names = baseline_names(need(cfg, "baseline"))
     data_dir = out_dir / "data"
     if not names:
         log.info("baselines: cfg.baseline is empty; nothing to do")
@@ -219,7 +220,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     samples, how = scored_test_samples(cfg, out_dir)
     if not samples:
         raise ValueError(f"{data_dir / 'test.jsonl'}: no test samples to score")
-    cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)
+    cache_dir = need(cfg, "paths.cache_dir")
     seed = int(cfg.seed)
     summary: dict[str, Any] = {"baselines": names, "scored_samples": len(samples),
                                "scored_on": how, "metrics": {}}
@@ -231,7 +232,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     cat = (fc.FullCatalogue.load(cfg, out_dir, samples) if fc.candidates_mode(cfg) == "all"
            else None)
     stored_only = [n for n in names if cat is not None
-                   and str(settings_for(cfg, n).get("kind")) in LLM_RUNNERS]
+                   and str(need(settings_for(cfg, n), "kind", f"baselines.{n}")) in LLM_RUNNERS]
     if stored_only:  # fail before any training, not after
         raise ValueError(f"baseline {stored_only}: scores the stored candidates only, not the full "
                          "catalogue (eval.candidates=all); drop it from `baseline`")
@@ -244,7 +245,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
                                 **overrides)
 
         log.info("baseline %s: training on %s", name, data_dir)
-        runner = LLM_RUNNERS.get(str(settings.get("kind")))
+        runner = LLM_RUNNERS.get(str(need(settings, "kind", f"baselines.{name}")))
         if runner is not None:  # P5, OMfA: LLMs on the backbone, the stored candidates only
             import importlib
 

@@ -15,23 +15,25 @@ from typing import Any
 import torch
 
 from reccocktail.baselines.sequential import SequenceDataModule
+from reccocktail.utils.config import need
 
 TitleEmbedder = Callable[[list[str]], torch.Tensor]
 
 
 def title_table(dm: SequenceDataModule, settings: dict[str, Any],
                 cache_dir: str | os.PathLike | None = None,
-                embed: TitleEmbedder | None = None) -> torch.Tensor:
+                embed: TitleEmbedder | None = None, where: str = "baselines") -> torch.Tensor:
     """[len(dm.vocab), hidden] title vectors aligned with the vocabulary (row 0 = zero padding).
 
-    `embed` None: the frozen encoder named by `encoder_package` (MiniLM by default)."""
+    `embed` None: the frozen encoder of the settings' `encoder_package`, `encoder_batch_size`
+    and `encoder_max_tokens` (set in the model's file of conf/baselines/; `where` names it)."""
     dm.load()
     if embed is None:
-        from reccocktail.baselines.text import ENCODER_PACKAGE, text_table
+        from reccocktail.baselines.text import text_table
 
-        return text_table(dm.items, cache_dir, settings.get("encoder_package", ENCODER_PACKAGE),
-                          int(settings.get("encoder_batch_size", 256)),
-                          int(settings.get("encoder_max_tokens", 64)))
+        return text_table(dm.items, cache_dir, str(need(settings, "encoder_package", where)),
+                          int(need(settings, "encoder_batch_size", where)),
+                          int(need(settings, "encoder_max_tokens", where)))
     emb = torch.as_tensor(embed(list(dm.items.values()))).float()
     if emb.dim() != 2 or emb.size(0) != len(dm.items):
         raise ValueError(f"title embedder returned shape {tuple(emb.shape)}, expected "

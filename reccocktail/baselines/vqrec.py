@@ -36,6 +36,7 @@ from torch import nn
 from reccocktail.baselines.models import CausalTransformer, RecModule
 from reccocktail.baselines.sequential import SequenceDataModule
 from reccocktail.baselines.titles import TitleEmbedder, title_table
+from reccocktail.utils.config import need
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +168,19 @@ def build(settings: dict[str, Any], dm: SequenceDataModule,
           embed: TitleEmbedder | None = None, name: str = "vqrec") -> RecModule:
     """The VQ-Rec-style module: codes from `dm`'s titles (`embed`: see titles.title_table)."""
     dm.load()
-    text = title_table(dm, settings, cache_dir, embed)
-    kwargs = dict(settings.get("model") or {})
-    num_codes = int(kwargs.pop("num_codes", 256))
-    num_subspaces = int(kwargs.pop("num_subspaces", 32))
+    where = f"baselines.{name}"
+    text = title_table(dm, settings, cache_dir, embed, where)
+    kwargs = dict(need(settings, "model", where))
+    num_codes = int(need(kwargs, "num_codes", f"{where}.model"))
+    num_subspaces = int(need(kwargs, "num_subspaces", f"{where}.model"))
+    del kwargs["num_codes"], kwargs["num_subspaces"]
     codes = item_codes(text, dm.train_items, num_subspaces, num_codes,
-                       settings.get("quantizer", "opq"), int(settings.get("kmeans_iters", 25)),
-                       int(settings.get("opq_iters", 4)), int(settings.get("quantizer_seed", 0)))
+                       str(need(settings, "quantizer", where)),
+                       int(need(settings, "kmeans_iters", where)),
+                       int(need(settings, "opq_iters", where)),
+                       int(need(settings, "quantizer_seed", where)))
     model = VQRec(codes, num_codes, dim=int(settings["dim"]), max_len=int(settings["max_len"]),
                   **kwargs)
     return RecModule(model, dm.train_items, loss=settings["loss"],
                      lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]),
-                     prefix=f"baselines/{name}/", num_negatives=settings.get("num_negatives"))
+                     prefix=f"baselines/{name}/", num_negatives=need(settings, "num_negatives", where))

@@ -35,7 +35,7 @@ from reccocktail.data.selection import (
     selection_samples,
 )
 from reccocktail.models.adapters import read_lora
-from reccocktail.utils.config import need
+from reccocktail.utils.config import need, unknown_keys
 from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import file_sha256, read_json, stable_hash, write_json
 
@@ -78,6 +78,9 @@ def mix_config(cfg: DictConfig) -> MixConfig:
     block = OmegaConf.to_container(cfg.mix, resolve=True) if "mix" in cfg else None
     if not isinstance(block, dict):
         raise ValueError("mix: missing config group (choose mix=entropy, mix=fixed or mix=grid)")
+    # a key of another option is accepted (conf/size sets the entropy option's steps for all)
+    unknown_keys(block, {"name", "mode", "granularity", *_DEPRECATED,
+                         *(k for keys in _KEYS.values() for k in keys)}, "mix")
     name = need(block, "name", "mix")
     if name not in NAMES:
         raise ValueError(f"mix.name: unknown value {name!r}; choose one of {list(NAMES)}")

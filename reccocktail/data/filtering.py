@@ -22,6 +22,7 @@ import pandas as pd
 
 from reccocktail.data.readers import SourceTable
 from reccocktail.data.titles import clean_title_flagged, normalise_title
+from reccocktail.utils.config import need
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,14 @@ def in_user_subset(users: Collection[str], fraction: float, seed: int, complemen
         dtype=bool, count=len(users),
     )
     return ~inside if complement else inside
+
+
+def subset_args(user_subset: dict) -> tuple[float, int, bool]:
+    """(fraction, seed, complement) of a source's `user_subset` block, each required (the
+    domain that splits a dataset sets all three, e.g. conf/domain/ml100k.yaml)."""
+    return (float(need(user_subset, "fraction", "user_subset")),
+            int(need(user_subset, "seed", "user_subset")),
+            bool(need(user_subset, "complement", "user_subset")))
 
 
 def kcore(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, int]:
@@ -137,9 +146,7 @@ def build_sequences(table: SourceTable, name: str, min_core: int = 5,
     stats["duplicates_removed"] = int((~keep).sum())
 
     if user_subset:
-        inside = in_user_subset(users, float(user_subset["fraction"]),
-                                int(user_subset.get("seed", 0)),
-                                bool(user_subset.get("complement", False)))
+        inside = in_user_subset(users, *subset_args(user_subset))
         keep &= inside[ucode]
         stats["users_in_subset"] = int(inside.sum())
     if exclude_users:

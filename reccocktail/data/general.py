@@ -25,10 +25,17 @@ from typing import Any
 import numpy as np
 
 from reccocktail.data.candidates import attach_candidates
-from reccocktail.data.filtering import Sequences, build_sequences, check_size, in_user_subset
+from reccocktail.data.filtering import (
+    Sequences,
+    build_sequences,
+    check_size,
+    in_user_subset,
+    subset_args,
+)
 from reccocktail.data.readers import SourceTable
 from reccocktail.data.splits import Rows, Split, general_split
 from reccocktail.data.titles import clean_title, normalise_title
+from reccocktail.utils.config import need
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +56,7 @@ def target_identity(table: SourceTable, user_subset: dict | None = None
     titles.discard("")
     users = table.interactions["user"].unique()
     if user_subset:
-        users = users[in_user_subset(users, float(user_subset["fraction"]),
-                                     int(user_subset.get("seed", 0)),
-                                     bool(user_subset.get("complement", False)))]
+        users = users[in_user_subset(users, *subset_args(user_subset))]
     return titles, set(users)
 
 
@@ -83,10 +88,11 @@ def build_general_pool(sources: dict[str, tuple[dict, SourceTable]], target_titl
                          f"choose from {list(OVERLAP_KINDS)}")
     pool = GeneralPool()
     for key, (scfg, table) in sources.items():
-        name = str(scfg.get("name") or key)
-        same_space = target_space is not None and scfg.get("user_space") == target_space
+        where = f"domain.general.sources.{key}"  # every conf/source file sets these keys
+        name = str(need(scfg, "name", where) or key)
+        same_space = target_space is not None and need(scfg, "user_space", where) == target_space
         seqs = build_sequences(
-            table, name, min_core=min_core, user_subset=scfg.get("user_subset"),
+            table, name, min_core=min_core, user_subset=need(scfg, "user_subset", where),
             exclude_titles=target_titles if "items" in remove_overlap else (),
             exclude_users=target_users if ("users" in remove_overlap and same_space) else (),
         )

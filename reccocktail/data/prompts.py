@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reccocktail.utils.config import need, unknown_keys
+
 DEFAULT_TEMPLATE = (
     "I am a {noun} fan. I {verb} [{history}]. "
     "Please recommend me only one most likely {noun} from [{candidates}]."
@@ -187,43 +189,50 @@ def check_prompts(samples: Sequence[Any], builder: Any, where: str | None = None
     raise new from err
 
 
+# The wording keys a domain may set (`domain.prompt`, `domain.general.prompt`) and the builder
+# field each fills. noun and verb are required (every conf/domain file sets them); the others
+# are optional by design and keep their one default in the builder's dataclass field.
+_WORDING = {"noun": "noun", "verb": "verb", "template": "template", "separator": "separator",
+            "system_prompt": "system_prompt", "sequence_header": "header"}
+_REQUIRED_WORDING = ("noun", "verb")
+
+
 def build_prompt_builder(tokenizer: Any, items: dict[str, str], domain_cfg: Any, backbone_cfg: Any,
                          max_title_tokens: int, fmt: str = "instruction") -> PromptBuilder:
     """The prompt builder of format `fmt` (`tuning.objective`: instruction | sequence) from the
-    `domain.prompt` and `backbone` config blocks."""
-    p = domain_cfg.get("prompt", {}) if domain_cfg is not None else {}
+    `domain.prompt` and `backbone` config blocks; a missing or unknown key raises naming it."""
+    if fmt not in FORMATS:
+        raise ValueError(f"tuning.objective: unknown value {fmt!r}; choose one of {list(FORMATS)}")
+    p = need(domain_cfg, "prompt", "domain")
+    unknown_keys(p, _WORDING, "domain.prompt")
+    wording = {_WORDING[k]: need(p, k, "domain.prompt") for k in _REQUIRED_WORDING}
+    wording.update({_WORDING[k]: p[k] for k in _WORDING if k in p and k not in _REQUIRED_WORDING})
+    if fmt == "instruction":
+        wording.pop("header", None)  # the sequence format's own
     common = dict(
         tokenizer=tokenizer,
         items=items,
-        noun=p.get("noun", "item"),
-        verb=p.get("verb", "interacted with"),
-        template=p.get("template", DEFAULT_TEMPLATE),
-        separator=p.get("separator", " || "),
-        system_prompt=p.get("system_prompt"),
-        max_prompt_tokens=int(backbone_cfg.get("max_prompt_tokens", 1024)),
+        max_prompt_tokens=int(need(backbone_cfg, "max_prompt_tokens", "backbone")),
         max_title_tokens=int(max_title_tokens),
-        use_chat_template=bool(backbone_cfg.get("chat_template", True)),
+        use_chat_template=bool(need(backbone_cfg, "chat_template", "backbone")),
+        **wording,
     )
     if fmt == "instruction":
         return PromptBuilder(**common)
-    if fmt == "sequence":
-        from reccocktail.data.sequence_prompts import DEFAULT_HEADER, SequencePromptBuilder
+    from reccocktail.data.sequence_prompts import SequencePromptBuilder
 
-        return SequencePromptBuilder(**common, header=p.get("sequence_header", DEFAULT_HEADER))
-    raise ValueError(f"tuning.objective: unknown value {fmt!r}; choose one of {list(FORMATS)}")
+    return SequencePromptBuilder(**common)
 
 
 def prompt_wording(cfg: Any, general: bool = False) -> dict:
-    """The prompt wording: `domain.general.prompt` for the general pool when set, else
-    `domain.prompt` (a plain dict; {} when the domain sets none)."""
+    """The prompt wording (a plain dict): `domain.general.prompt` for the general pool when the
+    domain sets one (optional), else `domain.prompt` (required)."""
     from omegaconf import OmegaConf
 
     from reccocktail.utils.io import to_plain
 
-    p = OmegaConf.select(cfg, "domain.general.prompt", default=None) if general else None
-    if p is None:
-        p = OmegaConf.select(cfg, "domain.prompt", default=None)
-    return to_plain(p) if p is not None else {}
+    p = OmegaConf.select(cfg, "domain.general.prompt") if general else None
+    return to_plain(need(cfg, "domain.prompt") if p is None else p)
 
 
 def prompt_builder_from_config(cfg: Any, tokenizer: Any, items: dict[str, str], *,
@@ -232,8 +241,6 @@ def prompt_builder_from_config(cfg: Any, tokenizer: Any, items: dict[str, str], 
     """The run's prompt builder, the one way every stage builds it from the config: wording from
     `domain` (`prompt_wording`, or `prompt` when given), `data.max_title_tokens`, the `backbone`
     block and `tuning.objective` (or `fmt`)."""
-    from reccocktail.utils.config import need
-
     wording = prompt_wording(cfg, general) if prompt is None else prompt
     return build_prompt_builder(tokenizer, items, {"prompt": wording}, need(cfg, "backbone"),
                                 int(need(cfg, "data.max_title_tokens")),
@@ -242,9 +249,7 @@ def prompt_builder_from_config(cfg: Any, tokenizer: Any, items: dict[str, str], 
 
 def prompt_format(cfg: Any) -> str:
     """The prompt format every stage of a run uses: `tuning.objective` (what G and S learned)."""
-    from omegaconf import OmegaConf
-
-    fmt = str(OmegaConf.select(cfg, "tuning.objective", default="instruction"))
+    fmt = str(need(cfg, "tuning.objective"))
     if fmt not in FORMATS:
         raise ValueError(f"tuning.objective: unknown value {fmt!r}; choose one of {list(FORMATS)}")
     return fmt

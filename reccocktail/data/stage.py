@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from reccocktail.data.general import GeneralPool, build_general_pool, target_ide
 from reccocktail.data.readers import SourceTable
 from reccocktail.data.samples import write_items
 from reccocktail.data.splits import Rows, Split, cap_rows, cap_users, cold_split, warm_split
-from reccocktail.utils.config import need
+from reccocktail.utils.config import need, typed
 from reccocktail.utils.io import (
     atomic_dir,
     file_fingerprint,
@@ -185,8 +186,43 @@ def _write_general(d: Path, pool: GeneralPool, history_len: int) -> dict[str, in
 
 # -- the stage --------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class DataConfig:
+    """The `data:` block, parsed once at the stage's entry. Every key is required: its one
+    default is in conf/run.yaml (the size group sets the caps); a missing or unknown key raises
+    naming it."""
+
+    history_len: int
+    num_candidates: int
+    min_core: int
+    negatives: str
+    seed: int
+    max_title_tokens: int
+    max_train_prompts_per_user: int | None
+    max_train_prompts: int | None
+    max_test_users: int | None
+    max_valid_users: int | None
+
+
+def data_config(cfg: DictConfig) -> DataConfig:
+    """Parse and check `cfg.data` (a known negatives rule, at least 2 candidates and 1 item of
+    history)."""
+    dc = typed(DataConfig, to_plain(need(cfg, "data")), "data")
+    if dc.negatives not in _NEGATIVES:
+        raise ValueError(f"data.negatives: unknown value {dc.negatives!r}; choose from "
+                         f"{list(_NEGATIVES)}")
+    if dc.num_candidates < 2 or dc.history_len < 1:
+        raise ValueError("data.num_candidates must be >= 2 and data.history_len >= 1")
+    return dc
+
+
 def _opt_int(x: Any) -> int | None:
     return None if x is None else int(x)
+
+
+def _source_name(scfg: dict, fallback: str, where: str) -> str:
+    """A source's `name` (every conf/source file sets it; null: `fallback`)."""
+    return str(need(scfg, "name", where) or fallback)
 
 
 _PROMPT_ONLY = ("max_title_tokens",)
@@ -203,16 +239,16 @@ def _drop_prompt_all(sources: dict | None) -> dict:
 def data_key(cfg: DictConfig) -> tuple[str, dict]:
     """The cache key of this config's data, and what it hashes."""
     domain = OmegaConf.to_container(cfg.domain, resolve=True)
-    general = domain.get("general") or {}
-    sources = {"source": domain.get("source")}
-    for k, s in (general.get("sources") or {}).items():
+    general = need(domain, "general", "domain") or {}  # null: no general pool
+    sources = {"source": need(domain, "source", "domain")}
+    for k, s in ((need(general, "sources", "domain.general") if general else None) or {}).items():
         sources[f"general.sources.{k}"] = s
     prints = {k: input_fingerprints(s, f"domain.{k}") for k, s in sources.items()}
     data = OmegaConf.to_container(cfg.data, resolve=True)
     inputs = {
         # prompt-only settings (wording, title budget) do not change the splits
         "data": {k: v for k, v in data.items() if k not in _PROMPT_ONLY},
-        "source": _drop_prompt(domain.get("source")),
+        "source": _drop_prompt(sources["source"]),
         "general": {k: (_drop_prompt_all(v) if k == "sources" else v)
                     for k, v in general.items() if k != "prompt"},
         "scenario": OmegaConf.to_container(cfg.scenario, resolve=True),
@@ -222,43 +258,35 @@ def data_key(cfg: DictConfig) -> tuple[str, dict]:
     return stable_hash(inputs), inputs
 
 
-def build_data(cfg: DictConfig, dest: Path) -> dict[str, Any]:
-    """Build every artifact of the data stage into the (empty) folder `dest`; returns stats."""
+def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
+    """Build every artifact of the data stage into the (empty) folder `dest`; returns stats.
+    `dc`: the parsed `data:` block (`data_config`)."""
     t0 = time.time()
-    data = cfg.data
     scen = cfg.scenario
     domain = cfg.domain
-    seed = int(data.seed)
-    num_candidates = int(data.num_candidates)
-    history_len = int(data.history_len)
-    min_core = int(data.min_core)
-    negatives = str(need(data, "negatives", "data"))
-    if negatives not in _NEGATIVES:
-        raise ValueError(f"data.negatives: unknown value {negatives!r}; choose from {list(_NEGATIVES)}")
+    seed, num_candidates, history_len = dc.seed, dc.num_candidates, dc.history_len
+    min_core, negatives = dc.min_core, dc.negatives
     scenario = str(scen.name)
     if scenario not in _SCENARIOS:
         raise ValueError(f"scenario.name: unknown value {scenario!r}; choose from {list(_SCENARIOS)}")
-    if num_candidates < 2 or history_len < 1:
-        raise ValueError("data.num_candidates must be >= 2 and data.history_len >= 1")
 
-    src_cfg = OmegaConf.to_container(domain.source, resolve=True) if "source" in domain else None
+    src_cfg = OmegaConf.to_container(need(domain, "source", "domain"), resolve=True)
     table = load_source(src_cfg, "domain.source")
-    name = str(src_cfg.get("name") or domain.name)
-    seqs = build_sequences(table, name, min_core=min_core, user_subset=src_cfg.get("user_subset"))
+    name = _source_name(src_cfg, str(domain.name), "domain.source")
+    user_subset = need(src_cfg, "user_subset", "domain.source")
+    seqs = build_sequences(table, name, min_core=min_core, user_subset=user_subset)
     check_size(seqs, num_candidates, f"domain {domain.name} ({name})")
 
-    per_user = _opt_int(need(data, "max_train_prompts_per_user", "data"))
+    per_user = dc.max_train_prompts_per_user
     if scenario == "warm":
         split = warm_split(seqs, per_user)
     else:
         split = cold_split(seqs, float(need(scen, "new_item_fraction", "scenario")), seed,
                            per_user)
     rows = split.rows
-    rows["test"] = cap_users(rows["test"], _opt_int(need(data, "max_test_users", "data")), seed, 3)
-    rows["valid"] = cap_users(rows["valid"], _opt_int(need(data, "max_valid_users", "data")),
-                              seed, 2)
-    rows["train"] = cap_rows(rows["train"], _opt_int(need(data, "max_train_prompts", "data")),
-                             seed, 1)
+    rows["test"] = cap_users(rows["test"], dc.max_test_users, seed, 3)
+    rows["valid"] = cap_users(rows["valid"], dc.max_valid_users, seed, 2)
+    rows["train"] = cap_rows(rows["train"], dc.max_train_prompts, seed, 1)
     for k in ("train", "valid", "test"):
         if len(rows[k]) == 0:
             raise ValueError(
@@ -300,14 +328,14 @@ def build_data(cfg: DictConfig, dest: Path) -> dict[str, Any]:
         ),
     }
 
-    general = domain.get("general")
-    if general and general.get("sources"):
+    general = need(domain, "general", "domain")
+    if general and need(general, "sources", "domain.general"):
         gcfg = OmegaConf.to_container(general, resolve=True)
         tables = {k: (s, load_source(s, f"domain.general.sources.{k}"))
                   for k, s in gcfg["sources"].items()}
-        titles, users = target_identity(table, src_cfg.get("user_subset"))
+        titles, users = target_identity(table, user_subset)
         pool = build_general_pool(
-            tables, titles, users, src_cfg.get("user_space"),
+            tables, titles, users, need(src_cfg, "user_space", "domain.source"),
             list(need(gcfg, "remove_overlap", "domain.general")), min_core, num_candidates, seed,
             max_train_prompts_per_user=_opt_int(need(gcfg, "max_train_prompts_per_user",
                                                      "domain.general")),
@@ -350,6 +378,7 @@ def _complete(folder: Path, key: str) -> bool:
 
 def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Build (or reuse from the cache) the splits of `cfg` and place them in `out_dir/data`."""
+    dc = data_config(cfg)  # a missing, unknown or bad key fails before any file is read
     key, inputs = data_key(cfg)
     cache = Path(cfg.paths.cache_dir) / "data" / key
     # temporary folders of a data stage killed earlier (an hour untouched) are never renamed
@@ -362,7 +391,7 @@ def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     else:
         log.info("data stage: building the splits into %s (key %s)", cache, key)
         with atomic_dir(cache) as tmp:
-            stats = build_data(cfg, tmp)
+            stats = build_data(cfg, dc, tmp)
             write_json(tmp / "stats.json", stats)
             files = {str(f.relative_to(tmp)): f.stat().st_size
                      for f in sorted(tmp.rglob("*")) if f.is_file()}

@@ -25,7 +25,7 @@ import functools
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from reccocktail.data.prompts import PromptBuilder
 from reccocktail.data.samples import Sample
 from reccocktail.evaluation.matching import Match, match_output
 from reccocktail.utils.device import model_device
+
+if TYPE_CHECKING:
+    from reccocktail.evaluation.stage import EvalConfig
 
 
 def num_candidates(samples: Sequence[Sample]) -> int:
@@ -529,22 +532,16 @@ SCORERS = {"likelihood": LikelihoodScorer, "naive": NaiveLikelihoodScorer,
            "generate": GenerateMatchScorer, "beam": BeamScorer}
 
 
-def build_scorer(name: str, model: Any, prompt_builder: PromptBuilder, eval_cfg: Any):
-    """A scorer from its name and the `eval` config block."""
-    get = eval_cfg.get
+def build_scorer(name: str, model: Any, prompt_builder: PromptBuilder, ec: EvalConfig):
+    """A scorer from its name and the parsed `eval` block (`evaluation.stage.eval_config`)."""
     if name in ("likelihood", "naive"):
-        return SCORERS[name](model, prompt_builder, batch_size=int(get("batch_size", 32)),
-                             normalize=bool(get("normalize", False)),
-                             progress=bool(get("progress", True)),
-                             packed=bool(get("packed", True)))
+        return SCORERS[name](model, prompt_builder, batch_size=ec.batch_size,
+                             normalize=ec.normalize, progress=ec.progress, packed=ec.packed)
     if name == "beam":
-        return BeamScorer(model, prompt_builder, batch_size=int(get("batch_size", 32)),
-                          progress=bool(get("progress", True)), packed=bool(get("packed", True)),
-                          beam_size=int(get("beam_size", 10)))
+        return BeamScorer(model, prompt_builder, batch_size=ec.batch_size, progress=ec.progress,
+                          packed=ec.packed, beam_size=ec.beam_size)
     if name == "generate":
-        return GenerateMatchScorer(model, prompt_builder,
-                                   batch_size=int(get("generate_batch_size", 8)),
-                                   max_new_tokens=get("max_new_tokens"),
-                                   multi=str(get("multi_match", "first")),
-                                   progress=bool(get("progress", True)))
+        return GenerateMatchScorer(model, prompt_builder, batch_size=ec.generate_batch_size,
+                                   max_new_tokens=ec.max_new_tokens, multi=ec.multi_match,
+                                   progress=ec.progress)
     raise ValueError(f"eval.scorer: unknown scorer {name!r}; choose one of {sorted(SCORERS)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from reccocktail.data.samples import load_items
+from reccocktail.data.selection import ALIASES
 from reccocktail.evaluation.confidence import ci_fields
 from reccocktail.evaluation.metrics import (
     random_expectation,
@@ -37,9 +39,9 @@ from reccocktail.evaluation.results import (
     update_paired,
 )
 from reccocktail.evaluation.samples import eval_samples, prediction_rows  # noqa: F401
-from reccocktail.utils.config import need
+from reccocktail.utils.config import need, typed
 from reccocktail.utils.device import place_backbone, resolve_device
-from reccocktail.utils.io import read_json, write_jsonl
+from reccocktail.utils.io import read_json, to_plain, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,45 @@ ADAPTER_STAGE = {"general": "general", "specific": "specific", "wa": "mix", "coc
 ZERO_SHOT = "zero_shot"
 
 
-def _scorers(cfg: DictConfig) -> list[str]:
-    s = need(cfg, "eval.scorer")
-    names = [str(s)] if isinstance(s, str) else [str(x) for x in s]
-    if not names:
+# Keys of the eval block read by `selection_config` (deprecated aliases of `selection:`).
+_ALIASES = tuple(k.split(".", 1)[1] for k in ALIASES if k.startswith("eval."))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The `eval:` block, parsed once at the stage's entry. Every key is required: its one
+    default is in conf/eval/default.yaml (a missing key raises naming it, an unknown one too)."""
+
+    split: str
+    scorer: tuple[str, ...]
+    variants: tuple[str, ...]
+    adapters: dict[str, str]
+    normalize: bool
+    batch_size: int
+    packed: bool
+    share_trunk: bool
+    beam_size: int
+    generate_batch_size: int
+    max_new_tokens: int | None
+    multi_match: str
+    ks: tuple[int, ...]
+    candidates: str
+    full_ks: tuple[int, ...]
+    exclude_seen: bool
+    reference: bool
+    device: str | None
+    progress: bool
+    print: bool
+
+
+def eval_config(cfg: DictConfig) -> EvalConfig:
+    """Parse and check `cfg.eval` (a non-empty scorer list; `adapters` a name -> path map)."""
+    ec = typed(EvalConfig, to_plain(need(cfg, "eval")), "eval", ignore=_ALIASES)
+    if not ec.scorer:
         raise ValueError("eval.scorer: empty; choose likelihood, generate or naive")
-    return names
+    if not isinstance(ec.adapters, dict):
+        raise ValueError(f"eval.adapters: expected a map name -> adapter folder, got {ec.adapters!r}")
+    return ec
 
 
 def _resolve_path(p: str) -> Path:
@@ -65,13 +100,12 @@ def _resolve_path(p: str) -> Path:
         return Path(p).resolve()
 
 
-def resolve_variants(cfg: DictConfig, out_dir: Path) -> list[tuple[str, Path | None]]:
+def resolve_variants(ec: EvalConfig, out_dir: Path) -> list[tuple[str, Path | None]]:
     """(name, adapter folder or None for the bare backbone), checked before any model loads."""
     out: list[tuple[str, Path | None]] = []
-    for name in need(cfg, "eval.variants"):
-        name = str(name)
+    for name in ec.variants:
         out.append((name, None if name == ZERO_SHOT else Path(out_dir) / "adapters" / name))
-    for name, p in need(cfg, "eval.adapters").items():
+    for name, p in ec.adapters.items():
         out.append((str(name), _resolve_path(str(p))))
     names = [n for n, _ in out]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -177,7 +211,7 @@ def _full_reference_rows(out_dir: Path, cat: Any, samples: list, info: dict) -> 
     return ["random", "popularity"]
 
 
-def _score_full(cfg: DictConfig, out_dir: Path, key: str, sname: str, model: Any, pb: Any,
+def _score_full(ec: EvalConfig, out_dir: Path, key: str, sname: str, model: Any, pb: Any,
                 cat: Any, samples: list, full_beam: Any, meta: dict) -> Any:
     """One variant, one scorer, over the full catalogue; returns the (reused) beam scorer.
 
@@ -192,7 +226,7 @@ def _score_full(cfg: DictConfig, out_dir: Path, key: str, sname: str, model: Any
     if sname == "beam":
         if full_beam is None:
             full_beam = CatalogueBeamScorer(model, pb, beam_size=cat.cutoff,
-                                            progress=bool(need(cfg, "eval.progress")),
+                                            progress=ec.progress,
                                             item_ids=cat.items)
         full_beam.model = model
         lists = full_beam.rank(samples, cat.excluded)
@@ -200,13 +234,13 @@ def _score_full(cfg: DictConfig, out_dir: Path, key: str, sname: str, model: Any
                               for lst, s in zip(lists, samples)])
         extra["beam_size"] = cat.cutoff
     else:
-        scorer = build_scorer(sname, model, pb, cfg.eval)
+        scorer = build_scorer(sname, model, pb, ec)
         responses = [pb.response_ids(i) for i in cat.items]
         with _EvalMode(model), torch.inference_mode():
             scores = torch.stack([scorer.score_ids(pb.prompt_ids(s.history, []), responses)
                                   for s in samples])
         ranks, lists = cat.ranks_from_scores(scores, samples)
-        extra["normalize"] = bool(need(cfg, "eval.normalize"))
+        extra["normalize"] = ec.normalize
     seconds = time.time() - t0
     n_users = len({s.user for s in samples})
     extra.update(seconds=round(seconds, 2), users_per_s=round(n_users / max(seconds, 1e-9), 3))
@@ -227,15 +261,15 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if getattr(rank_zero_only, "rank", 0) != 0:
         return {"skipped": "not global rank 0"}
     out_dir = Path(out_dir)
-    ks = tuple(int(k) for k in need(cfg, "eval.ks"))
-    scorer_names = _scorers(cfg)
+    ec = eval_config(cfg)
+    ks, scorer_names = ec.ks, list(ec.scorer)
     from reccocktail.evaluation import full_catalogue as fc
 
     bad = fc.check_config(cfg)
     if bad:
         raise ValueError("; ".join(bad))
     full = fc.candidates_mode(cfg) == "all"
-    variants = resolve_variants(cfg, out_dir)  # fail on a missing adapter before loading models
+    variants = resolve_variants(ec, out_dir)  # fail on a missing adapter before loading models
     backbone_name = str(need(cfg, "backbone.name"))
     manifests = {n: _check_manifest(n, p, cfg.backbone) for n, p in variants if p is not None}
     samples, info = eval_samples(cfg, out_dir)
@@ -249,9 +283,9 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     # the rows this stage writes go first: a killed evaluation leaves fewer rows and a stale
     # mark, never new rows beside old ones
     start_rows(out_dir, ["random", "popularity", *(n for n, _ in variants)], "eval")
-    if cat is not None and bool(need(cfg, "eval.reference")):
+    if cat is not None and ec.reference:
         keys += _full_reference_rows(out_dir, cat, samples, info)
-    elif bool(need(cfg, "eval.reference")):
+    elif ec.reference:
         record_results(out_dir, "random", random_expectation(c, ks), scorer="expectation",
                        num_candidates=c, **info)
         keys.append("random")
@@ -295,7 +329,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
         # the layers below every adapter are computed once for all variants (likelihood only)
         trunk = None if cat is not None else trunk_plan(
-            [p for _, p in variants], model, bool(need(cfg, "eval.share_trunk")),
+            [p for _, p in variants], model, ec.share_trunk,
             scorer_names)
         for name, path in variants:
             meta: dict[str, Any] = {"adapter": None if path is None else str(path),
@@ -308,12 +342,12 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             if cat is not None:
                 for sname in scorer_names:
                     key = name if sname == "likelihood" else f"{name}.{sname}"
-                    full_beam = _score_full(cfg, out_dir, key, sname, scoring_model, pb, cat,
+                    full_beam = _score_full(ec, out_dir, key, sname, scoring_model, pb, cat,
                                             samples, full_beam, {**meta, "scorer": sname})
                     keys.append(key)
                 continue
             for sname in scorer_names:
-                scorer = build_scorer(sname, scoring_model, pb, cfg.eval)
+                scorer = build_scorer(sname, scoring_model, pb, ec)
                 key = name if sname == "likelihood" else f"{name}.{sname}"
                 share = trunk is not None and sname == "likelihood"
                 ctx = contextlib.nullcontext() if not share else (
@@ -327,7 +361,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 if share:
                     extra["shared_lower_layers"] = trunk.boundary
                 if sname in ("likelihood", "naive"):
-                    extra["normalize"] = bool(need(cfg, "eval.normalize"))
+                    extra["normalize"] = ec.normalize
                 if sname == "beam":
                     extra["beam_size"] = scorer.beam_size
                 if sname == "generate":
@@ -351,7 +385,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     clear_stale(out_dir, ("data", "general", "specific", "mix", "eval"))
     data = load_results(out_dir)
     _log_results(cfg, data, keys)
-    if bool(need(cfg, "eval.print")):
+    if ec.print:
         print_results(data)
     return {"variants": {k: data["variants"][k]["metrics"] for k in keys},
             "results": str(out_dir / "results.json"), **info}

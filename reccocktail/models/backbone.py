@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from reccocktail.utils.config import need
 from reccocktail.utils.io import atomic_dir, file_fingerprint, stable_hash
@@ -27,12 +26,10 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _TINY_ARCHS = {"llama": "LlamaConfig", "qwen2": "Qwen2Config"}
 
 
-def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    return OmegaConf.select(cfg, key, default=default) if isinstance(cfg, DictConfig) else cfg.get(key, default)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RECCOCKTAIL_CACHE", "outputs/cache"))
+def _set(cfg: Any, key: str) -> Any:
+    """The value of `key` when the block sets it, else None: for a key that belongs to another
+    source only (`pretrained` is a hub backbone's), whose presence elsewhere is an error."""
+    return cfg[key] if key in cfg else None
 
 
 def torch_dtype(name: str | None) -> torch.dtype:
@@ -122,10 +119,12 @@ def resolve_pretrained(cfg: Any, key: str = "backbone", weights: bool = True) ->
 
     `key` names the config block in errors; `weights=False` checks a local folder for the
     tokenizer only. `pretrained` is read only with `source: hub`: on a gguf or tiny backbone it
-    would be ignored (the weights come from the GGUF / a random init), so setting it raises."""
-    source = _cfg_get(cfg, "source")
-    cache_dir = Path(_cfg_get(cfg, "cache_dir") or default_cache_dir())
-    pretrained = _cfg_get(cfg, "pretrained")
+    would be ignored (the weights come from the GGUF / a random init), so setting it raises.
+    Each source reads its own keys only (the backbone files of its kind in conf/backbone/ set
+    them): gguf `gguf_path`, `gguf_package`, `gguf_file`, `cache_dir`; hub `pretrained`; tiny
+    `tokenizer`."""
+    source = need(cfg, "source", key)
+    pretrained = _set(cfg, "pretrained")
     if source in ("gguf", "tiny") and pretrained:
         raise ValueError(
             f"{key}.pretrained={pretrained} is not read with {key}.source={source}; for a local "
@@ -133,11 +132,12 @@ def resolve_pretrained(cfg: Any, key: str = "backbone", weights: bool = True) ->
             f"(with a hub backbone, e.g. backbone=qwen2_7b), for a GGUF file "
             f"{key}.gguf_path=<file.gguf>")
     if source == "gguf":
-        gguf = _cfg_get(cfg, "gguf_path")
-        path = Path(gguf) if gguf else locate_gguf(_cfg_get(cfg, "gguf_package"), _cfg_get(cfg, "gguf_file"))
+        gguf = need(cfg, "gguf_path", key)
+        path = Path(gguf) if gguf else locate_gguf(need(cfg, "gguf_package", key),
+                                                   need(cfg, "gguf_file", key))
         if not path.exists():
             raise FileNotFoundError(f"{key}.gguf_path: {path} does not exist")
-        return str(_converted_gguf_dir(path, cache_dir))
+        return str(_converted_gguf_dir(path, Path(need(cfg, "cache_dir", key))))
     if source == "hub":
         if not pretrained:
             raise ValueError(f"{key}.pretrained: a hub name or a local folder is required for source=hub")
@@ -148,7 +148,7 @@ def resolve_pretrained(cfg: Any, key: str = "backbone", weights: bool = True) ->
             return str(path)
         return name
     if source == "tiny":
-        tok_cfg = _cfg_get(cfg, "tokenizer")
+        tok_cfg = need(cfg, "tokenizer", key)
         if tok_cfg is None:
             raise ValueError(f"{key}.tokenizer: missing (a tiny backbone borrows a tokenizer)")
         return resolve_pretrained(tok_cfg, f"{key}.tokenizer", weights=False)
@@ -179,16 +179,17 @@ def _load_tokenizer_cached(pretrained: str, trust_remote_code: bool):
 
 def load_tokenizer(cfg: Any):
     """The backbone's tokenizer (shared between calls: tokenizers are read-only here)."""
-    return _load_tokenizer_cached(resolve_pretrained(cfg), bool(_cfg_get(cfg, "trust_remote_code", False)))
+    return _load_tokenizer_cached(resolve_pretrained(cfg),
+                                  bool(need(cfg, "trust_remote_code", "backbone")))
 
 
 def _quantization_config(cfg: Any):
-    quant = _cfg_get(cfg, "quantization")
+    quant = need(cfg, "quantization", "backbone")
     if quant in (None, "none"):
         return None
     if quant != "nf4":
         raise ValueError(f"backbone.quantization: unknown value {quant!r}; choose null or nf4")
-    if not torch.cuda.is_available() and not _cfg_get(cfg, "allow_cpu_quantization", False):
+    if not torch.cuda.is_available() and not need(cfg, "allow_cpu_quantization", "backbone"):
         raise RuntimeError(
             "backbone.quantization=nf4 needs a CUDA GPU (bitsandbytes). On a CPU-only machine set "
             "backbone.quantization=null, or backbone.allow_cpu_quantization=true to accept the "
@@ -212,9 +213,9 @@ def build_tiny_model(cfg: Any, vocab_size: int):
     arch = need(cfg, "arch", "backbone")
     if arch not in _TINY_ARCHS:
         raise ValueError(f"backbone.arch: unknown value {arch!r}; choose one of {sorted(_TINY_ARCHS)}")
-    kwargs = dict(_cfg_get(cfg, "config") or {})
-    if isinstance(kwargs, DictConfig):
-        kwargs = OmegaConf.to_container(kwargs, resolve=True)
+    kwargs = need(cfg, "config", "backbone")
+    kwargs = dict(OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs)
+                  else kwargs)
     config = getattr(transformers, _TINY_ARCHS[arch])(vocab_size=vocab_size, **kwargs)
     with torch.random.fork_rng():
         torch.manual_seed(int(need(cfg, "init_seed", "backbone")))
@@ -227,7 +228,7 @@ def load_backbone(cfg: Any, device: str | torch.device | None = None):
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(cfg)
-    source = _cfg_get(cfg, "source")
+    source = need(cfg, "source", "backbone")
     dtype = torch_dtype(need(cfg, "dtype", "backbone"))
     if source == "tiny":
         model = build_tiny_model(cfg, vocab_size=len(tokenizer)).to(dtype)
@@ -238,12 +239,13 @@ def load_backbone(cfg: Any, device: str | torch.device | None = None):
         if quant is not None:
             kwargs["quantization_config"] = quant
             kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
-        attn = _cfg_get(cfg, "attn_implementation")
+        attn = need(cfg, "attn_implementation", "backbone")
         if attn:
             kwargs["attn_implementation"] = attn
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                pretrained, trust_remote_code=bool(_cfg_get(cfg, "trust_remote_code", False)), **kwargs
+                pretrained, trust_remote_code=bool(need(cfg, "trust_remote_code", "backbone")),
+                **kwargs
             )
         except OSError as err:
             raise _hub_error(pretrained, err) from err
@@ -251,7 +253,7 @@ def load_backbone(cfg: Any, device: str | torch.device | None = None):
         model.config.pad_token_id = tokenizer.pad_token_id
     model.requires_grad_(False)
     model.eval()
-    if device is not None and _cfg_get(cfg, "quantization") in (None, "none"):
+    if device is not None and need(cfg, "quantization", "backbone") in (None, "none"):
         model.to(device)
     return model, tokenizer
 
@@ -265,12 +267,12 @@ def lora_config(cfg: Any, num_layers: int | None = None):
     """
     from peft import LoraConfig
 
-    lora = _cfg_get(cfg, "lora")
+    lora = need(cfg, "lora", "backbone")
     if lora is None:
         raise ValueError("backbone.lora: missing (r, alpha, dropout, target_modules)")
-    modules = list(_cfg_get(lora, "target_modules"))
+    modules = list(need(lora, "target_modules", "backbone.lora"))
     layers = None
-    top = _cfg_get(lora, "top_layers")
+    top = need(lora, "top_layers", "backbone.lora")
     if top is not None:
         if num_layers is None:
             raise ValueError("backbone.lora.top_layers needs the backbone's layer count")
@@ -278,9 +280,9 @@ def lora_config(cfg: Any, num_layers: int | None = None):
             raise ValueError(f"backbone.lora.top_layers: {top} outside 1..{num_layers}")
         layers = list(range(int(num_layers) - int(top), int(num_layers)))
     return LoraConfig(
-        r=int(_cfg_get(lora, "r")),
-        lora_alpha=int(_cfg_get(lora, "alpha")),
-        lora_dropout=float(_cfg_get(lora, "dropout")),
+        r=int(need(lora, "r", "backbone.lora")),
+        lora_alpha=int(need(lora, "alpha", "backbone.lora")),
+        lora_dropout=float(need(lora, "dropout", "backbone.lora")),
         target_modules=modules,
         layers_to_transform=layers,
         bias="none",

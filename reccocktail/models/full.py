@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from reccocktail.utils.config import need
 from reccocktail.utils.io import atomic_dir, read_json, to_plain, write_json
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def build_full_model(backbone_cfg: Any, train_embeddings: bool = False,
     A quantised backbone is refused: 4-bit weights cannot be trained, only adapters on them."""
     from reccocktail.models.backbone import load_backbone
 
-    quant = (to_plain(backbone_cfg) or {}).get("quantization")
+    quant = need(backbone_cfg, "quantization", "backbone")
     if quant not in (None, "none"):
         raise ValueError(f"tuning.mode=full trains the backbone's own weights, which "
                          f"backbone.quantization={quant} makes 4-bit and frozen; set "

@@ -55,7 +55,7 @@ def result_config(t: dict) -> dict:
     config leaves out the full fine-tuning keys (`mode: lora`, `full`), so the keys of adapters
     cached before `tuning.mode` existed do not change."""
     out = {k: v for k, v in t.items() if k not in _NON_RESULT_KEYS}
-    if str(out.get("mode") or "lora") == "lora":
+    if str(need(out, "mode", "tuning")) == "lora":
         out.pop("mode", None)
         out.pop("full", None)
     return out

@@ -29,8 +29,8 @@ MODES = ("lora", "full")  # tuning.mode: a LoRA on the frozen backbone | the bac
 
 
 def tuning_mode(tuning: dict) -> str:
-    """`tuning.mode`, validated (lora when unset: configs written before the key existed)."""
-    mode = str(tuning.get("mode") or "lora")
+    """`tuning.mode`, validated (conf/tuning/default.yaml sets it; a missing key raises)."""
+    mode = str(need(tuning, "mode", "tuning"))
     if mode not in MODES:
         raise ValueError(f"tuning.mode: unknown value {mode!r}; choose one of {list(MODES)}")
     return mode
@@ -123,7 +123,7 @@ def build_peft_model(backbone_cfg: Any, init_seed: int, gradient_checkpointing: 
 
     model, _ = load_backbone(backbone_cfg)
     gc_kwargs = {"use_reentrant": False}
-    if backbone_cfg.get("quantization") not in (None, "none"):
+    if need(backbone_cfg, "quantization", "backbone") not in (None, "none"):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs=gc_kwargs,

@@ -20,23 +20,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from reccocktail.utils.config import need
+
 log = logging.getLogger(__name__)
 
-LARGE_PARAMS = 1_000_000_000  # default of placement.large_params
 _AUTO = ("", "auto", "null", "none")  # a stage override that defers to the trainer
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.select(cfg, key, default=default)
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def _cuda_index(devices: Any) -> int | None:
@@ -61,18 +49,18 @@ def _require_cuda(where: str) -> None:
 def resolve_device(cfg: Any, override_key: str | None = None) -> torch.device:
     """The device a stage computes on (the rule of this module's docstring)."""
     if override_key is not None:
-        dev = _get(cfg, override_key)
+        dev = need(cfg, override_key)
         if dev is not None and str(dev).strip().lower() not in _AUTO:
             device = torch.device(str(dev))
             if device.type == "cuda":
                 _require_cuda(f"{override_key}={dev}")
             return device
-    acc = str(_get(cfg, "trainer.accelerator", "cpu") or "cpu").lower()
+    acc = str(need(cfg, "trainer.accelerator")).lower()
     if acc == "cpu":
         return torch.device("cpu")
     if acc in ("gpu", "cuda"):
         _require_cuda(f"trainer.accelerator={acc}")
-        index = _cuda_index(_get(cfg, "trainer.devices"))
+        index = _cuda_index(need(cfg, "trainer.devices"))
         return torch.device("cuda") if index is None else torch.device("cuda", index)
     if acc == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -111,14 +99,15 @@ def _same(a: torch.device, b: torch.device) -> bool:
     return a.index == b.index
 
 
-def place_backbone(model: torch.nn.Module, device: torch.device | str, cfg: Any = None,
+def place_backbone(model: torch.nn.Module, device: torch.device | str, cfg: Any,
                    where: str = "stage") -> torch.nn.Module:
     """`model` on `device` (moved when any tensor lives elsewhere); logs where it runs and
-    refuses a large backbone on the CPU unless `placement.allow_cpu_large` is set."""
+    refuses a large backbone on the CPU unless `placement.allow_cpu_large` is set (`cfg`: the
+    run config, or any config holding the `placement:` block of conf/run.yaml)."""
     device = torch.device(device)
     n = num_parameters(model)
-    limit = int(float(_get(cfg, "placement.large_params", LARGE_PARAMS)))
-    if device.type == "cpu" and n > limit and not bool(_get(cfg, "placement.allow_cpu_large", False)):
+    limit = int(float(need(cfg, "placement.large_params")))
+    if device.type == "cpu" and n > limit and not bool(need(cfg, "placement.allow_cpu_large")):
         raise RuntimeError(
             f"{where}: the backbone has {n / 1e9:.2f}B parameters (more than "
             f"placement.large_params={limit:.3g}) and would run on the CPU, which takes hours. "
