@@ -178,7 +178,9 @@ def test_tiny_model_learns_a_planted_sequence_and_ranks_the_next_item_first(tiny
     module = InstructionTuningModule(
         backbone, tuning_block(lr=2e-2, init_seed=0, schedule="constant", warmup_steps=0,
                                objective="sequence"), stage="specific")
-    trainer = L.Trainer(accelerator="cpu", max_epochs=30, logger=False, enable_checkpointing=False,
+    # 60 epochs: at 30 the toy (lr 2e-2) sits on a ridge where float rounding of the loss path
+    # alone decided 7 against 5 of 8; at 60 it converges (8/8 for init seeds 0, 1, 2)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=60, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)

@@ -3,7 +3,7 @@
 The plain path (`logits = head(h)`, then `cross_entropy`) keeps a [positions, vocabulary] fp32
 block for the forward, another for the log-softmax and a third for its gradient: with ~1,300
 labelled positions per batch and SmolLM2's 49k tokens that is ~0.65 GB of a CPU training step's
-~4 GB, and for a 152k-token vocabulary it grows threefold (docs/design.md §7, memory). Here the
+~4 GB, and for a 152k-token vocabulary it grows threefold (docs/design.md §8). Here the
 forward visits the positions in chunks and computes each chunk's gradient with respect to the
 hidden states right away (`softmax - onehot` times the head), so the backward is one multiply
 and the largest temporary is one chunk's logits. Same FLOPs as the plain path; the loss and
