@@ -87,3 +87,17 @@ def tokenizer(smollm2_cfg):
     from reccocktail.models.backbone import load_tokenizer
 
     return load_tokenizer(smollm2_cfg)
+
+
+@pytest.fixture(scope="module")
+def sharp_llama(tiny_llama_cfg):
+    """The tiny random Llama with sharper logits (embeddings x8), so orders are far from flat
+    (a fresh copy per test module: the scaling stays inside it)."""
+    import torch
+
+    from reccocktail.models.backbone import load_backbone
+
+    model, tok = load_backbone(tiny_llama_cfg)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(8.0)
+    return model, tok

@@ -25,17 +25,6 @@ def _items(n: int = 40) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def sharp_llama(tiny_llama_cfg):
-    """The tiny random Llama with sharper logits (embeddings x8), so orders are far from flat."""
-    from reccocktail.models.backbone import load_backbone
-
-    model, tok = load_backbone(tiny_llama_cfg)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(8.0)
-    return model, tok
-
-
 def _builder(tok, items, fmt: str):
     from reccocktail.data.prompts import build_prompt_builder
 

@@ -13,9 +13,15 @@ SmolLM2-135M (CPU by default).
       on the 30 candidates (from (b)), and over the whole catalogue for the first
       `--exhaustive-users` users (every title scored; slow).
 
+  `--exact` adds the exact best-first top-k search (`eval.search=exact`, tree layout) to (a),
+  interleaved with the beams, and to (b) at each width, and reports its agreement in (c)
+  (exact: k/k by construction).
+
     python experiments/benchmarks/beam_speed.py --users 6 --out outputs/benchmarks/beam_speed.json
     python experiments/benchmarks/beam_speed.py --dataset ml1m --layouts tree --beam30 3,5,10 \
         --users 10 --exhaustive-users 3 --out outputs/benchmarks/beam_speed_ml1m.json
+    python experiments/benchmarks/beam_speed.py --dataset ml1m --layouts tree --exact \
+        --users 10 --exhaustive-users 3 --device cuda
 
 A user: a random user of the dataset (seeded), their last rating the target, up to 10 ratings before
 it the history, 29 titles they never rated the negatives. One extra user is run first, untimed
@@ -103,6 +109,18 @@ def top_overlap(a: list[str], b: list[str], k: int) -> float:
     return len(set(a[:k]) & set(b[:k])) / k
 
 
+def full_agreement(got: list[list[str]], orders: list[list[str]]) -> dict[str, Any]:
+    """Top-10 agreement of ranked lists with the exhaustive orders of the same users."""
+    m = len(orders)
+    rows = [{"top1": g[0] == o[0], "overlap@10": top_overlap(g, o, 10),
+             "same_top10_order": g[:10] == o[:10],
+             "within": max(o.index(i) + 1 for i in g[:10])} for g, o in zip(got, orders)]
+    return {"users": m, "top1": f"{sum(r['top1'] for r in rows)}/{m}",
+            "mean_overlap@10": round(statistics.mean(r["overlap@10"] for r in rows), 4),
+            "same_top10_order": f"{sum(r['same_top10_order'] for r in rows)}/{m}",
+            "worst_exhaustive_rank_of_beam_top10": max(r["within"] for r in rows)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,6 +135,8 @@ def main() -> None:
                     help="ml100k (raw GroupLens files) or ml1m (the RecBole files)")
     ap.add_argument("--exhaustive-users", type=int, default=1,
                     help="users whose whole catalogue is also scored exhaustively (c)")
+    ap.add_argument("--exact", action="store_true",
+                    help="also time the exact best-first top-k search (eval.search=exact)")
     ap.add_argument("--format", default="instruction", choices=["instruction", "sequence"])
     ap.add_argument("--backbone", default="smollm2_135m", help="a conf/backbone/*.yaml name")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -149,7 +169,12 @@ def main() -> None:
     catalogue = sorted(titles, key=int)
     full = CatalogueBeamScorer(model, pb, beam_size=args.beam_size, progress=False,
                                item_ids=catalogue)
-    beams = {w: BeamScorer(model, pb, beam_size=w, progress=False) for w in widths}
+    beams = {f"beam{w}": BeamScorer(model, pb, beam_size=w, progress=False) for w in widths}
+    if args.exact:
+        full_exact = CatalogueBeamScorer(model, pb, beam_size=args.beam_size, progress=False,
+                                         search_mode="exact", item_ids=catalogue)
+        beams.update({f"exact{w}": BeamScorer(model, pb, beam_size=w, progress=False,
+                                              search_mode="exact") for w in widths})
     lik = LikelihoodScorer(model, pb, batch_size=30, progress=False)
     n = len(users)
     res: dict = {"dataset": args.dataset, "backbone": args.backbone, "device": args.device,
@@ -170,14 +195,20 @@ def main() -> None:
     for b in beams.values():
         b.score([warm])
     lik.score([warm])
+    runs_full: dict[str, Callable[[int], object]] = {
+        m: (lambda u, m=m: rank_full(m, users[u], seen[u])) for m in layouts}
+    if args.exact:
+        full_exact.rank([warm], [warm_seen])
+        runs_full["exact"] = lambda u: full_exact.rank([users[u]], [seen[u]])[0]
 
-    # (a) full catalogue: uncached vs cached layouts, interleaved
-    secs, outs = interleave(n, {m: (lambda u, m=m: rank_full(m, users[u], seen[u]))
-                                for m in layouts})
+    # (a) full catalogue: uncached vs cached layouts (and the exact search), interleaved
+    secs, outs = interleave(n, runs_full)
     res["full_catalogue"] = {m: {"seconds": round(secs[m], 3),
-                                 "users_per_s": round(n / secs[m], 4)} for m in layouts}
+                                 "users_per_s": round(n / secs[m], 4)} for m in runs_full}
+    if args.exact:
+        res["full_catalogue"]["exact"]["approximate_searches"] = full_exact.approximate
     print(f"(a) full catalogue ({len(catalogue)} titles, beam {args.beam_size}, {n} users)")
-    for m in layouts:
+    for m in runs_full:
         print(f"    {m:9s} {n / secs[m]:8.4f} users/s  ({secs[m]:.1f} s)", flush=True)
     ref = "uncached" if "uncached" in layouts else layouts[0]
     for m in layouts:
@@ -195,23 +226,23 @@ def main() -> None:
 
     # (b) 30 candidates: beams vs likelihood, interleaved
     runs30: dict[str, Callable[[int], object]] = {"likelihood": lambda u: lik.score([users[u]])[0]}
-    runs30.update({f"beam{w}": (lambda u, w=w: beams[w].score([users[u]])[0]) for w in widths})
+    runs30.update({name: (lambda u, b=b: b.score([users[u]])[0]) for name, b in beams.items()})
     secs30, outs30 = interleave(n, runs30)
     res["candidates_30"] = {m: {"seconds": round(secs30[m], 3),
                                 "users_per_s": round(n / secs30[m], 4)} for m in secs30}
     print(f"(b) 30 candidates, {n} users: likelihood {n / secs30['likelihood']:.4f} users/s")
-    for w in widths:
-        ratio = secs30[f"beam{w}"] / secs30["likelihood"]
-        res["candidates_30"][f"beam{w}"]["time_over_likelihood"] = round(ratio, 2)
-        print(f"    beam {w:3d}  {n / secs30[f'beam{w}']:.4f} users/s ({ratio:.2f}x the time of "
+    for name in beams:
+        ratio = secs30[name] / secs30["likelihood"]
+        res["candidates_30"][name]["time_over_likelihood"] = round(ratio, 2)
+        print(f"    {name:8s}  {n / secs30[name]:.4f} users/s ({ratio:.2f}x the time of "
               "likelihood)")
 
     # (c) agreement of each beam's top k (k = its width, at most 10) with exhaustive likelihood
     res["agreement_30"] = {}
-    for w in widths:
-        k = min(10, w)
+    for name, scorer in beams.items():
+        k = min(10, scorer.beam_size)
         agree = {"top1": 0, "overlap": [], "same_order": 0, "max_abs_diff": 0.0}
-        for s, b, lk in zip(users, outs30[f"beam{w}"], outs30["likelihood"]):
+        for s, b, lk in zip(users, outs30[name], outs30["likelihood"]):
             bo = [s.candidates[j] for j in b.argsort(descending=True, stable=True).tolist()
                   if torch.isfinite(b[j])]
             lo = [s.candidates[j] for j in lk.argsort(descending=True, stable=True).tolist()]
@@ -221,19 +252,18 @@ def main() -> None:
             found = torch.isfinite(b)
             agree["max_abs_diff"] = max(agree["max_abs_diff"],
                                         float((b[found] - lk[found]).abs().max()))
-        res["agreement_30"][f"beam{w}"] = {
+        res["agreement_30"][name] = {
             "k": k, "top1": f"{agree['top1']}/{n}",
             "mean_overlap@k": round(statistics.mean(agree["overlap"]), 4),
             "same_top_k_order": f"{agree['same_order']}/{n}",
             "max_abs_diff": agree["max_abs_diff"]}
-        print(f"(c) 30 candidates, beam {w} top {k} vs likelihood: top-1 equal "
+        print(f"(c) 30 candidates, {name} top {k} vs likelihood: top-1 equal "
               f"{agree['top1']}/{n}, mean overlap@{k} "
-              f"{res['agreement_30'][f'beam{w}']['mean_overlap@k']:.3f}, same order "
+              f"{res['agreement_30'][name]['mean_overlap@k']:.3f}, same order "
               f"{agree['same_order']}/{n}, max |score diff| {agree['max_abs_diff']:.1e}")
     m_ex = min(args.exhaustive_users, n)
     if m_ex:
-        beam_full = outs["tree" if "tree" in outs else layouts[0]]
-        rows, sec_ex = [], 0.0
+        orders, sec_ex = [], 0.0
         for u in range(m_ex):
             allowed = [i for i in catalogue if i not in seen[u]]
             prompt = pb.prompt_ids(users[u].history, [])
@@ -241,23 +271,18 @@ def main() -> None:
                 s, scores = timed(lambda allowed=allowed, prompt=prompt: lik.score_ids(
                     prompt, [pb.response_ids(i) for i in allowed]))
             sec_ex += s
-            order = [allowed[j] for j in scores.argsort(descending=True, stable=True).tolist()]
-            got = [i for i, _ in beam_full[u]]
-            rows.append({"top1": got[0] == order[0], "overlap@10": top_overlap(got, order, 10),
-                         "same_top10_order": got[:10] == order[:10],
-                         "beam_top10_within_exhaustive_top": max(order.index(i) + 1
-                                                                 for i in got[:10])})
-        res["agreement_full"] = {
-            "users": m_ex, "exhaustive_users_per_s": round(m_ex / sec_ex, 4),
-            "top1": f"{sum(r['top1'] for r in rows)}/{m_ex}",
-            "mean_overlap@10": round(statistics.mean(r["overlap@10"] for r in rows), 4),
-            "same_top10_order": f"{sum(r['same_top10_order'] for r in rows)}/{m_ex}",
-            "worst_exhaustive_rank_of_beam_top10": max(r["beam_top10_within_exhaustive_top"]
-                                                       for r in rows)}
-        a = res["agreement_full"]
-        print(f"(c) full catalogue, beam {args.beam_size} top 10 vs exhaustive ({m_ex} users, "
-              f"{a['exhaustive_users_per_s']:.4f} users/s): top-1 equal {a['top1']}, mean "
-              f"overlap@10 {a['mean_overlap@10']:.3f}, same order {a['same_top10_order']}")
+            orders.append([allowed[j]
+                           for j in scores.argsort(descending=True, stable=True).tolist()])
+        searches = {"agreement_full": ("beam", "tree" if "tree" in outs else layouts[0])}
+        if args.exact:
+            searches["agreement_full_exact"] = ("exact", "exact")
+        for key, (label, run) in searches.items():
+            a = res[key] = {"exhaustive_users_per_s": round(m_ex / sec_ex, 4),
+                            **full_agreement([[i for i, _ in lst] for lst in outs[run]], orders)}
+            print(f"(c) full catalogue, {label} {args.beam_size} top 10 vs exhaustive ({m_ex} "
+                  f"users, {a['exhaustive_users_per_s']:.4f} users/s): top-1 equal {a['top1']}, "
+                  f"mean overlap@10 {a['mean_overlap@10']:.3f}, same order "
+                  f"{a['same_top10_order']}")
     if args.out:
         write_json(args.out, res)
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,9 @@ from reccocktail.utils.device import model_device
 
 if TYPE_CHECKING:
     from reccocktail.evaluation.stage import EvalConfig
+
+log = logging.getLogger(__name__)
+SEARCHES = ("beam", "exact")  # eval.search
 
 
 def num_candidates(samples: Sequence[Sample]) -> int:
@@ -390,21 +395,28 @@ class _TreeSteps:
         self.dtype = self.cache.layers[0].keys.dtype
 
     def __call__(self, parents: list[int], toks: list[list[int]]) -> torch.Tensor:
-        dev, k, depth, length = self.dev, len(toks), len(toks[0]), self.length
-        paths = [self.paths[p] + [length + j] for j, p in enumerate(parents)]
+        lp, self.paths = self.feed([self.paths[p] for p in parents], [t[-1] for t in toks])
+        return lp
+
+    def feed(self, ancestors: list[list[int]], toks: list[int]
+             ) -> tuple[torch.Tensor, list[list[int]]]:
+        """Append one token per prefix (`ancestors`: the cache slots of its earlier tokens, any
+        depth) and return the log-probs of the next token and each prefix's slots after it."""
+        dev, k, length = self.dev, len(toks), self.length
+        paths = [a + [length + j] for j, a in enumerate(ancestors)]
         allowed = torch.zeros(k, length + k, dtype=torch.bool)
         allowed[:, : self.p_len] = True
         allowed[[j for j, path in enumerate(paths) for _ in path],
                 [s for path in paths for s in path]] = True
         mask = torch.zeros(allowed.shape, dtype=self.dtype)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        ids = torch.tensor([[t[-1] for t in toks]], device=dev)
-        pos = torch.full((1, k), self.p_len + depth - 1, device=dev)
+        ids = torch.tensor([toks], device=dev)
+        pos = torch.tensor([[self.p_len + len(a) for a in ancestors]], device=dev)
         logits = _forward_cached(self.model, self.cache, input_ids=ids,
                                  attention_mask=mask.to(dev)[None, None],
                                  position_ids=pos).logits[0]
-        self.paths, self.length = paths, length + k
-        return logits.float().log_softmax(-1)
+        self.length = length + k
+        return logits.float().log_softmax(-1), paths
 
 
 @dataclass
@@ -427,16 +439,28 @@ class BeamScorer(LikelihoodScorer):
     (`_TreeSteps`), `packed=False` (and flash-attention) one cache row per hypothesis gathered
     by parent (`_BatchedSteps`). `reuse_cache=False` is the old uncached search (re-feeds each
     prefix every step), the reference of tests and the benchmark; the results agree (< 1e-4).
+
+    `search_mode="exact"` (`eval.search=exact`) replaces the beam by a best-first search that
+    returns exactly the `beam_size` most likely answers (`exact_search`).
     """
 
     beam_size: int = 10
     reuse_cache: bool = True
+    search_mode: str = "beam"
+    expand_batch: int = 16        # exact: open prefixes expanded per forward call
+    max_expansions: int = 20_000  # exact: safety cap on expanded prefixes per search
     name: str = "beam"
+    approximate: int = field(default=0, init=False)  # exact searches that hit the cap
+    last_approximate: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.beam_size < 1:
             raise ValueError(f"eval.beam_size must be >= 1, got {self.beam_size}")
+        if self.search_mode not in SEARCHES:
+            raise ValueError(f"eval.search={self.search_mode!r}: not one of {list(SEARCHES)}")
+        if self.expand_batch < 1 or self.max_expansions < 1:
+            raise ValueError("expand_batch and max_expansions must be >= 1")
 
     def score_ids(self, prompt: list[int], responses: list[list[int]]) -> torch.Tensor:
         scores = torch.full((len(responses),), float("-inf"))
@@ -452,10 +476,116 @@ class BeamScorer(LikelihoodScorer):
             return _TreeSteps(self, out, p_len, dev)
         return _BatchedSteps(self, out, p_len, dev)
 
+    def _expander(self, out: Any, p_len: int, dev: Any) -> Any:
+        """`(prefixes' tokens, their cache slots) -> (next-token log-probs, slots after them)`
+        for prefixes of any depths: tree layout when available, else each prefix re-fed on the
+        prompt cache (grouped by length; no slots kept)."""
+        steps = self._steps(out, p_len, dev)
+        if isinstance(steps, _TreeSteps):
+            return lambda toks, slots: steps.feed(slots, [t[-1] for t in toks])
+        ref = steps if isinstance(steps, _ReferenceSteps) else _ReferenceSteps(self, out, p_len, dev)
+
+        def refeed(toks: list[list[int]], slots: list[list[int]]):
+            rows: list[Any] = [None] * len(toks)
+            by_len: dict[int, list[int]] = {}
+            for j, t in enumerate(toks):
+                by_len.setdefault(len(t), []).append(j)
+            for js in by_len.values():
+                lp = ref([0] * len(js), [toks[j] for j in js])
+                for r, j in enumerate(js):
+                    rows[j] = lp[r]
+            return torch.stack(rows), [[] for _ in toks]
+
+        return refeed
+
+    def exact_search(self, prompt: list[int], trie: TitleTrie,
+                     excluded: dict[int, Sequence[int]] | None = None) -> dict[int, float]:
+        """{answer index: log-likelihood} of exactly the `beam_size` most likely answers not in
+        `excluded`, by best-first search over the trie.
+
+        Every token adds a log-prob <= 0, so a prefix's score bounds every answer below it: the
+        open prefixes wait in a max-heap by score, and an answer is emitted only when it tops the
+        heap (no open prefix can still lead above it). Up to `expand_batch` of the best prefixes
+        are expanded per forward call (one token each on the cached state). After
+        `max_expansions` the list is filled from the best open entries, a prefix's items taking
+        its score (an upper bound), and `last_approximate` is set (counted in `approximate`)."""
+        model, dev = self.model, model_device(self.model)
+        excluded = excluded or {}
+        dead = trie.dead(excluded) if excluded else set()
+        out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
+        expand = self._expander(out, len(prompt), dev)
+        tick = itertools.count()
+        # (-score, tie-break, answer index, None) or (-score, tie-break, -1, (tokens, node, slots))
+        heap: list[tuple[float, int, int, Any]] = []
+
+        def push(lp: torch.Tensor, score: float, toks: list[int], node: TitleTrie,
+                 slots: list[int]) -> None:
+            kids = [(t, c) for t, c in node.children.items() if id(c) not in dead]
+            if not kids:
+                return
+            for (t, c), v in zip(kids, lp[torch.tensor([t for t, _ in kids])].tolist()):
+                for i in c.ends:
+                    if i not in excluded:
+                        heapq.heappush(heap, (-(score + v), next(tick), i, None))
+                if any(id(g) not in dead for g in c.children.values()):
+                    heapq.heappush(heap, (-(score + v), next(tick), -1, (toks + [t], c, slots)))
+
+        push(out.logits[0, -1].float().log_softmax(-1).cpu(), 0.0, [], trie, [])
+        found: dict[int, float] = {}
+        k, expansions = self.beam_size, 0
+        while heap and len(found) < k:
+            batch, held = [], []
+            while heap and len(batch) < self.expand_batch and len(found) < k:
+                if heap[0][3] is None:  # a complete answer
+                    entry = heapq.heappop(heap)
+                    if batch:  # a prefix popped before it may still lead above it
+                        held.append(entry)
+                    else:
+                        found[entry[2]] = -entry[0]
+                elif expansions + len(batch) < self.max_expansions:
+                    batch.append(heapq.heappop(heap))
+                else:
+                    break
+            for entry in held:
+                heapq.heappush(heap, entry)
+            if not batch:
+                break
+            lp, slots = expand([e[3][0] for e in batch], [e[3][2] for e in batch])
+            expansions += len(batch)
+            lp = lp.cpu()
+            for row, (neg, _, _, (toks, node, _)) in enumerate(batch):
+                push(lp[row], -neg, toks, node, slots[row])
+        self.last_approximate = len(found) < k and bool(heap)
+        if self.last_approximate:
+            self.approximate += 1
+            log.warning("exact search: max_expansions=%d reached with %d of %d answers found; "
+                        "the rest are ranked by prefix score (approximate)",
+                        self.max_expansions, len(found), k)
+            self._fill(found, sorted(heap), k, dead, excluded)
+        return found
+
+    @staticmethod
+    def _fill(found: dict[int, float], entries: list, k: int, dead: set[int],
+              excluded: dict[int, Sequence[int]]) -> None:
+        """Add the answers of the open heap `entries` (best first) to `found` up to `k`."""
+        for neg, _, i, rest in entries:
+            stack = [rest[1]] if rest is not None else []
+            if rest is None and i not in found:
+                found[i] = -neg
+            while stack and len(found) < k:
+                node = stack.pop()
+                found.update({j: -neg for j in node.ends if j not in excluded})
+                stack += [c for c in node.children.values() if id(c) not in dead]
+            if len(found) >= k:
+                return
+
     def search(self, prompt: list[int], trie: TitleTrie,
                excluded: dict[int, Sequence[int]] | None = None) -> dict[int, float]:
         """{answer index: log-likelihood} of the answers the beam finished (at least the best
-        `beam_size` it found), answers in `excluded` ({index: tokens}) never among them."""
+        `beam_size` it found), answers in `excluded` ({index: tokens}) never among them;
+        `exact_search` instead with `search_mode="exact"`."""
+        if self.search_mode == "exact":
+            return self.exact_search(prompt, trie, excluded)
         model, dev = self.model, model_device(self.model)
         excluded = excluded or {}
         dead = trie.dead(excluded) if excluded else set()
@@ -539,7 +669,7 @@ def build_scorer(name: str, model: Any, prompt_builder: PromptBuilder, ec: EvalC
                              normalize=ec.normalize, progress=ec.progress, packed=ec.packed)
     if name == "beam":
         return BeamScorer(model, prompt_builder, batch_size=ec.batch_size, progress=ec.progress,
-                          packed=ec.packed, beam_size=ec.beam_size)
+                          packed=ec.packed, beam_size=ec.beam_size, search_mode=ec.search)
     if name == "generate":
         return GenerateMatchScorer(model, prompt_builder, batch_size=ec.generate_batch_size,
                                    max_new_tokens=ec.max_new_tokens, multi=ec.multi_match,

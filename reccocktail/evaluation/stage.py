@@ -68,6 +68,7 @@ class EvalConfig:
     packed: bool
     share_trunk: bool
     beam_size: int
+    search: str
     generate_batch_size: int
     max_new_tokens: int | None
     multi_match: str
@@ -88,6 +89,10 @@ def eval_config(cfg: DictConfig) -> EvalConfig:
         raise ValueError("eval.scorer: empty; choose likelihood, generate or naive")
     if not isinstance(ec.adapters, dict):
         raise ValueError(f"eval.adapters: expected a map name -> adapter folder, got {ec.adapters!r}")
+    from reccocktail.evaluation.scorers import SEARCHES
+
+    if ec.search not in SEARCHES:
+        raise ValueError(f"eval.search={ec.search!r}: not one of {list(SEARCHES)}")
     return ec
 
 
@@ -211,6 +216,16 @@ def _full_reference_rows(out_dir: Path, cat: Any, samples: list, info: dict) -> 
     return ["random", "popularity"]
 
 
+def _search_fields(scorer: Any, beam_size: int, approximate: int) -> dict[str, Any]:
+    """What a beam-scorer row records: the list length and the search, so a table can tell
+    `exact top-k` rows from beam rows (and count searches cut by `max_expansions`)."""
+    out: dict[str, Any] = {"beam_size": beam_size, "search": scorer.search_mode}
+    if scorer.search_mode == "exact":
+        out["search_note"] = f"exact top-{beam_size} (best-first over the title trie)"
+        out["approximate_searches"] = approximate
+    return out
+
+
 def _score_full(ec: EvalConfig, out_dir: Path, key: str, sname: str, model: Any, pb: Any,
                 cat: Any, samples: list, full_beam: Any, meta: dict) -> Any:
     """One variant, one scorer, over the full catalogue; returns the (reused) beam scorer.
@@ -226,13 +241,14 @@ def _score_full(ec: EvalConfig, out_dir: Path, key: str, sname: str, model: Any,
     if sname == "beam":
         if full_beam is None:
             full_beam = CatalogueBeamScorer(model, pb, beam_size=cat.cutoff,
-                                            progress=ec.progress,
+                                            progress=ec.progress, search_mode=ec.search,
                                             item_ids=cat.items)
         full_beam.model = model
+        before = full_beam.approximate
         lists = full_beam.rank(samples, cat.excluded)
         ranks = torch.tensor([fc.list_rank(lst, s.target, cat.cutoff)
                               for lst, s in zip(lists, samples)])
-        extra["beam_size"] = cat.cutoff
+        extra.update(_search_fields(full_beam, cat.cutoff, full_beam.approximate - before))
     else:
         scorer = build_scorer(sname, model, pb, ec)
         responses = [pb.response_ids(i) for i in cat.items]
@@ -363,7 +379,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 if sname in ("likelihood", "naive"):
                     extra["normalize"] = ec.normalize
                 if sname == "beam":
-                    extra["beam_size"] = scorer.beam_size
+                    extra.update(_search_fields(scorer, scorer.beam_size, scorer.approximate))
                 if sname == "generate":
                     extra["valid_ratio"] = scorer.valid_ratio
                     extra["multi_title_ratio"] = sum(m.num_titles > 1 for m in scorer.matches) / len(samples)
