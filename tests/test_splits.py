@@ -180,7 +180,7 @@ def test_general_pool_removes_overlap_and_namespaces():
     titles = {f"g{i}": f"Game {i}" for i in range(n_items)}
     target_titles = {"game 0", "game 1"}
     target_users = {"U0", "U1"}
-    pool = build_general_pool({"games": ({"name": "games", "user_space": "amazon2014"},
+    pool = build_general_pool({"games": ({"name": "games", "user_space": "amazon2014", "user_subset": None},
                                          _table(users, items, titles))},
                               target_titles, target_users, "amazon2014", ["items", "users"],
                               min_core=2, num_candidates=C, seed=0)
@@ -190,13 +190,14 @@ def test_general_pool_removes_overlap_and_namespaces():
     assert pool.stats["games"]["overlap_items_removed"] == 2
     assert set(split.rows) == {"train", "valid"}
     # a private user space: the same ids are different people, nothing is removed
-    pool2 = build_general_pool({"games": ({"name": "games", "user_space": "games"},
+    pool2 = build_general_pool({"games": ({"name": "games", "user_space": "games", "user_subset": None},
                                           _table(users, items, titles))},
                                set(), target_users, "amazon2014", ["items", "users"],
                                min_core=2, num_candidates=C, seed=0)
     assert "U0" in pool2.parts[0][0].users
     with pytest.raises(ValueError, match="general pool is empty"):
-        build_general_pool({"games": ({"name": "games"}, _table(users, items, titles))},
+        build_general_pool({"games": ({"name": "games", "user_space": None, "user_subset": None},
+                                     _table(users, items, titles))},
                            {f"game {i}" for i in range(n_items)}, set(), None, ["items"],
                            min_core=2, num_candidates=C, seed=0)
     with pytest.raises(ValueError, match="remove_overlap"):
