@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from common import (  # the sibling module (script folder on sys.path)
     DATA_ROOT,
+    MOVIE_DOMAIN,
     backbone_config,
     draw_candidates,
     recbole_users,
@@ -163,7 +164,7 @@ def main() -> None:
         samples, seen, titles = ml100k_users(args.users + 1, args.seed)
     warm, users, warm_seen, seen = samples[0], samples[1:], seen[0], seen[1:]
     model, tok = load_backbone(backbone_config(args.backbone), device=args.device)
-    domain = OmegaConf.create({"prompt": {"noun": "movie", "verb": "watched"}})
+    domain = OmegaConf.create(MOVIE_DOMAIN)
     pb = build_prompt_builder(tok, titles, domain, backbone_config(args.backbone),
                               max_title_tokens=32, fmt=args.format)
     catalogue = sorted(titles, key=int)

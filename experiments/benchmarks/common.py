@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -13,6 +14,10 @@ from reccocktail.data.samples import Sample
 ROOT = Path(__file__).resolve().parents[2]
 
 DATA_ROOT = Path(os.environ.get("RECCOCKTAIL_DATA", ROOT.parent / "shared" / "data"))
+
+MOVIE_DOMAIN = {"prompt": {"noun": "movie", "verb": "watched"}}  # the MovieLens wording
+QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]  # LoRA placements
+LINEAR = QKVO + ["gate_proj", "up_proj", "down_proj"]
 
 
 def backbone_config(name: str) -> DictConfig:
@@ -88,3 +93,22 @@ def recbole_users(data_root: Path, dataset: str, n: int, seed: int = 0, history:
                               draw_candidates(rng, pool, target, seen, num_candidates)))
         before.append(set(seq[:-1]))
     return samples, before, items
+
+
+def ml1m_sequence_windows(backbone: str, n: int, seed: int = 0, max_titles: int = 40
+                          ) -> tuple[list, list[dict], Any, dict[str, str]]:
+    """The sequence objective's training rows for `n` random ML-1M users (their last 2 items
+    dropped, as the training part of a leave-one-out split), shuffled: the windows, their
+    examples in the `backbone`'s tokens, the tokenizer and the titles."""
+    from reccocktail.data.prompts import build_prompt_builder
+    from reccocktail.models.backbone import load_tokenizer
+    from reccocktail.models.sequence_data import build_windows
+
+    base = backbone_config(backbone)
+    tok = load_tokenizer(base)
+    samples, items = ml1m_samples(DATA_ROOT, n, seed=seed, history=10_000)
+    seqs = {s.user: s.history[:-1] for s in samples}
+    pb = build_prompt_builder(tok, items, MOVIE_DOMAIN, base, 32, fmt="sequence")
+    windows = build_windows(seqs, max_titles, 3, 1)
+    random.Random(0).shuffle(windows)
+    return windows, [pb.sequence_example(w.items, w.context) for w in windows], tok, items

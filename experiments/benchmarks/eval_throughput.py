@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA_ROOT, backbone_config, ml1m_samples
+from common import DATA_ROOT, MOVIE_DOMAIN, backbone_config, ml1m_samples
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import build_prompt_builder
@@ -63,7 +63,7 @@ def main() -> None:
         samples, items = ml1m_samples(DATA_ROOT, n, args.seed)
         source = str(DATA_ROOT / "ml-1m")
     model, tok = load_backbone(bcfg, device=args.device)
-    domain = OmegaConf.create({"prompt": {"noun": "movie", "verb": "watched"}})
+    domain = OmegaConf.create(MOVIE_DOMAIN)
     pb = build_prompt_builder(tok, items, domain, bcfg, max_title_tokens=32)
     # warm-up (first-call overhead) on a cut-down sample: the naive scorer is slow
     w = samples[0]

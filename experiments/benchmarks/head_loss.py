@@ -19,39 +19,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import subprocess
 import sys
 import time
 
 import torch
-from common import DATA_ROOT, backbone_config, ml1m_samples
+from common import LINEAR, backbone_config, ml1m_sequence_windows
 from omegaconf import OmegaConf
 
-from reccocktail.data.prompts import build_prompt_builder
-from reccocktail.models.backbone import load_tokenizer
 from reccocktail.models.datamodule import collate
-from reccocktail.models.sequence_data import build_windows
 from reccocktail.models.tuning import build_peft_model, response_loss
 from reccocktail.utils.io import write_json
 
 # name -> (chunked head loss, micro-batch); every variant takes 4 windows per optimizer step
 VARIANTS = {"plain_4x1": (False, 4), "chunked_4x1": (True, 4), "chunked_2x2": (True, 2)}
 WINDOWS_PER_STEP = 4
-LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def step_windows(n_steps: int, max_titles: int = 40) -> tuple[list[list[dict]], int]:
     """`n_steps` lists of 4 sequence examples (ML-1M users' training titles), and the pad id."""
-    base = backbone_config("smollm2_135m")
-    tok = load_tokenizer(base)
-    samples, items = ml1m_samples(DATA_ROOT, WINDOWS_PER_STEP * n_steps, seed=0, history=10_000)
-    seqs = {s.user: s.history[:-1] for s in samples}
-    pb = build_prompt_builder(tok, items, {"prompt": {"noun": "movie", "verb": "watched"}},
-                              base, 32, fmt="sequence")
-    windows = build_windows(seqs, max_titles, 3, 1)
-    random.Random(0).shuffle(windows)
-    examples = [pb.sequence_example(w.items, w.context) for w in windows]
+    _, examples, tok, _ = ml1m_sequence_windows("smollm2_135m", WINDOWS_PER_STEP * n_steps,
+                                                max_titles=max_titles)
     return ([examples[i:i + WINDOWS_PER_STEP]
              for i in range(0, WINDOWS_PER_STEP * n_steps, WINDOWS_PER_STEP)], tok.eos_token_id)
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import MOVIE_DOMAIN
 from omegaconf import OmegaConf
 
 from reccocktail.baselines import omfa
@@ -75,7 +76,7 @@ def main() -> None:
     bcfg = _backbone(args.cache_dir)
     tok = load_tokenizer(bcfg)
     items = load_items(data / "items.tsv")
-    dom = {"prompt": {"noun": "movie", "verb": "watched"}}
+    dom = MOVIE_DOMAIN
     pb = build_prompt_builder(tok, items, dom, bcfg, 32, fmt="sequence")
     seqs = load_user_sequences(data / "sequences.jsonl", items)
     windows = build_windows(seqs, 40, 3, 1)[: 4 * args.steps]

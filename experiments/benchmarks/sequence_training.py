@@ -16,31 +16,27 @@ layers: backward stops there), `all_linear` and `top8_linear` (q/k/v/o + MLP pro
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import torch
-from common import DATA_ROOT, backbone_config, ml1m_samples
+from common import (
+    DATA_ROOT,
+    LINEAR,
+    MOVIE_DOMAIN,
+    QKVO,
+    backbone_config,
+    ml1m_samples,
+    ml1m_sequence_windows,
+)
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import build_prompt_builder
-from reccocktail.models.backbone import load_tokenizer
 from reccocktail.models.datamodule import collate
-from reccocktail.models.sequence_data import build_windows
 from reccocktail.models.tuning import build_peft_model, response_loss
 from reccocktail.utils.io import write_json
 
-QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
-LINEAR = QKVO + ["gate_proj", "up_proj", "down_proj"]
 PLACEMENTS = {"all_qkvo": (QKVO, None), "top8_qkvo": (QKVO, 8),
               "all_linear": (LINEAR, None), "top8_linear": (LINEAR, 8)}
-
-
-def ml1m_sequences(n: int, seed: int) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Chronological item sequences of `n` random ML-1M users (their last 2 items dropped, as
-    the training part of a leave-one-out split), and the titles."""
-    samples, items = ml1m_samples(DATA_ROOT, n, seed=seed, history=10_000)
-    return {s.user: s.history[:-1] for s in samples}, items
 
 
 def main() -> None:
@@ -57,17 +53,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     base = backbone_config(args.backbone)
-    tok = load_tokenizer(base)
-    seqs, items = ml1m_sequences(args.batch_size * (args.steps + 1), seed=0)
-    domain = {"prompt": {"noun": "movie", "verb": "watched"}}
-    seq_pb = build_prompt_builder(tok, items, domain, base, 32, fmt="sequence")
-    windows = build_windows(seqs, args.max_titles, 3, 1)
-    random.Random(0).shuffle(windows)
-    batches = [collate([seq_pb.sequence_example(w.items, w.context)
-                        for w in windows[i : i + args.batch_size]], tok.eos_token_id)
+    windows, examples, tok, items = ml1m_sequence_windows(
+        args.backbone, args.batch_size * (args.steps + 1), max_titles=args.max_titles)
+    batches = [collate(examples[i : i + args.batch_size], tok.eos_token_id)
                for i in range(0, args.batch_size * (args.steps + 1), args.batch_size)]
     # the instruction format on the same users: one target (a title) per ~500-token prompt
-    ins_pb = build_prompt_builder(tok, items, domain, base, 32)
+    ins_pb = build_prompt_builder(tok, items, MOVIE_DOMAIN, base, 32)
     samples, _ = ml1m_samples(DATA_ROOT, 20, seed=1)
     ins_tokens = sum(len(ins_pb.example(s.history, s.candidates, s.target)["input_ids"])
                      for s in samples) / len(samples)

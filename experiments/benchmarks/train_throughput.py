@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA_ROOT, ROOT, backbone_config, ml1m_samples
+from common import DATA_ROOT, MOVIE_DOMAIN, ROOT, backbone_config, ml1m_samples
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import build_prompt_builder
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         samples, items = ml1m_samples(args.data_root, args.num_samples)
         source = "ml-1m (built by the benchmark)"
     tok = load_tokenizer(backbone)
-    builder = build_prompt_builder(tok, items, {"prompt": {"noun": "movie", "verb": "watched"}},
+    builder = build_prompt_builder(tok, items, MOVIE_DOMAIN,
                                    backbone, max_title_tokens=32)
     t0 = time.perf_counter()
     dm = InstructionDataModule(samples, builder, batch_size=args.batch_size,
