@@ -44,17 +44,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden[start:start + chunk] = probs @ weight
             if grad_weight is not None:
                 grad_weight += (probs.T @ h).to(acc)
-        ctx.save_for_backward(grad_hidden, grad_weight if grad_weight is not None
-                              else torch.empty(0))
-        ctx.has_weight_grad = grad_weight is not None
-        ctx.weight_dtype = weight.dtype
+        # gradients computed here, not inputs or outputs: plain attributes, not saved tensors
+        ctx.grad_hidden, ctx.grad_weight, ctx.weight_dtype = grad_hidden, grad_weight, weight.dtype
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        gh = grad_hidden * grad_out.to(grad_hidden.dtype)
-        gw = (grad_weight * grad_out).to(ctx.weight_dtype) if ctx.has_weight_grad else None
+        gh = ctx.grad_hidden * grad_out.to(ctx.grad_hidden.dtype)
+        gw = None if ctx.grad_weight is None else (ctx.grad_weight * grad_out).to(ctx.weight_dtype)
         return gh, gw, None, None
 
 
