@@ -80,3 +80,14 @@ def test_cli_prints_the_composed_config():
     cfg = OmegaConf.create(out.stdout)
     assert cfg.domain.name == "beauty" and cfg.scenario.name == "cold"
     assert cfg.backbone.name == "qwen2_7b"
+
+
+def test_one_of_names_the_key_the_choices_and_the_nearest():
+    from reccocktail.utils.config import one_of
+
+    assert one_of("ab", ("ab", "cat"), "mix.mode") == "ab"
+    with pytest.raises(ValueError, match=r"mix\.mode: unknown value 'catt'; choose one of "
+                                         r"\['ab', 'cat'\] \(did you mean 'cat'\?\)"):
+        one_of("catt", ("ab", "cat"), "mix.mode")
+    with pytest.raises(ValueError, match=r"choose one of \['ab', 'cat'\]$"):
+        one_of("zzzz", ("ab", "cat"), "mix.mode")

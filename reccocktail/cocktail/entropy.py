@@ -31,6 +31,7 @@ from reccocktail.cocktail.mix import (
     mix_factors,
     model_module_name,
 )
+from reccocktail.utils.config import one_of
 from reccocktail.utils.device import model_device
 
 
@@ -223,9 +224,7 @@ class EntropyMixModule(L.LightningModule):
         if micro_batch_size is not None and int(micro_batch_size) < 1:
             raise ValueError(f"mix.micro_batch_size must be >= 1, got {micro_batch_size}")
         self.micro_batch_size = int(micro_batch_size) if micro_batch_size else None
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"mix.granularity: unknown value {granularity!r}; "
-                             f"choose one of {list(GRANULARITIES)}")
+        one_of(granularity, GRANULARITIES, "mix.granularity")
         if int(k) < 1:
             raise ValueError(f"mix.k must be >= 1, got {k}")
         self.model = model

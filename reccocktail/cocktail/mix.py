@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from reccocktail.models.adapters import LoraAdapter, write_lora
+from reccocktail.utils.config import one_of
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ def model_module_name(key: str) -> str:
 
 def check_compatible(adapters: Sequence[LoraAdapter], mode: str) -> None:
     """Refuse adapters that cannot be mixed, naming the difference; warn on ab with seeds apart."""
-    if mode not in MODES:
-        raise ValueError(f"mix.mode: unknown value {mode!r}; choose one of {list(MODES)}")
+    one_of(mode, MODES, "mix.mode")
     if len(adapters) < 2:
         raise ValueError(f"mixing needs at least 2 adapters, got {len(adapters)}")
     ref = adapters[0]

@@ -35,7 +35,7 @@ from reccocktail.data.selection import (
     selection_samples,
 )
 from reccocktail.models.adapters import read_lora
-from reccocktail.utils.config import need, unknown_keys
+from reccocktail.utils.config import need, one_of, unknown_keys
 from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import file_sha256, read_json, stable_hash, write_json
 
@@ -82,14 +82,10 @@ def mix_config(cfg: DictConfig) -> MixConfig:
     unknown_keys(block, {"name", "mode", "granularity", *_DEPRECATED,
                          *(k for keys in _KEYS.values() for k in keys)}, "mix")
     name = need(block, "name", "mix")
-    if name not in NAMES:
-        raise ValueError(f"mix.name: unknown value {name!r}; choose one of {list(NAMES)}")
+    one_of(name, NAMES, "mix.name")
     mode, granularity = need(block, "mode", "mix"), need(block, "granularity", "mix")
-    if mode not in MODES:
-        raise ValueError(f"mix.mode: unknown value {mode!r}; choose one of {list(MODES)}")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"mix.granularity: unknown value {granularity!r}; "
-                         f"choose one of {list(GRANULARITIES)}")
+    one_of(mode, MODES, "mix.mode")
+    one_of(granularity, GRANULARITIES, "mix.granularity")
     own = {k: need(block, k, "mix") for k in _KEYS[name]}
     for k in ("k", "steps", "batch_size"):
         if k in own:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reccocktail.utils.config import need, unknown_keys
+from reccocktail.utils.config import need, one_of, unknown_keys
 
 DEFAULT_TEMPLATE = (
     "I am a {noun} fan. I {verb} [{history}]. "
@@ -201,8 +201,7 @@ def build_prompt_builder(tokenizer: Any, items: dict[str, str], domain_cfg: Any,
                          max_title_tokens: int, fmt: str = "instruction") -> PromptBuilder:
     """The prompt builder of format `fmt` (`tuning.objective`: instruction | sequence) from the
     `domain.prompt` and `backbone` config blocks; a missing or unknown key raises naming it."""
-    if fmt not in FORMATS:
-        raise ValueError(f"tuning.objective: unknown value {fmt!r}; choose one of {list(FORMATS)}")
+    one_of(fmt, FORMATS, "tuning.objective")
     p = need(domain_cfg, "prompt", "domain")
     unknown_keys(p, _WORDING, "domain.prompt")
     wording = {_WORDING[k]: need(p, k, "domain.prompt") for k in _REQUIRED_WORDING}
@@ -249,10 +248,7 @@ def prompt_builder_from_config(cfg: Any, tokenizer: Any, items: dict[str, str], 
 
 def prompt_format(cfg: Any) -> str:
     """The prompt format every stage of a run uses: `tuning.objective` (what G and S learned)."""
-    fmt = str(need(cfg, "tuning.objective"))
-    if fmt not in FORMATS:
-        raise ValueError(f"tuning.objective: unknown value {fmt!r}; choose one of {list(FORMATS)}")
-    return fmt
+    return one_of(str(need(cfg, "tuning.objective")), FORMATS, "tuning.objective")
 
 
 def adapter_format(manifest: dict) -> str:

@@ -28,7 +28,7 @@ from reccocktail.data.general import GeneralPool, build_general_pool, target_ide
 from reccocktail.data.readers import SourceTable
 from reccocktail.data.samples import write_items
 from reccocktail.data.splits import Rows, Split, cap_rows, cap_users, cold_split, warm_split
-from reccocktail.utils.config import need, typed
+from reccocktail.utils.config import need, one_of, typed
 from reccocktail.utils.io import (
     atomic_dir,
     file_fingerprint,
@@ -208,9 +208,7 @@ def data_config(cfg: DictConfig) -> DataConfig:
     """Parse and check `cfg.data` (a known negatives rule, at least 2 candidates and 1 item of
     history)."""
     dc = typed(DataConfig, to_plain(need(cfg, "data")), "data")
-    if dc.negatives not in _NEGATIVES:
-        raise ValueError(f"data.negatives: unknown value {dc.negatives!r}; choose from "
-                         f"{list(_NEGATIVES)}")
+    one_of(dc.negatives, _NEGATIVES, "data.negatives")
     if dc.num_candidates < 2 or dc.history_len < 1:
         raise ValueError("data.num_candidates must be >= 2 and data.history_len >= 1")
     return dc
@@ -267,8 +265,7 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
     seed, num_candidates, history_len = dc.seed, dc.num_candidates, dc.history_len
     min_core, negatives = dc.min_core, dc.negatives
     scenario = str(scen.name)
-    if scenario not in _SCENARIOS:
-        raise ValueError(f"scenario.name: unknown value {scenario!r}; choose from {list(_SCENARIOS)}")
+    one_of(scenario, _SCENARIOS, "scenario.name")
 
     src_cfg = OmegaConf.to_container(need(domain, "source", "domain"), resolve=True)
     table = load_source(src_cfg, "domain.source")
@@ -298,9 +295,8 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
                if negatives == "popularity" else None)
     # only the cold scenario has new items (conf/scenario/cold.yaml sets the key)
     cold_negatives = str(need(scen, "cold_negatives", "scenario")) if scenario == "cold" else None
-    if scenario == "cold" and cold_negatives not in _COLD_NEGATIVES:
-        raise ValueError(f"scenario.cold_negatives: unknown value {cold_negatives!r}; choose from "
-                         f"{list(_COLD_NEGATIVES)}")
+    if scenario == "cold":
+        one_of(cold_negatives, _COLD_NEGATIVES, "scenario.cold_negatives")
     test_mask = None
     if scenario == "cold" and cold_negatives == "new":
         # negatives from the new items only: the target cannot be spotted as "the unfamiliar one"

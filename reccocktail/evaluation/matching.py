@@ -23,6 +23,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from reccocktail.utils.config import one_of
+
 _PUNCT = re.compile(r"[^\w\s]|_", re.UNICODE)
 _SPACE = re.compile(r"\s+")
 MULTI_RULES = ("first", "miss")
@@ -48,8 +50,7 @@ class Match:
 
 def match_output(output: str, titles: Sequence[str], multi: str = "first") -> Match:
     """The candidate (column of `titles`) that `output` names, by the rules above."""
-    if multi not in MULTI_RULES:
-        raise ValueError(f"eval.multi_match: unknown value {multi!r}; choose one of {MULTI_RULES}")
+    one_of(multi, MULTI_RULES, "eval.multi_match")
     text = output.strip()
     for i, t in enumerate(titles):
         if text == t.strip():

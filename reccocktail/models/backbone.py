@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from reccocktail.utils.config import need
+from reccocktail.utils.config import need, one_of
 from reccocktail.utils.io import atomic_dir, file_fingerprint, stable_hash
 from reccocktail.utils.packages import distribution
 
@@ -35,9 +35,7 @@ def _set(cfg: Any, key: str) -> Any:
 def torch_dtype(name: str | None) -> torch.dtype:
     if name is None:
         return torch.float32
-    if name not in _DTYPES:
-        raise ValueError(f"backbone.dtype: unknown value {name!r}; choose one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    return _DTYPES[one_of(name, sorted(_DTYPES), "backbone.dtype")]
 
 
 def locate_gguf(package: str, filename: str | None = None) -> Path:
@@ -211,8 +209,7 @@ def build_tiny_model(cfg: Any, vocab_size: int):
     import transformers
 
     arch = need(cfg, "arch", "backbone")
-    if arch not in _TINY_ARCHS:
-        raise ValueError(f"backbone.arch: unknown value {arch!r}; choose one of {sorted(_TINY_ARCHS)}")
+    one_of(arch, sorted(_TINY_ARCHS), "backbone.arch")
     kwargs = need(cfg, "config", "backbone")
     kwargs = dict(OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs)
                   else kwargs)

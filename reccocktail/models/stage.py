@@ -29,7 +29,7 @@ from reccocktail.data.samples import Sample, load_items, load_samples
 from reccocktail.data.selection import selection_samples
 from reccocktail.models import adapters as ad
 from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
-from reccocktail.utils.config import need
+from reccocktail.utils.config import need, one_of
 from reccocktail.utils.io import stable_hash, to_plain
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ _NON_RESULT_KEYS = ("ckpt_path", "resume", "num_workers", "checkpoint_every_n_st
 
 def stage_tuning_cfg(tuning: Any, stage: str) -> dict:
     """The shared tuning keys overridden by the stage's own block (`tuning.general/specific`)."""
-    if stage not in STAGE_BLOCKS:
-        raise ValueError(f"tuning stage: unknown {stage!r}; choose one of {STAGE_BLOCKS}")
+    one_of(stage, STAGE_BLOCKS, "tuning stage")
     plain = to_plain(tuning) if tuning is not None else {}
     merged = {k: v for k, v in plain.items() if k not in STAGE_BLOCKS}
     merged.update(plain.get(stage) or {})
@@ -81,10 +80,7 @@ OBJECTIVES = ("instruction", "sequence")
 
 def objective(t: dict) -> str:
     """`tuning.objective`: instruction (the paper's prompts) | sequence (title sequences)."""
-    obj = str(need(t, "objective", "tuning"))
-    if obj not in OBJECTIVES:
-        raise ValueError(f"tuning.objective: unknown value {obj!r}; choose one of {list(OBJECTIVES)}")
-    return obj
+    return one_of(str(need(t, "objective", "tuning")), OBJECTIVES, "tuning.objective")
 
 
 def sequence_training_windows(path: Path, items: dict[str, str], t: dict,

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 
 from reccocktail.models.head_loss import linear_cross_entropy
-from reccocktail.utils.config import need
+from reccocktail.utils.config import need, one_of
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,7 @@ MODES = ("lora", "full")  # tuning.mode: a LoRA on the frozen backbone | the bac
 
 def tuning_mode(tuning: dict) -> str:
     """`tuning.mode`, validated (conf/tuning/default.yaml sets it; a missing key raises)."""
-    mode = str(need(tuning, "mode", "tuning"))
-    if mode not in MODES:
-        raise ValueError(f"tuning.mode: unknown value {mode!r}; choose one of {list(MODES)}")
-    return mode
+    return one_of(str(need(tuning, "mode", "tuning")), MODES, "tuning.mode")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,

@@ -56,6 +56,17 @@ def unknown_keys(block: Mapping, known: Iterable[str], where: str) -> None:
         raise ValueError("; ".join(parts))
 
 
+def one_of(value: Any, options: Iterable[Any], key: str) -> Any:
+    """`value` if it is among `options`; else a ValueError naming `key`, the value, the choices
+    and the nearest one (the one wording every config reader uses)."""
+    options = list(options)
+    if value in options:
+        return value
+    near = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)
+    raise ValueError(f"{key}: unknown value {value!r}; choose one of {options}"
+                     + (f" (did you mean {near[0]!r}?)" if near else ""))
+
+
 def typed(cls: type[T], block: Mapping, where: str, ignore: Iterable[str] = ()) -> T:
     """The dataclass `cls` from a plain config block: a key that is no field of `cls` (nor in
     `ignore`: read elsewhere) raises naming it, a field without a default that the block lacks
