@@ -1,4 +1,4 @@
-"""Does the method learn on a CPU? ML-1M warm and cold with SmolLM2-135M, the sequence objective.
+"""Does the method learn on a CPU? ML-1M (or Beauty) warm and cold with SmolLM2-135M, the sequence objective.
 
 For each scenario one pipeline run (`python run.py +experiment=ml1m_<scenario> ...`): G on the
 general pool (ml-latest-small without ML-1M's movies), S on ML-1M's training sequences, the
@@ -15,6 +15,12 @@ baseline; the cocktail never below max(G, S) by more than the CI) checked, misse
     python experiments/cpu_quality.py --report-only      # the table from finished runs
     python experiments/cpu_quality.py --users 20 --general-windows 8 --specific-windows 8 \
         --lambda-users 4 --lambda-steps 1 --baselines pop -- debug-size smoke check
+    python experiments/cpu_quality.py --stages data,baselines --baselines pop,p5,omfa \
+        --dataset beauty --out outputs/llm_baselines_beauty      # the LLM baselines' rows only
+
+`--dataset beauty` runs `+experiment=beauty_<scenario>` (general pool: Sports + Games). One-Model-
+for-All trains on `--general-windows` + `--specific-windows` windows (G's and S's budgets); P5
+on S's rows with full fine-tuning (conf/baselines/p5.yaml).
 
 Runs go to `--out` (default outputs/cpu_quality/<scenario>); a run that died is continued by
 running the same command again (finished stages are reused). Extra Hydra overrides after `--`.
@@ -33,19 +39,24 @@ from reccocktail.utils.io import read_json, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
-ROWS = ("random", "popularity", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec", "zero_shot",
-        "general", "specific", "wa", "cocktail")
+ROWS = ("random", "popularity", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec", "alpharec",
+        "vqrec", "recformer", "p5", "omfa", "zero_shot", "general", "specific", "wa", "cocktail")
+DATASETS = {"ml1m": "ML-1M", "beauty": "Amazon Beauty"}
 ID_BASELINES = ("bpr", "gru4rec", "sasrec", "fmlp")
 LABELS = {"random": "Random (expectation)", "popularity": "Popularity", "bpr": "BPR-MF",
           "gru4rec": "GRU4Rec", "sasrec": "SASRec", "fmlp": "FMLP-Rec",
-          "unisrec": "UniSRec-style (text)", "zero_shot": "Zero-shot SmolLM2-135M",
+          "unisrec": "UniSRec-style (text)", "alpharec": "AlphaRec-style (MiniLM)",
+          "vqrec": "VQ-Rec-style (MiniLM codes)", "recformer": "RecFormer-style (MiniLM fine-tuned)",
+          "p5": "P5 (SmolLM2-135M, full fine-tuning)",
+          "omfa": "One-Model-for-All-style (SmolLM2-135M, LoRA)",
+          "zero_shot": "Zero-shot SmolLM2-135M",
           "general": "RecCocktail-G", "specific": "RecCocktail-S", "wa": "RecCocktail-WA",
           "cocktail": "RecCocktail (entropy λ)"}
 
 
 def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[str]:
     out = Path(args.out) / scenario
-    return [sys.executable, str(ROOT / "run.py"), f"+experiment=ml1m_{scenario}",
+    return [sys.executable, str(ROOT / "run.py"), f"+experiment={args.dataset}_{scenario}",
             "backbone=smollm2_135m", "trainer=cpu", "tuning=cpu_sequence", "logger=csv",
             f"hydra.run.dir={out}", f"seed={args.seed}",
             f"tuning.general.max_samples={args.general_windows}",
@@ -55,12 +66,15 @@ def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[s
             f"selection.max_scored_users={args.users}", "eval.progress=false",
             f"baseline=[{','.join(args.baselines)}]",
             # baselines first: their rows are there even if the LLM scoring is cut short
-            "stages=[data,baselines,general,specific,mix,eval]",
+            f"stages=[{','.join(args.stages)}]",
             # the rows that matter most first, for the same reason
             "eval.variants=[cocktail,specific,general,wa,zero_shot]",
             # the baselines' CPU caps (README, baselines table): one window per user, 5 epochs
             "baselines.common.max_windows_per_user=1", "baselines.common.max_epochs=5",
             "baselines.common.patience=2", "baselines.common.num_threads=1",
+            # One-Model-for-All trains on the windows G and S train on, mixed into one set
+            f"baselines.omfa.general_windows={args.general_windows}",
+            f"baselines.omfa.target_windows={args.specific_windows}",
             *extra]
 
 
@@ -87,6 +101,10 @@ def _budget(run: Path) -> dict:
                 train_seconds=met.get("seconds"), windows=met.get("train_samples"),
                 targets=met.get("targets"), tokens=met.get("tokens"),
                 tokens_per_s=met.get("tokens_per_s"), trained_in=read_json(m).get("trained_in"))
+    if (run / "results.json").exists():  # each baseline row's own training time
+        rows = read_json(run / "results.json")["variants"]
+        out["rows_train_seconds"] = {k: v.get("train_seconds") for k, v in rows.items()
+                                     if v.get("train_seconds") is not None}
     return out
 
 
@@ -124,9 +142,12 @@ def report(args: argparse.Namespace) -> str:
     runs = {s: Path(args.out) / s for s in args.scenarios}
     results = {s: read_json(r / "results.json") for s, r in runs.items()
                if (r / "results.json").exists()}
+    for r in results.values():  # `--stages data,baselines`: the `pop` baseline is the reference
+        if "pop" in r["variants"] and "popularity" not in r["variants"]:
+            r["variants"]["popularity"] = r["variants"]["pop"]
     if not results:
         raise SystemExit(f"no results.json under {args.out}/<scenario>: run the experiment first")
-    lines = ["# CPU quality: ML-1M, SmolLM2-135M, sequence objective", "",
+    lines = [f"# CPU quality: {DATASETS[args.dataset]}, SmolLM2-135M, sequence objective", "",
              f"Machine: {args.machine}. Date: {time.strftime('%Y-%m-%d')}. NDCG@k with 95 % "
              "bootstrap CIs over the scored users; ties count against the positive.", ""]
     head = "| Method | " + " | ".join(f"{s} NDCG@1 | {s} NDCG@3" for s in results) + " |"
@@ -172,6 +193,10 @@ def report(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "outputs" / "cpu_quality"))
+    p.add_argument("--dataset", default="ml1m", choices=("ml1m", "beauty"),
+                   help="+experiment=<dataset>_<scenario> (the general pool is the domain's own)")
+    p.add_argument("--stages", default="data,baselines,general,specific,mix,eval",
+                   help="the pipeline's stages; data,baselines for the baseline rows alone")
     p.add_argument("--scenarios", default="warm,cold")
     p.add_argument("--users", type=int, default=200, help="scored test users per scenario")
     p.add_argument("--lambda-users", type=int, default=50, help="unlabeled λ users (not scored)")
@@ -186,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     a, extra = p.parse_known_args(argv)
     extra = [x for x in extra if x != "--"]
     a.scenarios = a.scenarios.split(",")
+    a.stages = [x for x in a.stages.split(",") if x]
     a.baselines = [b for b in a.baselines.split(",") if b]
     if not a.report_only:
         # one scenario after the other, each with both cores (two 1-thread processes side by

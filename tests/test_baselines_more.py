@@ -287,3 +287,46 @@ def test_full_catalogue_scores_agree_with_the_candidates(planted, bert_dir):
         cols = torch.tensor([dm.vocab.encode(smp.candidates) for smp in samples])
         stored = score_loader(module, dm.samples_dataloader(samples))
         assert torch.allclose(full.gather(1, cols), stored, atol=1e-5)
+
+
+
+def test_alpharec_cold_item_dropout_trains_on_edgeless_items_and_scores_as_before(planted, bert_dir):
+    """The remedy of experiments/alpharec_cold.py: with p ~ 1 a training step sees every item by
+    its MLP output alone (as a new item is seen at scoring); scoring itself is unchanged."""
+    s = fast_settings("alpharec", bert_dir)
+    dm = bstage.make_datamodule(planted, s, seed=0)
+    dm.load()
+    torch.manual_seed(0)
+    plain = alpharec.build(s, dm, embed=hashed_embed)
+    s_drop = {**s, "model": {**s["model"], "cold_item_dropout": 1 - 1e-9}}
+    drop = alpharec.build(s_drop, dm, embed=hashed_embed)
+    drop.load_state_dict(plain.state_dict())
+    batch = next(iter(dm.train_dataloader()))
+    torch.manual_seed(1)
+    loss_drop = drop.training_step(batch, 0)
+    loss_plain = plain.training_step(batch, 0)
+    # the same InfoNCE, by hand, with layer-0 item vectors and the propagated users
+    model = plain.model
+    layers = model.layers()
+    users = torch.stack(layers).mean(0)[:model.num_users]
+    mask = batch["target"] > 0
+    user = batch["user"][:, None].expand_as(batch["target"])[mask]
+    h, table = model.project(users[user], layers[0][model.num_users:])
+    expected = F.cross_entropy(h @ table[plain.train_items].T, plain.lookup[batch["target"][mask]])
+    assert torch.allclose(loss_drop, expected, atol=1e-5)
+    assert not torch.allclose(loss_drop, loss_plain, atol=1e-3)
+    sample_batch = next(iter(dm.samples_dataloader(dm.test_samples)))
+    assert torch.equal(drop.score(sample_batch), plain.score(sample_batch))
+
+def test_alpharec_rejects_an_unknown_model_key(planted, bert_dir):
+    s = fast_settings("alpharec", bert_dir)
+    s["model"] = {**s["model"], "cold_dropout": 0.1}
+    dm = bstage.make_datamodule(planted, s, seed=0)
+    with pytest.raises(ValueError, match=r"baselines.alpharec.model.cold_dropout: unknown key \(did you mean "
+                       r"baselines.alpharec.model.cold_item_dropout\?\)"):
+        alpharec.build(s, dm, embed=hashed_embed)
+    s["model"] = {**s["model"]}
+    del s["model"]["cold_dropout"]
+    s["model"]["cold_item_dropout"] = 1.0
+    with pytest.raises(ValueError, match="cold_item_dropout must be in"):
+        alpharec.build(s, dm, embed=hashed_embed)

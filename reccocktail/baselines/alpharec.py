@@ -20,11 +20,17 @@ What differs (kept honest):
   with no extra items this IS its graph embedding). So validation and test items appended to a
   history count, and users unseen in training are represented from their stored history;
 - new items have no edges, so their representation is their MLP output alone (the other layers
-  are zero; scores are cosines, so the layer mean does not shrink them).
+  are zero; scores are cosines, so the layer mean does not shrink them). Trained only on items
+  with edges, the model never sees such a vector as a positive, and on ML-1M cold it ranks new
+  items below warm ones (`experiments/alpharec_cold.py`). `model.cold_item_dropout: p` (0 by
+  default, i.e. the original) is our remedy, in the spirit of DropoutNet: at each training
+  step a fraction p of the training items is represented by its MLP output alone, as a new
+  item would be; it changes nothing at scoring time.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +42,7 @@ from torch import nn
 from reccocktail.baselines.models import RecModule
 from reccocktail.baselines.sequential import SequenceDataModule
 from reccocktail.baselines.titles import TitleEmbedder, title_table
-from reccocktail.utils.config import need
+from reccocktail.utils.config import need, unknown_keys
 
 
 class AlphaRec(nn.Module):
@@ -47,14 +53,18 @@ class AlphaRec(nn.Module):
 
     def __init__(self, text: torch.Tensor, interactions: list[list[int]], dim: int = 64,
                  hidden: int = 256, num_layers: int = 2, temperature: float = 0.15,
-                 dropout: float = 0.0, **_: object):
+                 dropout: float = 0.0, cold_item_dropout: float = 0.0):
         super().__init__()
         if text.dim() != 2:
             raise ValueError(f"text embeddings must be [num_items + 1, hidden], got {tuple(text.shape)}")
         if num_layers < 0:
             raise ValueError(f"baselines.alpharec.model.num_layers must be >= 0, got {num_layers}")
+        if not 0.0 <= cold_item_dropout < 1.0:
+            raise ValueError("baselines.alpharec.model.cold_item_dropout must be in [0, 1), got "
+                             f"{cold_item_dropout}")
         n_items, n_users = text.size(0), len(interactions)
         self.num_layers = int(num_layers)
+        self.cold_item_dropout = float(cold_item_dropout)
         self.temperature = float(temperature)
         self.register_buffer("text", text.float(), persistent=False)
         self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(text.size(1), hidden),
@@ -137,7 +147,12 @@ class AlphaRecModule(RecModule):
         model: AlphaRec = self.model
         target = batch["target"]
         mask = target > 0
-        users, items = model.propagate()
+        layers = model.layers()
+        final = torch.stack(layers).mean(0)
+        users, items = final[:model.num_users], final[model.num_users:]
+        if model.cold_item_dropout > 0:  # some items seen as new ones are: no edges (docstring)
+            cold = torch.rand(items.size(0), 1, device=items.device) < model.cold_item_dropout
+            items = torch.where(cold, layers[0][model.num_users:], items)
         pos = target[mask]
         user = batch["user"][:, None].expand_as(target)[mask]
         h, table = model.project(users[user], items)
@@ -172,8 +187,10 @@ def build(settings: dict[str, Any], dm: SequenceDataModule,
     interactions: list[list[int]] = [[] for _ in range(dm.num_users)]
     for user, seq in dm.sequences.items():
         interactions[dm.users[user]] = dm.vocab.encode(seq, where="sequences.jsonl")
-    model = AlphaRec(text, interactions, dim=int(settings["dim"]),
-                     **dict(need(settings, "model", where)))
+    model_settings = dict(need(settings, "model", where))
+    known = set(inspect.signature(AlphaRec.__init__).parameters) - {"self", "text", "interactions", "dim"}
+    unknown_keys(model_settings, known, f"{where}.model")
+    model = AlphaRec(text, interactions, dim=int(settings["dim"]), **model_settings)
     return AlphaRecModule(model, dm.train_items, loss="ce", lr=float(settings["lr"]),
                           weight_decay=float(settings["weight_decay"]),
                           prefix=f"baselines/{name}/",
