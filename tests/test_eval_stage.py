@@ -263,3 +263,16 @@ class FakeSwitcher:
 
     def drop(self):
         pass
+
+
+def test_results_table_shows_popularity_once_when_the_pop_baseline_repeats_it():
+    row = {"metrics": {"ndcg@1": 0.2, "ndcg@3": 0.3}, "num_users": 10, "num_samples": 10}
+    data = {"variants": {"popularity": dict(row), "pop": {**row, "kind": "baseline"},
+                         "sasrec": {**row, "metrics": {"ndcg@1": 0.4, "ndcg@3": 0.5}}}}
+    md = render_markdown(data)
+    assert md.count("| Popularity") == 1 and "| SASRec |" in md
+    data["variants"]["pop"]["metrics"] = {"ndcg@1": 0.1, "ndcg@3": 0.3}  # not the same row
+    md = render_markdown(data)
+    assert "| Popularity |" in md and "| Popularity (baseline) |" in md
+    data["variants"]["pop"] = {**row, "num_samples": 9}  # other samples
+    assert "| Popularity (baseline) |" in render_markdown(data)

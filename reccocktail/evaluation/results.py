@@ -34,7 +34,10 @@ _LABELS = {"zero_shot": "Zero-shot backbone", "general": "RecCocktail-G (general
            "specific": "RecCocktail-S (specific)", "wa": "RecCocktail-WA (λ=0.5)",
            "cocktail": "RecCocktail", "random": "Random (expectation)",
            "popularity": "Popularity", "alpharec": "AlphaRec-style (MiniLM)",
-           "vqrec": "VQ-Rec-style (MiniLM codes)", "recformer": "RecFormer-style (MiniLM fine-tuned)"}
+           "vqrec": "VQ-Rec-style (MiniLM codes)", "recformer": "RecFormer-style (MiniLM fine-tuned)",
+           "pop": "Popularity (baseline)", "bpr": "BPR-MF", "gru4rec": "GRU4Rec", "sasrec": "SASRec",
+           "fmlp": "FMLP-Rec", "unisrec": "UniSRec-style (text)", "p5": "P5 (full fine-tuning)",
+           "omfa": "One-Model-for-All-style (LoRA)"}
 PAIRED_REFERENCE = "cocktail"
 PAIRED_SHOWN = ("ndcg@1", "ndcg@3", "mrr")  # in results.md; results.json holds every metric
 
@@ -293,6 +296,20 @@ def ordered_variants(variants: dict[str, Any]) -> list[str]:
     return [name for _, name in sorted(enumerate(variants), key=key)]
 
 
+def shown_variants(variants: dict[str, Any]) -> dict[str, Any]:
+    """The rows a table shows: the `pop` baseline is the eval stage's `popularity` row again
+    (same counts, same exclusion), so when both scored the same samples with the same metrics
+    it is shown once; results.json keeps both."""
+    pop, ref = variants.get("pop"), variants.get("popularity")
+    if pop is None or ref is None:
+        return variants
+    same_samples = pop.get("num_samples", pop.get("num_users")) == ref.get(
+        "num_samples", ref.get("num_users"))
+    pm, rm = pop.get("metrics", {}), ref.get("metrics", {})
+    same = same_samples and pm.keys() == rm.keys() and all(abs(pm[k] - rm[k]) < 1e-9 for k in pm)
+    return {k: v for k, v in variants.items() if not (same and k == "pop")}
+
+
 def _metric_columns(variants: dict[str, Any]) -> list[str]:
     present = {m for row in variants.values() for m in row.get("metrics", {})}
     ks = sorted({int(m.split("@")[1]) for m in present if "@" in m and m.split("@")[1].isdigit()})
@@ -306,7 +323,7 @@ def results_table(data: dict[str, Any], ci: bool = False) -> tuple[list[str], li
     Metric columns hold the plain means; with `ci=True`, `<metric>_ci_lo`/`<metric>_ci_hi`
     columns follow at the end (None where a row has no interval, e.g. the random expectation).
     """
-    variants = data.get("variants", {})
+    variants = shown_variants(data.get("variants", {}))
     metrics = _metric_columns(variants)
     has_valid = any("valid_ratio" in row for row in variants.values())
     columns = ["variant", *metrics, "users", "scorer"] + (["valid"] if has_valid else [])
