@@ -138,6 +138,44 @@ def targets(res: dict, scenario: str) -> list[tuple[str, bool]]:
     return out
 
 
+def paired_across(run: Path, other: Path, references=("specific", "cocktail")) -> dict:
+    """Paired tests of this run's rows against `references` rows of another run folder scored
+    on the very same samples (e.g. `--stages data,baselines` rows against S and the cocktail of
+    an earlier full run): {"<row>_vs_<reference>": {metric: {diff (row - reference), ci, p}}}."""
+    import tempfile
+
+    from reccocktail.evaluation.results import paired_block
+
+    mine, theirs = read_json(run / "results.json"), read_json(other / "results.json")
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = {}
+        for folder, data, names in ((run, mine, list(mine["variants"])),
+                                    (other, theirs, [r for r in references if r in theirs["variants"]])):
+            for name in names:
+                pred = folder / "predictions" / f"{name}.jsonl"
+                if pred.exists() and name not in rows:
+                    (Path(tmp) / pred.name).symlink_to(pred.resolve())
+                    rows[name] = data["variants"][name]
+        for ref in references:
+            if ref not in theirs["variants"] or ref in mine["variants"]:
+                continue
+            block, _ = paired_block({"variants": rows}, tmp, reference=ref)
+            for key, metrics in block.items():
+                name = key.removeprefix(f"{ref}_vs_")
+                if name in mine["variants"] and name != "pop":
+                    out[f"{name}_vs_{ref}"] = {
+                        m: {"diff": -r["diff"], "ci": [-r["ci"][1], -r["ci"][0]], "p": r["p"]}
+                        for m, r in metrics.items()}
+    return out
+
+
+def _paired_line(label: str, m: dict) -> str:
+    c = [f"{m[x]['diff']:+.3f} [{m[x]['ci'][0]:+.3f}, {m[x]['ci'][1]:+.3f}] | "
+         + ("<0.001" if m[x]["p"] < 0.001 else f"{m[x]['p']:.3f}") for x in ("ndcg@1", "ndcg@3")]
+    return f"| {label} | " + " | ".join(c) + " |"
+
+
 def report(args: argparse.Namespace) -> str:
     runs = {s: Path(args.out) / s for s in args.scenarios}
     results = {s: read_json(r / "results.json") for s, r in runs.items()
@@ -174,10 +212,18 @@ def report(args: argparse.Namespace) -> str:
                       "|:---|---:|---:|---:|---:|"]
             for key, m in paired.items():
                 other = key.removeprefix("cocktail_vs_")
-                c = [f"{m[x]['diff']:+.3f} [{m[x]['ci'][0]:+.3f}, {m[x]['ci'][1]:+.3f}] | "
-                     + ("<0.001" if m[x]["p"] < 0.001 else f"{m[x]['p']:.3f}")
-                     for x in ("ndcg@1", "ndcg@3")]
-                lines.append(f"| {LABELS.get(other, other)} | " + " | ".join(c) + " |")
+                lines.append(_paired_line(LABELS.get(other, other), m))
+        other_run = Path(args.paired_with) / s if getattr(args, "paired_with", None) else None
+        if other_run is not None and (other_run / "results.json").exists():
+            across = paired_across(runs[s], other_run)
+            r.setdefault("paired_across", {"run": str(other_run), **across})
+            if across:
+                lines += ["", f"Paired on the same samples with the rows of {other_run}:", "",
+                          "| row − reference | Δ NDCG@1 [95 % CI] | p | Δ NDCG@3 [95 % CI] | p |",
+                          "|:---|---:|---:|---:|---:|"]
+                for key, m in across.items():
+                    name, ref = key.split("_vs_")
+                    lines.append(_paired_line(f"{LABELS.get(name, name)} − {LABELS[ref]}", m))
         b = _budget(runs[s])
         lines += ["", "Budget (seconds; training = time inside `trainer.fit`): " + json.dumps(b), ""]
         for text, ok in targets(r, s):
@@ -206,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", default="gru4rec,sasrec,fmlp,unisrec")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--machine", default="2 CPU cores, 24 GiB, torch CPU build, fp32")
+    p.add_argument("--paired-with", default=None,
+                   help="another --out folder scored on the same samples: paired tests of this "
+                        "run's rows against its S and cocktail rows (in the report)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--report-only", action="store_true")
     a, extra = p.parse_known_args(argv)

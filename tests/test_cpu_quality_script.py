@@ -6,7 +6,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from reccocktail.utils.io import write_json
+import pytest
+import torch
+
+from reccocktail.evaluation.metrics import metrics_from_ranks
+from reccocktail.utils.io import write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,3 +54,30 @@ def test_report_lists_the_llm_baselines_beside_the_pop_reference(tmp_path):
     assert "0.250 [0.200, 0.300]" in lines["P5 (SmolLM2-135M, full fine-tuning)"]
     assert "0.050" in lines["One-Model-for-All-style (SmolLM2-135M, LoRA)"]
     assert '"p5": 321.0' in md  # each row's training seconds, in the budget line
+
+
+def _run(folder: Path, ranks: dict[str, list[int]]) -> Path:
+
+
+    variants = {}
+    for name, rs in ranks.items():
+        write_jsonl(folder / "predictions" / f"{name}.jsonl",
+                    [{"id": f"s{i}", "user": f"u{i}", "rank": r} for i, r in enumerate(rs)])
+        m = metrics_from_ranks(torch.tensor(rs), [1, 3])
+        variants[name] = {"metrics": {k: float(v.mean()) for k, v in m.items()}}
+    write_json(folder / "results.json", {"variants": variants})
+    return folder
+
+
+def test_paired_across_runs_compares_rows_on_the_same_samples(tmp_path):
+    mod = _script()
+    mine = _run(tmp_path / "mine", {"p5": [1, 1, 2, 1, 1, 3], "pop": [2, 2, 2, 2, 2, 2]})
+    other = _run(tmp_path / "other", {"specific": [2, 1, 2, 2, 2, 3], "cocktail": [1, 1, 2, 1, 1, 3]})
+    got = mod.paired_across(mine, other)
+    assert set(got) == {"p5_vs_specific", "p5_vs_cocktail"}  # pop is the reference, not a method
+    assert abs(got["p5_vs_specific"]["ndcg@1"]["diff"] - 3 / 6) < 1e-9  # row minus reference
+    assert got["p5_vs_specific"]["ndcg@1"]["ci"][0] > 0
+    assert got["p5_vs_cocktail"]["ndcg@1"]["diff"] == 0.0
+    _run(tmp_path / "other2", {"specific": [1, 1, 1, 1, 1]})  # one sample fewer
+    with pytest.raises(ValueError, match="not the same samples"):
+        mod.paired_across(mine, tmp_path / "other2")
