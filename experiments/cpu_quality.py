@@ -203,9 +203,15 @@ def report(args: argparse.Namespace) -> str:
         info = next((v[k] for k in ("cocktail", "specific", "zero_shot") if k in v), {})
         lam = ((info.get("lambda") or {}).get("lambdas") if isinstance(info.get("lambda"), dict)
                else None)
-        lines += ["", f"## {s}", "",
-                  f"Scored users: {info.get('num_users')} (test users; the {info.get('num_tuning_users')} "
-                  f"users whose unlabeled prompts tuned λ are not among them). λ (G, S): {lam}.", ""]
+        if info:
+            lines += ["", f"## {s}", "",
+                      f"Scored users: {info.get('num_users')} (test users; the "
+                      f"{info.get('num_tuning_users')} users whose unlabeled prompts tuned λ are not "
+                      f"among them). λ (G, S): {lam}.", ""]
+        else:  # a baselines-only run (`--stages data,baselines`)
+            row = next(iter(v.values()))
+            lines += ["", f"## {s}", "", f"Scored samples: {row.get('num_samples')} (one per test "
+                      f"user; {row.get('scored_on')}).", ""]
         paired = r.get("paired") or {}
         if paired:
             lines += ["| cocktail vs | Δ NDCG@1 [95 % CI] | p | Δ NDCG@3 [95 % CI] | p |",
