@@ -194,7 +194,7 @@ def test_paired_block_from_predictions(tmp_path, capsys):
     md = (tmp_path / "results.md").read_text()
     assert "## Paired tests (RecCocktail vs …)" in md
     assert "| Zero-shot backbone | NDCG@1 | +1.0000 | [+1.000, +1.000] | 0.0078 |" in md
-    assert "| sasrec | MRR |" in md and "| sasrec | HR@3 |" not in md  # md: ndcg@1/3, mrr
+    assert "| SASRec | MRR |" in md and "| SASRec | HR@3 |" not in md  # md: ndcg@1/3, mrr
     print_results(data)
     out = capsys.readouterr().out
     assert "Paired tests (cocktail vs" in out and "+1.0000" in out and "[1.000, 1.000]" in out

@@ -236,7 +236,7 @@ def test_record_results_merges_rows(tmp_path):
     assert list(data["variants"]) == ["cocktail", "sasrec", "random"]
     assert data["variants"]["cocktail"]["metrics"]["ndcg@1"] == 0.35
     md = render_markdown(data)
-    assert md.index("Random") < md.index("sasrec") < md.index("RecCocktail")
+    assert md.index("Random") < md.index("SASRec") < md.index("RecCocktail")
     assert "**0.3500**" in md and "**0.5000**" in md  # best per column
     assert "**0.9000**" not in md  # the random expectation never counts as best
     record_results(tmp_path, "random", {"ndcg@1": 0.35, "ndcg@3": 0.1}, scorer="expectation")
