@@ -218,6 +218,8 @@ def report(args: argparse.Namespace) -> str:
                       "|:---|---:|---:|---:|---:|"]
             for key, m in paired.items():
                 other = key.removeprefix("cocktail_vs_")
+                if other == "pop" and "popularity" in v:  # the same row twice
+                    continue
                 lines.append(_paired_line(LABELS.get(other, other), m))
         other_run = Path(args.paired_with) / s if getattr(args, "paired_with", None) else None
         if other_run is not None and (other_run / "results.json").exists():
