@@ -17,6 +17,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RECCOCKTAIL_CACHE", str(ROOT / "outputs" / "cache"))
 
 
+def experiment_script(name: str):
+    """`experiments/<name>.py` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", ROOT / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def data_root() -> Path:
     return Path(os.environ.get("RECCOCKTAIL_DATA", ROOT.parent / "shared" / "data")).resolve()
 

@@ -3,7 +3,6 @@ the stage's outputs, and (slow) SASRec on ML-1M warm."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import run_config
+from conftest import experiment_script, run_config
 from omegaconf import OmegaConf
 
 from reccocktail.baselines import stage as bstage
@@ -309,10 +308,7 @@ def test_sasrec_ml1m_warm_in_plausible_range(shared_data, tmp_path):
     SASRec should land clearly above random and in the range of published numbers; training is
     capped here (2000 users, latest window of 50 items, <= 8 epochs, full softmax; measured
     0.2735 in 66 s on the 2-core CPU), so the bar is loose: 0.15 .. 0.60."""
-    spec = importlib.util.spec_from_file_location("baselines_table",
-                                                  ROOT / "experiments" / "baselines_table.py")
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = experiment_script("baselines_table")
     data = table.build_contract(shared_data / "ml-1m", tmp_path / "ml1m_warm", "warm",
                                 max_users=2000, seed=42)
     s = settings("sasrec", max_len=50, batch_size=256, max_epochs=8, patience=3,

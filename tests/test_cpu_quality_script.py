@@ -3,27 +3,18 @@ finished runs (here hand-written results.json files, so no training is needed)."
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import experiment_script
 
 from reccocktail.evaluation.metrics import metrics_from_ranks
 from reccocktail.utils.io import write_json, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("cpu_quality", ROOT / "experiments" / "cpu_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_command_runs_the_chosen_dataset_stages_and_omfa_budget():
-    mod = _script()
+    mod = experiment_script("cpu_quality")
     cmds = []
     mod.run_logged = lambda cmd, name, dry: cmds.append((cmd, dry))
     assert mod.main(["--dataset", "beauty", "--scenarios", "cold", "--stages", "data,baselines",
@@ -39,7 +30,7 @@ def test_command_runs_the_chosen_dataset_stages_and_omfa_budget():
 
 
 def test_report_lists_the_llm_baselines_beside_the_pop_reference(tmp_path):
-    mod = _script()
+    mod = experiment_script("cpu_quality")
     row = {"metrics": {"ndcg@1": 0.25, "ndcg@3": 0.4}, "ci": {"ndcg@1": [0.2, 0.3]},
            "train_seconds": 321.0}
     variants = {"pop": {"metrics": {"ndcg@1": 0.22, "ndcg@3": 0.36}, "train_seconds": 0.1},
@@ -70,7 +61,7 @@ def _run(folder: Path, ranks: dict[str, list[int]]) -> Path:
 
 
 def test_paired_across_runs_compares_rows_on_the_same_samples(tmp_path):
-    mod = _script()
+    mod = experiment_script("cpu_quality")
     mine = _run(tmp_path / "mine", {"p5": [1, 1, 2, 1, 1, 3], "pop": [2, 2, 2, 2, 2, 2]})
     other = _run(tmp_path / "other", {"specific": [2, 1, 2, 2, 2, 3], "cocktail": [1, 1, 2, 1, 1, 3]})
     got = mod.paired_across(mine, other)

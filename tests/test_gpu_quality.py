@@ -3,22 +3,12 @@ and run (both objectives, every remaining stage), so the script a GPU session ca
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("gpu_quality", ROOT / "experiments" / "gpu_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import experiment_script
 
 
 def test_prepare_and_run_both_objectives_at_a_tiny_size(shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("RECCOCKTAIL_DATA", str(shared_data))
-    gq = _script()
+    gq = experiment_script("gpu_quality")
     carry, runs = tmp_path / "carry", tmp_path / "runs"
     small = ["--settings", "ml1m_warm", "--users", "4", "--lambda-users", "2", "--valid-users",
              "4", "--train-prompts", "6", "--general-prompts", "6"]

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from conftest import experiment_script
 
 from reccocktail import report
 from reccocktail.reporting.aggregate import (
@@ -233,14 +234,6 @@ def test_bad_results_file_names_the_file(tmp_path: Path):
 
 
 # -- experiment scripts ---------------------------------------------------------------------
-def _script(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 SCRIPTS = {
@@ -259,7 +252,7 @@ def test_experiment_dry_run_prints_valid_commands(name, tmp_path: Path, capsys):
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    assert _script(name).main(["--dry-run", "--out", str(tmp_path), "--", "logger=csv"]) == 0
+    assert experiment_script(name).main(["--dry-run", "--out", str(tmp_path), "--", "logger=csv"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if not x.startswith("#")]
     runs = [shlex.split(x) for x in lines if "run.py" in x]
     assert runs and "-m reccocktail.report" in lines[-1]
@@ -274,7 +267,7 @@ def test_experiment_dry_run_prints_valid_commands(name, tmp_path: Path, capsys):
 
 
 def test_experiment_slurm_and_report_only(tmp_path: Path, capsys):
-    mod = _script("table3_fewshot")
+    mod = experiment_script("table3_fewshot")
     mod.main(["--dry-run", "--launcher", "slurm", "--out", str(tmp_path)])
     assert "hydra/launcher=slurm" in capsys.readouterr().out
     for frac in (0.1, 0.2):
