@@ -103,9 +103,11 @@ class AlphaRec(nn.Module):
             out.append(x)
         return out
 
-    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(users [U, d], items [I, d]): the mean of the layer outputs."""
-        final = torch.stack(self.layers()).mean(0)
+    def propagate(self, layers: list[torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users [U, d], items [I, d]): the mean of the layer outputs (`layers`: computed
+        already by the caller)."""
+        final = torch.stack(self.layers() if layers is None else layers).mean(0)
         return final[:self.num_users], final[self.num_users:]
 
     def item_table(self) -> torch.Tensor:
@@ -148,8 +150,7 @@ class AlphaRecModule(RecModule):
         target = batch["target"]
         mask = target > 0
         layers = model.layers()
-        final = torch.stack(layers).mean(0)
-        users, items = final[:model.num_users], final[model.num_users:]
+        users, items = model.propagate(layers)
         if model.cold_item_dropout > 0:  # some items seen as new ones are: no edges (docstring)
             cold = torch.rand(items.size(0), 1, device=items.device) < model.cold_item_dropout
             items = torch.where(cold, layers[0][model.num_users:], items)
@@ -172,7 +173,7 @@ class AlphaRecModule(RecModule):
     def score(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         model: AlphaRec = self.model
         layers = model.layers()
-        items = torch.stack(layers).mean(0)[model.num_users:]
+        items = model.propagate(layers)[1]
         h, table = model.project(model.fold_in(batch["seq"], batch["user"], layers), items)
         return torch.einsum("bd,bcd->bc", h, table[batch["candidates"]])
 
