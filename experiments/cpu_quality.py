@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from reccocktail.evaluation.results import ROW_LABELS, paired_block, shown_variants
 from reccocktail.reporting.launch import run_logged
 from reccocktail.utils.io import read_json, write_json, write_text
 
@@ -43,15 +44,11 @@ ROWS = ("random", "popularity", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec", "
         "vqrec", "recformer", "p5", "omfa", "zero_shot", "general", "specific", "wa", "cocktail")
 DATASETS = {"ml1m": "ML-1M", "beauty": "Amazon Beauty"}
 ID_BASELINES = ("bpr", "gru4rec", "sasrec", "fmlp")
-LABELS = {"random": "Random (expectation)", "popularity": "Popularity", "bpr": "BPR-MF",
-          "gru4rec": "GRU4Rec", "sasrec": "SASRec", "fmlp": "FMLP-Rec",
-          "unisrec": "UniSRec-style (text)", "alpharec": "AlphaRec-style (MiniLM)",
-          "vqrec": "VQ-Rec-style (MiniLM codes)", "recformer": "RecFormer-style (MiniLM fine-tuned)",
-          "p5": "P5 (SmolLM2-135M, full fine-tuning)",
+# the results table's row names, with the backbone named where the row is an LLM
+LABELS = {**ROW_LABELS, "p5": "P5 (SmolLM2-135M, full fine-tuning)",
           "omfa": "One-Model-for-All-style (SmolLM2-135M, LoRA)",
-          "zero_shot": "Zero-shot SmolLM2-135M",
-          "general": "RecCocktail-G", "specific": "RecCocktail-S", "wa": "RecCocktail-WA",
-          "cocktail": "RecCocktail (entropy λ)"}
+          "zero_shot": "Zero-shot SmolLM2-135M", "general": "RecCocktail-G",
+          "specific": "RecCocktail-S", "wa": "RecCocktail-WA", "cocktail": "RecCocktail (entropy λ)"}
 
 
 def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[str]:
@@ -86,7 +83,7 @@ def _cell(row: dict | None, metric: str) -> str:
     return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
-def _budget(run: Path) -> dict:
+def _budget(run: Path, rows: dict) -> dict:
     """Seconds per stage; for G and S what their training cost where it ran (a reused G
     reports the run that trained it), from the adapters' manifests."""
     out = {}
@@ -101,10 +98,9 @@ def _budget(run: Path) -> dict:
                 train_seconds=met.get("seconds"), windows=met.get("train_samples"),
                 targets=met.get("targets"), tokens=met.get("tokens"),
                 tokens_per_s=met.get("tokens_per_s"), trained_in=read_json(m).get("trained_in"))
-    if (run / "results.json").exists():  # each baseline row's own training time
-        rows = read_json(run / "results.json")["variants"]
-        out["rows_train_seconds"] = {k: v.get("train_seconds") for k, v in rows.items()
-                                     if v.get("train_seconds") is not None}
+    # each baseline row's own training time (`rows`: the run's results.json variants)
+    out["rows_train_seconds"] = {k: v.get("train_seconds") for k, v in rows.items()
+                                 if v.get("train_seconds") is not None}
     return out
 
 
@@ -143,8 +139,6 @@ def paired_across(run: Path, other: Path, references=("specific", "cocktail")) -
     on the very same samples (e.g. `--stages data,baselines` rows against S and the cocktail of
     an earlier full run): {"<row>_vs_<reference>": {metric: {diff (row - reference), ci, p}}}."""
     import tempfile
-
-    from reccocktail.evaluation.results import paired_block
 
     mine, theirs = read_json(run / "results.json"), read_json(other / "results.json")
     out: dict = {}
@@ -185,6 +179,7 @@ def report(args: argparse.Namespace) -> str:
             r["variants"]["popularity"] = r["variants"]["pop"]
     if not results:
         raise SystemExit(f"no results.json under {args.out}/<scenario>: run the experiment first")
+    budgets = {s: _budget(runs[s], r["variants"]) for s, r in results.items()}
     lines = [f"# CPU quality: {DATASETS[args.dataset]}, SmolLM2-135M, sequence objective", "",
              f"Machine: {args.machine}. Date: {time.strftime('%Y-%m-%d')}. NDCG@k with 95 % "
              "bootstrap CIs over the scored users; ties count against the positive.", ""]
@@ -216,9 +211,10 @@ def report(args: argparse.Namespace) -> str:
         if paired:
             lines += ["| cocktail vs | Δ NDCG@1 [95 % CI] | p | Δ NDCG@3 [95 % CI] | p |",
                       "|:---|---:|---:|---:|---:|"]
+            shown = shown_variants(v)
             for key, m in paired.items():
                 other = key.removeprefix("cocktail_vs_")
-                if other == "pop" and "popularity" in v:  # the same row twice
+                if other not in shown:  # e.g. the `pop` baseline repeating popularity
                     continue
                 lines.append(_paired_line(LABELS.get(other, other), m))
         other_run = Path(args.paired_with) / s if getattr(args, "paired_with", None) else None
@@ -232,14 +228,14 @@ def report(args: argparse.Namespace) -> str:
                 for key, m in across.items():
                     name, ref = key.split("_vs_")
                     lines.append(_paired_line(f"{LABELS.get(name, name)} − {LABELS[ref]}", m))
-        b = _budget(runs[s])
+        b = budgets[s]
         lines += ["", "Budget (seconds; training = time inside `trainer.fit`): " + json.dumps(b), ""]
         for text, ok in targets(r, s):
             lines.append(f"- {'met' if ok else '**missed**'}: {text}")
     md = "\n".join(lines) + "\n"
     write_text(Path(args.out) / "cpu_quality.md", md)
     write_json(Path(args.out) / "cpu_quality.json",
-               {s: {"results": r, "budget": _budget(runs[s]), "targets": targets(r, s)}
+               {s: {"results": r, "budget": budgets[s], "targets": targets(r, s)}
                 for s, r in results.items()})
     return md
 

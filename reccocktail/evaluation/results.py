@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_ROWS = ("random", "popularity")
 LLM_ORDER = ("zero_shot", "general", "specific", "wa", "cocktail")
-_LABELS = {"zero_shot": "Zero-shot backbone", "general": "RecCocktail-G (general)",
+ROW_LABELS = {"zero_shot": "Zero-shot backbone", "general": "RecCocktail-G (general)",
            "specific": "RecCocktail-S (specific)", "wa": "RecCocktail-WA (λ=0.5)",
            "cocktail": "RecCocktail", "random": "Random (expectation)",
            "popularity": "Popularity", "alpharec": "AlphaRec-style (MiniLM)",
@@ -349,7 +349,7 @@ def results_table(data: dict[str, Any], ci: bool = False) -> tuple[list[str], li
 
 def _label(name: str) -> str:
     base, _, suffix = name.partition(".")
-    label = _LABELS.get(base, base)
+    label = ROW_LABELS.get(base, base)
     return f"{label} [{suffix}]" if suffix else label
 
 
