@@ -70,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42)
     a = p.parse_args(argv)
 
-    import lightning as L
     import torch
-    from baselines_table import CAPS, build_contract  # this script's folder is on sys.path
-    from omegaconf import OmegaConf
+    from baselines_table import (  # this script's folder is on sys.path
+        CAPS,
+        build_contract,
+        capped_settings,
+        cpu_trainer,
+    )
 
     from reccocktail.baselines.sequential import SequenceDataModule
     from reccocktail.baselines.stage import run_one
@@ -82,13 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     from reccocktail.utils.io import write_json
 
     torch.set_num_threads(a.threads)
-    conf = ROOT / "conf" / "baselines"
-    common = OmegaConf.to_container(OmegaConf.load(conf / "default.yaml").common)
-    common.update(max_epochs=5, patience=2, max_windows_per_user=1, num_negatives=None)
-
-    def factory(callbacks=None, **overrides):
-        return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=callbacks or [], **overrides)
 
     rows = []
     for ds, scenario in [(d, s) for d in a.datasets for s in a.scenarios.split(",")]:
@@ -99,11 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         dm.load()
         samples = dm.test_samples
         for variant in a.variants.split(","):
-            base = OmegaConf.to_container(OmegaConf.load(conf / "alpharec.yaml"))
-            settings = {**common, "max_len": caps["max_len"], **base}
+            settings = capped_settings("alpharec", caps["max_len"])
             settings["model"] = {**settings["model"], **variant_settings(variant)}
             t0 = time.time()
-            scores, info = run_one("alpharec", settings, data, samples, factory, a.seed,
+            scores, info = run_one("alpharec", settings, data, samples, cpu_trainer, a.seed,
                                    cache_dir=ROOT / "outputs" / "cache")
             targets = [s.target_index for s in samples]
             m = ranking_metrics(scores, targets)

@@ -75,6 +75,27 @@ def _five_core(seqs: dict[str, list[str]], k: int) -> dict[str, list[str]]:
         seqs = new
 
 
+def capped_settings(name: str, max_len: int, max_epochs: int = 5, patience: int = 2,
+                    max_windows: int = 1, num_negatives: int | None = None) -> dict:
+    """`baselines.common` + `conf/baselines/<name>.yaml` with this table's CPU caps."""
+    from omegaconf import OmegaConf
+
+    conf = ROOT / "conf" / "baselines"
+    common = OmegaConf.to_container(OmegaConf.load(conf / "default.yaml").common)
+    common.update(max_epochs=max_epochs, patience=patience, max_windows_per_user=max_windows,
+                  num_negatives=num_negatives)
+    return {**common, "max_len": max_len,
+            **OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml"))}
+
+
+def cpu_trainer(callbacks=None, **overrides):
+    """The Lightning trainer of these CPU measurements: no logger, no progress bar."""
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=callbacks or [], **overrides)
+
+
 def build_contract(folder: Path, out: Path, scenario: str, max_users: int | None = None,
                    seed: int = 42, history_len: int = 10, cold_fraction: float = 0.1,
                    num_candidates: int = 30, min_core: int = 5) -> Path:
@@ -161,24 +182,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
 
-    import lightning as L
     import torch
-    from omegaconf import OmegaConf
 
     from reccocktail.baselines.stage import run_one
     from reccocktail.evaluation.metrics import ranking_metrics
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    conf = ROOT / "conf" / "baselines"
-    common = OmegaConf.to_container(OmegaConf.load(conf / "default.yaml").common)
-    common.update(max_epochs=args.max_epochs, patience=args.patience,
-                  max_windows_per_user=args.max_windows, num_negatives=args.num_negatives or None)
     out = Path(args.out)
-
-    def factory(callbacks=None, **overrides):
-        return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=callbacks or [], **overrides)
 
     rows = []
     t_all = time.time()
@@ -195,15 +206,15 @@ def main(argv: list[str] | None = None) -> None:
                 data = build_contract(Path(args.data_root) / ds, out / f"{ds}_{sc}", sc,
                                       max_users=caps["max_users"], seed=args.seed)
             for name in args.baselines:
-                settings = {**common, "max_len": caps["max_len"],
-                            **OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml"))}
+                settings = capped_settings(name, caps["max_len"], args.max_epochs, args.patience,
+                                           args.max_windows, args.num_negatives or None)
                 from reccocktail.baselines.sequential import SequenceDataModule
 
                 dm = SequenceDataModule(data)
                 dm.load()
                 samples = dm.test_samples
                 t0 = time.time()
-                scores, info = run_one(name, settings, data, samples, factory, args.seed,
+                scores, info = run_one(name, settings, data, samples, cpu_trainer, args.seed,
                                        cache_dir=ROOT / "outputs" / "cache")
                 m = ranking_metrics(scores, [s.target_index for s in samples])
                 row = {"dataset": ds, "scenario": sc, "baseline": name,
