@@ -72,8 +72,14 @@ def lora_adapter(tmp_path: Path, items_tsv: Path) -> Path:
             p.data = torch.randn(p.shape, generator=gen) * 0.5
     out = items_tsv.parent.parent / "adapters" / "cocktail"
     peft_model.save_pretrained(str(out))
-    (out / "manifest.json").write_text(json.dumps({"kind": "mixed", "backbone": "tiny_llama"}))
+    (out / "manifest.json").write_text(json.dumps(manifest()))
     return out
+
+
+def manifest(**over) -> dict:
+    """A complete adapter manifest (every key `read_manifest` requires)."""
+    return {"kind": "mixed", "backbone": "tiny_llama", "init_seed": 0, "data_hash": "x",
+            "config": {}, "metrics": {}, **over}
 
 
 def test_resolver_ids_titles_and_free_text():
@@ -124,7 +130,7 @@ def test_adapter_changes_scores_and_items_come_from_run(lora_adapter: Path):
 
 
 def test_adapter_of_another_backbone_is_refused(lora_adapter: Path):
-    (lora_adapter / "manifest.json").write_text(json.dumps({"backbone": "qwen2_7b"}))
+    (lora_adapter / "manifest.json").write_text(json.dumps(manifest(backbone="qwen2_7b")))
     with pytest.raises(ValueError, match="trained on backbone 'qwen2_7b'"):
         run_recommend(make_cfg(adapter=str(lora_adapter), history="[1]", candidates="[2,3]"))
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
@@ -172,3 +178,78 @@ def test_pipeline_dispatches_recommend(items_tsv: Path, monkeypatch):
     assert OmegaConf.select(cfg, "task") == "recommend"
     res = pipeline.run(cfg)
     assert len(res["requests"][0]["ranking"]) == 2
+
+
+def test_unknown_ids_are_refused_per_request(tmp_path: Path, items_tsv: Path):
+    """"99999" is an unknown film, not a film titled "99999": refused, naming the request and
+    the entry; the other requests of the file are still ranked."""
+    r = ItemResolver(ITEMS)
+    with pytest.raises(ValueError, match=r"candidates\[1\]: unknown item id '99999'"):
+        r.resolve("99999", "candidates[1]")
+    with pytest.raises(ValueError, match="unknown item id '42'"):
+        r.resolve(42, "x")  # a JSON number is an id too
+    assert r.items[r.resolve("title:1984", "x")] == "1984"  # free text on purpose
+    req = tmp_path / "requests.jsonl"
+    req.write_text(json.dumps({"id": "a", "history": ["1"], "candidates": ["2", "99999"]}) + "\n"
+                   + json.dumps({"id": "b", "history": ["1"], "candidates": ["2", "3"]}) + "\n")
+    res = run_recommend(make_cfg(items=str(items_tsv), file=str(req)))["requests"]
+    assert [r["id"] for r in res] == ["a", "b"]
+    assert "requests.jsonl:1: candidates[1]: unknown item id '99999'" in res[0]["error"]
+    assert res[0]["ranking"] == [] and [x["item"] for x in res[1]["ranking"]] != []
+    with pytest.raises(ValueError, match="unknown item id '99999'"):  # the only request
+        run_recommend(make_cfg(items=str(items_tsv), history="[1]", candidates="[2,99999]"))
+
+
+def test_invisible_characters_and_escapes(tmp_path: Path, items_tsv: Path, capsys):
+    """Titles match after NFKC and without control/zero-width characters (as the data stage
+    cleans them); an invisible entry is refused; nothing from a request reaches the terminal
+    raw (escape sequences, rich markup)."""
+    r = ItemResolver(ITEMS)
+    assert r.resolve("Heat\u200b (1995)", "x") == "6"
+    assert r.resolve("\ufeffＨｅａｔ (1995)\u200d", "x") == "6"  # BOM, full-width letters
+    with pytest.raises(ValueError, match=r"candidates\[0\]: empty item"):
+        r.resolve("\u200b\u200c\u2060", "candidates[0]")
+    req = tmp_path / "requests.jsonl"
+    req.write_text(json.dumps({"id": "\x1b[2J\x1b]0;pwned\x07", "history": ["1"],
+                               "candidates": ["2", "[bold red]Fake[/bold red] \x1b[31mfilm"]})
+                   + "\n")
+    cfg = make_cfg(items=str(items_tsv), file=str(req))
+    cfg.recommend.print = True
+    res = run_recommend(cfg)["requests"][0]
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2J" in out  # the id, escaped
+    assert "[bold red]Fake[/bold red] [31mfilm" in " ".join(out.split())  # shown, not applied
+    assert res["ranking"][1]["title"].startswith("[bold red]Fake") or \
+        res["ranking"][0]["title"].startswith("[bold red]Fake")
+
+
+def test_adapter_of_another_domain_or_without_manifest(lora_adapter: Path):
+    cands = dict(adapter=str(lora_adapter), history="[1]", candidates="[2,3]")
+    (lora_adapter / "manifest.json").write_text(json.dumps(manifest(run={"domain": "beauty"})))
+    with pytest.raises(ValueError, match=r"domain: 'beauty' \(adapter\) vs 'ml100k' \(this run\)"):
+        run_recommend(make_cfg(**cands))
+    (lora_adapter / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="no adapter manifest.*allow_foreign_adapters=true"):
+        run_recommend(make_cfg(**cands))
+    cfg = make_cfg(**cands)
+    cfg.allow_foreign_adapters = True
+    res = run_recommend(cfg)
+    assert "no usable manifest" in res["foreign"][0] and len(res["requests"][0]["ranking"]) == 2
+
+
+def test_module_entry_point(tmp_path: Path, items_tsv: Path):
+    """`python -m reccocktail.recommend` runs the recommend task (it used to do nothing)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "reccocktail.recommend", "backbone=tiny_llama", "logger=none",
+           f"recommend.items={items_tsv}", "recommend.history=[1]", "recommend.candidates=[2,3]",
+           f"hydra.run.dir={tmp_path / 'out'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "out" / "recommendations.jsonl").read_text()
+            .splitlines()]
+    assert sorted(r["item"] for r in rows[0]["ranking"]) == ["2", "3"]

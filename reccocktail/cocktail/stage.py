@@ -34,7 +34,7 @@ from reccocktail.data.selection import (
     selection_config,
     selection_samples,
 )
-from reccocktail.models.adapters import read_lora
+from reccocktail.models.adapters import is_intact, read_lora, run_identity, verify_adapter
 from reccocktail.utils.config import need, one_of, unknown_keys
 from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import file_sha256, read_json, stable_hash, write_json
@@ -220,13 +220,13 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     seed = int(need(cfg, "seed"))
     name, mode, granularity = mcfg.name, mcfg.mode, mcfg.granularity
     paths = {a: out_dir / "adapters" / a for a in ADAPTERS}
+    # intact, this backbone, this run's data/scenario/domain/objective (or waived: recorded)
+    checked = {a: verify_adapter(p, f"mix: adapter {a!r}", cfg, out_dir) for a, p in paths.items()}
+    foreign = {a: m["foreign"] for a, m in checked.items() if m.get("foreign")}
     adapters = [read_lora(p, a) for a, p in paths.items()]
     check_compatible(adapters, mode)
     from reccocktail.data.prompts import prompt_format
-    from reccocktail.models.adapters import check_backbone
 
-    for a, p in zip(adapters, paths.values()):
-        check_backbone(a.manifest, cfg.backbone, f"mix: adapter {a.name!r} at {p}")
     fmt = prompt_format(cfg)
     check_formats(paths, fmt)
     data_manifest = out_dir / "data" / "manifest.json"
@@ -240,7 +240,8 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     cocktail, wa, lam_file = out_dir / "adapters" / "cocktail", out_dir / "adapters" / "wa", \
         out_dir / "mix" / "lambda.json"
     if lam_file.exists() and (cocktail / "manifest.json").exists() and wa.exists():
-        if read_json(cocktail / "manifest.json").get("mix_key") == key:
+        if read_json(cocktail / "manifest.json").get("mix_key") == key and is_intact(cocktail) \
+                and is_intact(wa):
             log.info("mix: reusing %s (same adapters and mix config)", cocktail)
             prev = read_json(lam_file)
             return {"name": name, "mode": mode, "lambdas": prev.get("lambdas"), "reused": True}
@@ -250,6 +251,8 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
                             "objective": fmt,
                             "transductive": selection.transductive,
                             "lambda_users": selection.lambda_users}
+    if foreign:  # adapters of another run, used on purpose (allow_foreign_adapters)
+        info["foreign_adapters"] = foreign
     if name == "fixed":
         lambdas: Any = check_lambdas(mcfg.lambdas, len(adapters))
         info["granularity"] = "model"
@@ -304,14 +307,15 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     info["lambdas"] = describe_lambdas(lambdas)["lambdas"]
     info["seconds"] = round(time.time() - t0, 2)
     if _is_rank_zero():
-        mix_and_save(adapters, [0.5, 0.5], mode, wa, extra={"name": "wa", "objective": fmt})
+        run = {"run": run_identity(cfg, out_dir), **({"foreign_sources": foreign} if foreign else {})}
+        mix_and_save(adapters, [0.5, 0.5], mode, wa, extra={"name": "wa", "objective": fmt, **run})
         metrics = {}
         if info.get("curve"):
             metrics = {"entropy_first": info["curve"][0]["entropy"],
                        "entropy_last": info["curve"][-1]["entropy"]}
         mix_and_save(adapters, lambdas, mode, cocktail,
                      extra={"name": name, "mix_key": key, "metrics": metrics,
-                            "objective": fmt})
+                            "objective": fmt, **run})
         write_json(lam_file, info)
     summary = {k: info[k] for k in ("name", "mode", "granularity", "transductive", "seconds")}
     summary["lambdas"] = lambdas if not isinstance(lambdas, dict) else {

@@ -168,6 +168,7 @@ def ensure_ml100k(dest: str | Path, data_root: str | Path | None = None, *,
         if has_ml100k(existing):
             log.info("ML-100k: using the existing copy in %s", existing)
             return existing
+        _warn_missing_root(Path(data_root), existing, dest)
     if has_ml100k(dest):
         log.info("ML-100k: using the copy fetched earlier into %s", dest)
         return dest
@@ -200,6 +201,21 @@ def ensure_ml100k(dest: str | Path, data_root: str | Path | None = None, *,
 
 
 _FAILED: dict[tuple[str | None, str], FetchError] = {}
+_WARNED: set[str] = set()
+
+
+def _warn_missing_root(data_root: Path, existing: Path, dest: Path) -> None:
+    """Say once per folder that `paths.data_root` holds no ML-100k, naming what the user
+    pointed at, before another copy is used (a misspelt root must not pass unnoticed)."""
+    if str(existing) in _WARNED:
+        return
+    _WARNED.add(str(existing))
+    why = (f"{data_root} does not exist" if not data_root.exists() else
+           f"{existing} holds no {' and '.join(REQUIRED)}")
+    log.warning("ML-100k: paths.data_root=%s: %s; using another copy instead (the one fetched "
+                "into %s, else the GroupLens download, else the recbole package). Point "
+                "paths.data_root at the folder that holds ml-100k/raw if you meant your own copy",
+                data_root, why, dest)
 
 
 def ml100k_dir(data_root: str | None, cache_dir: str) -> str:

@@ -31,6 +31,7 @@ import pandas as pd
 from reccocktail.data.titles import decode_bytes, read_text
 
 log = logging.getLogger(__name__)
+_INT = re.compile(r"\d+")  # MovieLens user and item ids
 
 
 @dataclass
@@ -65,8 +66,9 @@ def _records(text: str, path: Path, sep: str, quoting: int = csv.QUOTE_NONE) -> 
 
 
 def _interactions(records: Iterator[tuple[int, list[str]]], path: Path, cols: tuple[int, int, int | None],
-                  n_fields: int) -> pd.DataFrame:
-    """A canonical frame from delimited records; `cols` = indices of user, item, time (None: file order)."""
+                  n_fields: int, numeric_ids: bool = False) -> pd.DataFrame:
+    """A canonical frame from delimited records; `cols` = indices of user, item, time (None: file order).
+    `numeric_ids`: user and item ids must be integers (MovieLens), else the line is named."""
     users: list[str] = []
     items: list[str] = []
     times: list[str] = []
@@ -81,6 +83,11 @@ def _interactions(records: Iterator[tuple[int, list[str]]], path: Path, cols: tu
         u, i = row[ui].strip(), row[ii].strip()
         if not u or not i:
             raise ValueError(f"{path}:{lineno}: empty user or item id: {row!r:.120}")
+        if numeric_ids:
+            for what, v in (("user", u), ("item", i)):
+                if not _INT.fullmatch(v):
+                    raise ValueError(f"{path}:{lineno}: {what} id {v!r} is not a number (this "
+                                     f"format's ids are integers): {row!r:.120}")
         users.append(u)
         items.append(i)
         if ti is not None:
@@ -98,9 +105,11 @@ def _interactions(records: Iterator[tuple[int, list[str]]], path: Path, cols: tu
 
 
 def _read_interactions(text: str, path: Path, sep: str, cols: tuple[int, int, int | None],
-                       n_fields: int, skip: int = 0, quoting: int = csv.QUOTE_NONE) -> pd.DataFrame:
+                       n_fields: int, skip: int = 0, quoting: int = csv.QUOTE_NONE,
+                       numeric_ids: bool = False) -> pd.DataFrame:
     """Fast path through pandas' C parser; any irregularity (short or long rows, empty fields,
-    a non-numeric time) re-reads the file line by line, which raises naming the line."""
+    a non-numeric time, or with `numeric_ids` a non-numeric id) re-reads the file line by line,
+    which raises naming the line."""
     if len(sep) == 1:
         try:
             raw = pd.read_csv(io.StringIO(text), sep=sep, header=None, skiprows=skip, dtype=str,
@@ -111,15 +120,17 @@ def _read_interactions(text: str, path: Path, sep: str, cols: tuple[int, int, in
             if ok:
                 time = (np.arange(len(raw), dtype=np.float64) if ti is None else
                         pd.to_numeric(raw[ti], errors="coerce").to_numpy(np.float64))
-                if np.isfinite(time).all():
-                    return pd.DataFrame({"user": raw[ui].str.strip(), "item": raw[ii].str.strip(),
-                                         "time": time})
+                user, item = raw[ui].str.strip(), raw[ii].str.strip()
+                ids_ok = not numeric_ids or bool(user.str.fullmatch(_INT.pattern).all()
+                                                 and item.str.fullmatch(_INT.pattern).all())
+                if np.isfinite(time).all() and ids_ok:
+                    return pd.DataFrame({"user": user, "item": item, "time": time})
         except (pd.errors.ParserError, ValueError):
             pass
     records = _records(text, path, sep, quoting)
     for _ in range(skip):
         next(records, None)
-    return _interactions(records, path, cols, n_fields)
+    return _interactions(records, path, cols, n_fields, numeric_ids)
 
 
 def _header_index(header: list[str], path: Path, wanted: str, required: bool = True) -> int | None:
@@ -219,7 +230,8 @@ def _read_movielens(folder: Path, data_name: str, data_sep: str, item_name: str,
     """Header-less MovieLens files: ratings (user, item, rating, time) and items (id, title, ...)."""
     data = _require(folder / data_name)
     item = _require(folder / item_name)
-    df = _read_interactions(read_text(data, encoding), data, data_sep, (0, 1, 3), 4)
+    df = _read_interactions(read_text(data, encoding), data, data_sep, (0, 1, 3), 4,
+                            numeric_ids=True)
     records = _records(read_text(item, encoding), item, item_sep)
     titles = _titles(records, item, item_fields, 0, 1, sep=item_sep, tail_ok=tail_ok)
     return SourceTable(df, titles, [data, item])
@@ -233,7 +245,8 @@ def read_ml_latest(path: str | Path, encoding: str = "auto") -> SourceTable:
     text = read_text(data, encoding)
     _, header = next(_records(text, data, ",", csv.QUOTE_MINIMAL), (0, []))
     cols = tuple(_header_index(header, data, k) for k in ("userId", "movieId", "timestamp"))
-    df = _read_interactions(text, data, ",", cols, len(header), skip=1, quoting=csv.QUOTE_MINIMAL)
+    df = _read_interactions(text, data, ",", cols, len(header), skip=1, quoting=csv.QUOTE_MINIMAL,
+                            numeric_ids=True)
     records = _records(read_text(item, encoding), item, ",", csv.QUOTE_MINIMAL)
     _, header = next(records, (0, []))
     titles = _titles(records, item, len(header), _header_index(header, item, "movieId"),

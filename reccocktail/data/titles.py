@@ -1,7 +1,7 @@
 """Item titles: cleaning for display and normalisation for cross-dataset identity.
 
-Cleaning only repairs the text (HTML entities, stray whitespace, the prompt separator `||`
-inside a title); shortening a title to a token budget is the prompt builder's job, because the
+Cleaning only repairs the text (HTML entities, Unicode compatibility forms (NFKC), control and
+zero-width characters, stray whitespace, the prompt separator `||` inside a title); shortening a title to a token budget is the prompt builder's job, because the
 budget is counted in the backbone's tokens.
 Normalisation is stricter and never shown: two datasets' items are "the same item" exactly when
 their normalised titles are equal (ids of different datasets never mean the same thing).
@@ -23,8 +23,10 @@ _SEPARATOR = re.compile(r"\|{2,}")  # the prompt separator (`||`) and longer run
 
 
 def clean_title(raw: object) -> str:
-    """HTML-unescape (twice: Amazon metadata holds `&amp;amp;`), collapse whitespace and replace
-    the prompt separator `||` by `|` (see `clean_title_flagged`).
+    """HTML-unescape (twice: Amazon metadata holds `&amp;amp;`), Unicode NFKC, drop control and
+    format (zero-width) characters, collapse whitespace and replace the prompt separator `||` by
+    `|` (see `clean_title_flagged`). The data stage cleans every title with it and `recommend`
+    every typed one, so the two match.
 
     Returns "" for a missing title, so callers can count and drop such items.
     """
@@ -45,8 +47,21 @@ def clean_title_flagged(raw: object) -> tuple[str, bool]:
         if unescaped == text:
             break
         text = unescaped
+    text = _visible(text)
     text, n = _SEPARATOR.subn("|", text)
     return _WS.sub(" ", text).strip(), n > 0
+
+
+def _visible(text: str) -> str:
+    """NFKC (full-width letters, ligatures and the like become their plain forms), whitespace
+    controls (tabs, newlines) as spaces, and no other control (Cc) or format (Cf: zero-width
+    space and joiners, BOM, bidirectional overrides, soft hyphen) character: such a title looks
+    like another one, or like nothing, and can carry terminal escape sequences."""
+    if text.isascii() and text.isprintable():
+        return text
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(" " if c.isspace() else c for c in text
+                   if c.isspace() or unicodedata.category(c) not in ("Cc", "Cf", "Cs"))
 
 
 def normalise_title(title: str) -> str:

@@ -53,12 +53,14 @@ def candidates_mode(cfg: Any) -> str:
 
 
 def full_settings(cfg: Any) -> tuple[tuple[int, ...], int]:
-    """(cut-offs `eval.full_ks`, cut-off of every row = `eval.beam_size`), checked: the beam
-    must return at least as many items as the largest cut-off, or HR@k would be capped by it."""
+    """(cut-offs `eval.full_ks`, cut-off of every row = `eval.beam_size`, null: the largest
+    cut-off), checked: the beam must return at least as many items as the largest cut-off, or
+    HR@k would be capped by it."""
     ks = tuple(int(k) for k in need(cfg, "eval.full_ks"))
     if not ks or min(ks) < 1:
         raise ValueError(f"eval.full_ks={list(ks)}: needs cut-offs >= 1")
-    beam = int(need(cfg, "eval.beam_size"))
+    beam = need(cfg, "eval.beam_size")
+    beam = max(ks) if beam is None else int(beam)
     if beam < max(ks):
         raise ValueError(
             f"eval.beam_size={beam} is smaller than the largest full-catalogue cut-off "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ class EvalConfig:
     batch_size: int
     packed: bool
     share_trunk: bool
-    beam_size: int
+    beam_size: int | None
     search: str
     generate_batch_size: int
     max_new_tokens: int | None
@@ -93,6 +93,8 @@ def eval_config(cfg: DictConfig) -> EvalConfig:
 
     if ec.search not in SEARCHES:
         raise ValueError(f"eval.search={ec.search!r}: not one of {list(SEARCHES)}")
+    if ec.beam_size is None:  # the protocol's largest cut-off: the defaults always compose
+        ec = replace(ec, beam_size=max(ec.full_ks if ec.candidates == "all" else ec.ks))
     return ec
 
 
@@ -107,6 +109,10 @@ def _resolve_path(p: str) -> Path:
 
 def resolve_variants(ec: EvalConfig, out_dir: Path) -> list[tuple[str, Path | None]]:
     """(name, adapter folder or None for the bare backbone), checked before any model loads."""
+    from reccocktail.utils.config import check_name
+
+    for name in (*ec.variants, *ec.adapters):  # names become file names: no `../`
+        check_name(str(name), "eval.adapters" if name in ec.adapters else "eval.variants")
     out: list[tuple[str, Path | None]] = []
     for name in ec.variants:
         out.append((name, None if name == ZERO_SHOT else Path(out_dir) / "adapters" / name))
@@ -128,17 +134,12 @@ def resolve_variants(ec: EvalConfig, out_dir: Path) -> list[tuple[str, Path | No
     return out
 
 
-def _check_manifest(name: str, path: Path, backbone_cfg: Any) -> dict[str, Any]:
-    """The adapter's manifest, refused when it was trained on other weights than the run's."""
-    from reccocktail.models.adapters import check_backbone
+def _check_manifest(name: str, path: Path, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """The adapter's manifest, refused when the adapter is corrupt, has no manifest, or was
+    trained on other weights or for another run (`models.adapters.verify_adapter`)."""
+    from reccocktail.models.adapters import verify_adapter
 
-    mpath = path / "manifest.json"
-    if not mpath.exists():
-        log.warning("adapter %s at %s has no manifest.json; cannot check its backbone", name, path)
-        return {}
-    manifest = read_json(mpath)
-    check_backbone(manifest, backbone_cfg, f"{mpath}: adapter {name!r}")
-    return manifest
+    return verify_adapter(path, f"eval: adapter {name!r}", cfg, out_dir)
 
 
 class AdapterSwitcher:
@@ -287,7 +288,8 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     full = fc.candidates_mode(cfg) == "all"
     variants = resolve_variants(ec, out_dir)  # fail on a missing adapter before loading models
     backbone_name = str(need(cfg, "backbone.name"))
-    manifests = {n: _check_manifest(n, p, cfg.backbone) for n, p in variants if p is not None}
+    # every adapter checked before the first is scored (a corrupt one fails here, not later)
+    manifests = {n: _check_manifest(n, p, cfg, out_dir) for n, p in variants if p is not None}
     samples, info = eval_samples(cfg, out_dir)
     targets = torch.tensor([s.target_index for s in samples])
     users = [s.user for s in samples]  # the unit of the bootstrap and of the paired test
@@ -352,6 +354,9 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                                     "backbone": backbone_name, "objective": fmt, **info}
             if path is not None:
                 meta["adapter_kind"] = manifests[name].get("kind")
+                for field in ("foreign", "foreign_sources"):  # used on purpose: recorded
+                    if manifests[name].get(field):
+                        meta[field] = manifests[name][field]
                 if name == "cocktail" and (out_dir / "mix" / "lambda.json").exists():
                     meta["lambda"] = read_json(out_dir / "mix" / "lambda.json")
             scoring_model = switcher.use(path)

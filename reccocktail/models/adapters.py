@@ -2,11 +2,18 @@
 
 An adapter folder holds `adapter_model.safetensors` + `adapter_config.json` (what
 `PeftModel.from_pretrained` reads) and `manifest.json`:
-`{"kind", "backbone", "init_seed", "data_hash", "config", "metrics", ...}`, where `backbone` is
-the config's name and `backbone_identity` (or `config.backbone`) what its weights were, the
-identity that mixing, evaluation and `recommend` compare (`check_backbone`). The base spirit G
-depends only on the backbone, the general pool and the tuning config, so it is trained once and
-cached under `<cache_dir>/adapters/general/<key>/`; runs of other domains copy it from there.
+`{"kind", "backbone", "init_seed", "data_hash", "config", "metrics", "files", "run", ...}`, where
+`backbone` is the config's name and `backbone_identity` (or `config.backbone`) what its weights
+were, the identity that mixing, evaluation and `recommend` compare (`check_backbone`). The base
+spirit G depends only on the backbone, the general pool and the tuning config, so it is trained
+once and cached under `<cache_dir>/adapters/general/<key>/`; runs of other domains copy it from
+there.
+
+Adapter folders are files someone may have cut short, overwritten or sent: `files` holds the
+SHA-256 of the two PEFT files, checked whenever an adapter is reused or loaded (`is_intact`,
+`verify_adapter`), so a corrupt one is named and repaired from the cache or retrained, never
+used; `run` records the run it belongs to (domain, scenario, objective, data hashes), which
+`verify_adapter` compares with the run that reads it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from reccocktail.utils.io import (
     atomic_dir,
+    file_sha256,
     files_sha256,
     read_json,
     stable_hash,
@@ -39,6 +47,11 @@ MANIFEST = "manifest.json"
 KINDS = ("general", "specific", "mixed")
 _MANIFEST_KEYS = ("kind", "backbone", "init_seed", "data_hash", "config", "metrics")
 _SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
+FOREIGN_KEY = "allow_foreign_adapters"  # the config key that lets a foreign adapter be used
+
+
+class AdapterError(ValueError):
+    """An adapter folder that must not be used: incomplete, corrupt, or from another run."""
 
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:
@@ -60,8 +73,90 @@ def save_adapter(model: Any, path: str | os.PathLike, manifest: dict) -> Path:
         for f in ADAPTER_FILES:
             if not (tmp / f).is_file():
                 raise RuntimeError(f"peft did not write {f} for {path}")
-        write_json(tmp / MANIFEST, to_plain(manifest))
+        write_json(tmp / MANIFEST, {**to_plain(manifest), "files": content_hashes(tmp)})
     return path
+
+
+# -- integrity: every adapter read is checked against the hashes its manifest records -------
+
+def content_hashes(path: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of the PEFT files of an adapter folder (what `manifest.json` records)."""
+    return {f: file_sha256(Path(path) / f, length=64) for f in ADAPTER_FILES}
+
+
+def _structure_problem(path: Path) -> str | None:
+    """Why the PEFT files cannot be read (a cut or overwritten file), for folders whose
+    manifest records no hashes (written before they were recorded, or by another tool)."""
+    from safetensors import safe_open
+
+    weights, config = path / ADAPTER_FILES[0], path / ADAPTER_FILES[1]
+    try:
+        with safe_open(str(weights), "pt") as fh:
+            fh.keys()
+    except Exception as err:  # noqa: BLE001 - the library's own error, without the path
+        return f"{weights}: not a readable safetensors file ({err})"
+    try:
+        if not isinstance(read_json(config), dict):
+            return f"{config}: not a JSON object"
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"{config}: {err}"
+    return None
+
+
+def content_problem(path: str | os.PathLike, manifest: dict | None = None) -> str | None:
+    """Why an adapter folder's files cannot be trusted, naming the file; None when intact.
+
+    With a manifest that records `files` (hashes), every PEFT file must match its hash; with
+    none (older manifests, a folder from elsewhere), the files must at least be complete."""
+    path = Path(path)
+    for f in ADAPTER_FILES:
+        if not (path / f).is_file():
+            return f"{path / f}: missing"
+    recorded = (manifest or {}).get("files")
+    if not isinstance(recorded, dict) or not recorded:
+        return _structure_problem(path)
+    for f in ADAPTER_FILES:
+        want = recorded.get(f)
+        if not want:
+            return f"{path / MANIFEST}: records no content hash of {f}"
+        got = file_sha256(path / f, length=len(str(want)))
+        if got != want:
+            return (f"{path / f}: content hash {got[:16]} differs from the {want[:16]} its "
+                    "manifest records (the file is corrupt or was changed after it was written)")
+    return None
+
+
+def is_intact(path: str | os.PathLike) -> bool:
+    """True when `path` holds a complete adapter whose files match its manifest; a folder that
+    does not is logged naming the file (the caller repairs it: copies or trains it again)."""
+    path = Path(path)
+    if not is_adapter_dir(path):
+        return False
+    try:
+        manifest = read_manifest(path)
+    except ValueError as err:
+        log.warning("%s; not reused", err)
+        return False
+    problem = content_problem(path, manifest)
+    if problem:
+        log.warning("%s; not reused", problem)
+        return False
+    return True
+
+
+def check_content(path: str | os.PathLike) -> None:
+    """Raise AdapterError naming the file when an adapter folder's files are corrupt (checked
+    against the manifest's hashes when it has them); every load goes through here."""
+    path = Path(path)
+    manifest = None
+    if (path / MANIFEST).is_file():
+        try:
+            manifest = read_json(path / MANIFEST)
+        except ValueError as err:
+            raise AdapterError(str(err)) from err
+    problem = content_problem(path, manifest if isinstance(manifest, dict) else None)
+    if problem:
+        raise AdapterError(problem)
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -71,9 +166,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no adapter manifest (is {path} an adapter folder?)")
     manifest = read_json(mpath)
+    if not isinstance(manifest, dict):
+        raise AdapterError(f"{mpath}: expected a JSON object")
     missing = [k for k in _MANIFEST_KEYS if k not in manifest]
     if missing:
-        raise ValueError(f"{mpath}: missing key(s) {missing}")
+        raise AdapterError(f"{mpath}: missing key(s) {missing}")
     return manifest
 
 
@@ -86,6 +183,7 @@ def load_adapter(base_model: Any, path: str | os.PathLike, adapter_name: str = "
     for f in ADAPTER_FILES:
         if not (path / f).is_file():
             raise FileNotFoundError(f"{path / f}: missing (not a PEFT adapter folder)")
+    check_content(path)
     return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                      is_trainable=is_trainable)
 
@@ -141,6 +239,7 @@ def read_lora(path: str | Path, name: str | None = None) -> LoraAdapter:
     for f in (cfg_file, weights):
         if not f.exists():
             raise FileNotFoundError(f"{f}: no such file (is {path} a PEFT adapter folder?)")
+    check_content(path)
     config = read_json(cfg_file)
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LORA")
@@ -179,19 +278,22 @@ def write_lora(path: str | Path, config: Mapping[str, Any], tensors: Mapping[str
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                   str(tmp / ADAPTER_FILES[0]), metadata={"format": "pt"})
         write_json(tmp / ADAPTER_FILES[1], dict(config))
-        write_json(tmp / MANIFEST, dict(manifest))
+        write_json(tmp / MANIFEST, {**dict(manifest), "files": content_hashes(tmp)})
     return path
 
 
 def copy_adapter(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy an adapter folder (a few MB) atomically; a copy survives cleaning the cache."""
+    """Copy an adapter folder (a few MB) atomically; a copy survives cleaning the cache. The
+    source is checked first and the copy after, so a corrupt adapter is never spread."""
     src, dst = Path(src), Path(dst)
     if not is_adapter_dir(src):
         raise FileNotFoundError(f"{src}: not a complete adapter folder")
+    check_content(src)
     with atomic_dir(dst) as tmp:
         for f in src.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+        check_content(tmp)
     return dst
 
 
@@ -357,8 +459,17 @@ def general_cache_key(backbone_cfg: Any, data_hash: str, tuning_cfg: Any, prompt
 
 
 def holds_adapter(path: str | os.PathLike, key: str) -> bool:
-    """True when `path` is a complete adapter folder whose manifest carries `key`."""
-    return is_adapter_dir(path) and read_manifest(path).get("key") == key
+    """True when `path` is a complete, intact adapter folder whose manifest carries `key`; a
+    corrupt one is logged naming the file and is not held (it is copied again or retrained)."""
+    if not is_adapter_dir(path):
+        return False
+    try:
+        if read_manifest(path).get("key") != key:
+            return False
+    except ValueError as err:
+        log.warning("%s; not reused", err)
+        return False
+    return is_intact(path)
 
 
 def adapter_cache_dir(cache_dir: str | os.PathLike, key: str, kind: str) -> Path:
@@ -370,3 +481,119 @@ def lookup_cached(cache_dir: str | os.PathLike, key: str, kind: str) -> Path | N
     `key`, or None."""
     path = adapter_cache_dir(cache_dir, key, kind)
     return path if holds_adapter(path, key) else None
+
+
+# -- which run an adapter belongs to -----------------------------------------------------------
+
+IDENTITY_FIELDS = ("domain", "scenario", "objective", "data_hash")
+
+
+def run_identity(cfg: Any, out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a run's adapters must have been trained for: its domain, scenario and prompt
+    format, and the data hashes of its `data/manifest.json` (target split, general pool; None
+    when the run folder has no data stage output). Written into every manifest as `run`."""
+    from omegaconf import OmegaConf
+
+    from reccocktail.data.prompts import prompt_format
+
+    def pick(key: str) -> Any:
+        v = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        return None if v is None else str(v)
+
+    data: dict = {}
+    if out_dir is not None:
+        mpath = Path(out_dir) / "data" / "manifest.json"
+        if mpath.is_file():
+            m = read_json(mpath)
+            data = m if isinstance(m, dict) else {}
+    general = data.get("general_hash") or data.get("general_data_hash")
+    return {"domain": pick("domain.name"), "scenario": pick("scenario.name"),
+            "objective": prompt_format(cfg), "data_hash": data.get("data_hash"),
+            "general_data_hash": general if isinstance(general, str) else None}
+
+
+def recorded_identity(manifest: dict) -> dict[str, Any]:
+    """The run an adapter's manifest says it belongs to (`run`), completed from the older
+    fields for manifests written before `run` existed (unknown fields are None)."""
+    from reccocktail.data.prompts import adapter_format
+
+    out: dict[str, Any] = {k: None for k in (*IDENTITY_FIELDS, "general_data_hash")}
+    run = manifest.get("run")
+    if isinstance(run, dict):
+        out.update({k: run.get(k) for k in out})
+    out["objective"] = adapter_format(manifest)
+    kind = manifest.get("kind")
+    if kind == "general":  # G's own data is the general pool
+        out["general_data_hash"] = manifest.get("data_hash")
+    elif kind == "specific":
+        out["data_hash"] = manifest.get("data_hash")
+    elif kind == "mixed" and not isinstance(run, dict):
+        for src in manifest.get("sources") or []:
+            if isinstance(src, dict) and src.get("kind") == "specific":
+                out["data_hash"] = src.get("data_hash")
+            elif isinstance(src, dict) and src.get("kind") == "general":
+                out["general_data_hash"] = src.get("data_hash")
+    return out
+
+
+def identity_differences(manifest: dict, expected: Mapping[str, Any],
+                         fields: tuple[str, ...] = IDENTITY_FIELDS) -> list[str]:
+    """`field: adapter's vs this run's` for each of `fields` the two both know and disagree on.
+    The base spirit G is shared by domains and scenarios: only its objective and general pool
+    are compared."""
+    if manifest.get("kind") == "general":
+        fields = tuple(f for f in fields if f == "objective") + (
+            ("general_data_hash",) if "data_hash" in fields else ())
+    have = recorded_identity(manifest)
+    return [f"{f}: {have[f]!r} (adapter) vs {expected.get(f)!r} (this run)" for f in fields
+            if have.get(f) is not None and expected.get(f) is not None
+            and str(have[f]) != str(expected[f])]
+
+
+def verify_adapter(path: str | os.PathLike, where: str, cfg: Any = None,
+                   out_dir: str | os.PathLike | None = None,
+                   fields: tuple[str, ...] = IDENTITY_FIELDS) -> dict:
+    """The one check before a stage uses an adapter folder; returns its manifest.
+
+    Refused (AdapterError naming `where`, the file and the difference): missing PEFT files; a
+    file whose content differs from the hash its manifest records, or that is cut short (never
+    waived); weights other than `cfg.backbone` (never waived); a missing or incomplete manifest,
+    or one that records another run than `cfg`/`out_dir` (`fields` of `run_identity`). The last
+    two are waived by `allow_foreign_adapters=true`, for deliberate reuse: the manifest returned
+    then carries `foreign` (what differs), which the results record."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    for f in ADAPTER_FILES:
+        if not (path / f).is_file():
+            raise AdapterError(f"{where}: {path / f}: missing (not a PEFT adapter folder)")
+    allow = bool(cfg is not None and OmegaConf.select(cfg, FOREIGN_KEY, default=False))
+    waive = (f"; to use it anyway (deliberate reuse, recorded in the results) set "
+             f"{FOREIGN_KEY}=true")
+    try:
+        manifest = read_manifest(path)
+    except (FileNotFoundError, ValueError) as err:
+        problem = _structure_problem(path)
+        if problem:
+            raise AdapterError(f"{where}: {problem}") from err
+        if not allow:
+            raise AdapterError(f"{where}: {err}: its backbone, data, scenario, domain and "
+                               f"objective cannot be checked{waive}") from err
+        log.warning("%s: %s; used anyway (%s=true)", where, err, FOREIGN_KEY)
+        return {"foreign": [f"no usable manifest ({err})"]}
+    problem = content_problem(path, manifest)
+    if problem:
+        raise AdapterError(f"{where}: {problem}")
+    if cfg is not None and OmegaConf.select(cfg, "backbone", default=None) is not None:
+        check_backbone(manifest, cfg.backbone, where)
+    if cfg is None:
+        return manifest
+    diff = identity_differences(manifest, run_identity(cfg, out_dir), fields)
+    if not diff:
+        return manifest
+    if not allow:
+        raise AdapterError(f"{where}: {path} was trained for another run: {'; '.join(diff)}"
+                           f"{waive}")
+    log.warning("%s: %s was trained for another run (%s); used anyway (%s=true)", where, path,
+                "; ".join(diff), FOREIGN_KEY)
+    return {**manifest, "foreign": diff}

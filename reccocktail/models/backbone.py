@@ -175,10 +175,22 @@ def _load_tokenizer_cached(pretrained: str, trust_remote_code: bool):
     return tok
 
 
+def warn_remote_code(cfg: Any) -> bool:
+    """`backbone.trust_remote_code`, with a warning naming the backbone when it is true: the
+    model's repository then runs its own Python code here (an experiment file someone sent can
+    switch it on)."""
+    trust = bool(need(cfg, "trust_remote_code", "backbone"))
+    if trust:
+        where = cfg.get("pretrained") or cfg.get("gguf_path") or cfg.get("source")
+        log.warning("backbone %r (%s): trust_remote_code=true: the code shipped with the model "
+                    "runs in this process; set backbone.trust_remote_code=false unless you "
+                    "trust its source", cfg.get("name"), where)
+    return trust
+
+
 def load_tokenizer(cfg: Any):
     """The backbone's tokenizer (shared between calls: tokenizers are read-only here)."""
-    return _load_tokenizer_cached(resolve_pretrained(cfg),
-                                  bool(need(cfg, "trust_remote_code", "backbone")))
+    return _load_tokenizer_cached(resolve_pretrained(cfg), warn_remote_code(cfg))
 
 
 def _quantization_config(cfg: Any):
@@ -241,7 +253,7 @@ def load_backbone(cfg: Any, device: str | torch.device | None = None):
             kwargs["attn_implementation"] = attn
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                pretrained, trust_remote_code=bool(need(cfg, "trust_remote_code", "backbone")),
+                pretrained, trust_remote_code=warn_remote_code(cfg),
                 **kwargs
             )
         except OSError as err:

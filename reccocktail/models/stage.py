@@ -215,6 +215,7 @@ def _manifest(cfg: DictConfig, kind: str, t: dict, data_hash: str, key: str, met
         "config": {"tuning": result_config(t), "backbone": ad.backbone_identity(cfg.backbone),
                    **(extra or {})},
         "metrics": metrics,
+        "run": ad.run_identity(cfg, out_dir),  # checked by every stage that reads it
         "trained_in": str(out_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -1,16 +1,24 @@
 """Reading finished runs: one `Run` per `results.json` with the setting its `.hydra/config.yaml`
 records, stale runs (a stage restarted and did not complete) left out before anything is
-averaged."""
+averaged.
+
+A run folder may come from someone else, so its config is data, never code to run: it is read as
+plain YAML and no interpolation is resolved through OmegaConf. `${oc.env:...}` would put this
+machine's environment (an API key) into the report, `${ml100k_dir:...}` would download and write
+files. Only plain references to other keys of the same file (`${seed}`,
+`${domain.name}_${scenario.name}`) are filled in, by `_select`; a value that calls a resolver is
+kept as the text it is."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from reccocktail.utils.io import read_json
 
@@ -42,23 +50,59 @@ def key_str(v: Any) -> str:
     return "null" if v is None else str(v)
 
 
-def _load_config(run_dir: Path) -> DictConfig | None:
+def _load_config(run_dir: Path) -> dict | None:
+    """The run's config as plain, unresolved data (see the module docstring)."""
     for cand in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml"):
         if cand.exists():
             try:
-                return OmegaConf.load(cand)
+                node = OmegaConf.to_container(OmegaConf.load(cand), resolve=False)
             except Exception as err:  # noqa: BLE001 (a broken config must not hide the others)
                 log.warning("%s: unreadable config (%s)", cand, err)
+                continue
+            if isinstance(node, dict):
+                return node
+            log.warning("%s: not a mapping; ignored", cand)
     return None
 
 
-def _select(cfg: DictConfig | None, key: str, default: Any = None) -> Any:
+_REF = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # `${a.b}`: a key of the same file, no resolver
+_MAX_DEPTH = 8
+
+
+def _lookup(cfg: dict, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _fill(cfg: dict, value: Any, depth: int = 0) -> Any:
+    """`value` with its plain references to other keys filled in; a value holding anything
+    else in `${...}` (a resolver: `oc.env`, `ml100k_dir`, `hydra`, ...) is returned as its text,
+    never resolved."""
+    if not isinstance(value, str) or "${" not in value or depth > _MAX_DEPTH:
+        return value
+    if _REF.sub("", value).count("${"):  # a resolver call (or a nested one): left as text
+        return value
+    whole = _REF.fullmatch(value)
+    if whole:
+        return _fill(cfg, _lookup(cfg, whole.group(1)), depth + 1)
+    parts = {}
+    for ref in _REF.findall(value):
+        got = _fill(cfg, _lookup(cfg, ref), depth + 1)
+        if isinstance(got, (dict, list)) or (isinstance(got, str) and "${" in got):
+            return value
+        parts[ref] = "null" if got is None else str(got)
+    return _REF.sub(lambda m: parts[m.group(1)], value)
+
+
+def _select(cfg: dict | None, key: str, default: Any = None) -> Any:
     if cfg is None:
         return default
-    value = OmegaConf.select(cfg, key, default=default, throw_on_resolution_failure=False)
-    if isinstance(value, (DictConfig,)) or OmegaConf.is_list(value):
-        return OmegaConf.to_container(value, resolve=False)
-    return value
+    value = _fill(cfg, _lookup(cfg, key))
+    return default if value is None else value
 
 
 def load_run(results_path: Path, group_by: Sequence[str] = (), column_by: str | None = None) -> Run:
@@ -76,6 +120,10 @@ def load_run(results_path: Path, group_by: Sequence[str] = (), column_by: str | 
 
     def pick(key: str, meta_key: str, default: Any) -> Any:
         v = _select(cfg, key)
+        if isinstance(v, str) and "${" in v:  # a resolver call: never resolved here
+            log.warning("%s: %s = %r is not resolved (a run's config is read, not run); "
+                        "taken from results.json", run_dir, key, v)
+            v = None
         return meta.get(meta_key, default) if v is None else v
 
     variants = {}

@@ -9,6 +9,7 @@ default nobody chose.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, fields
 from types import UnionType
@@ -18,6 +19,18 @@ from omegaconf import OmegaConf
 
 _MISSING = object()
 T = TypeVar("T")
+# A user-chosen name that becomes a file or folder name (variant names: predictions/<name>.jsonl):
+# letters, digits, `_` and `-`, starting with a letter or digit; no `/`, `..` or `.` (a dot
+# separates a variant from its scorer in result rows).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_name(name: str, key: str) -> str:
+    """`name` when it is a safe file name (`SAFE_NAME`), else a ValueError naming `key`."""
+    if not SAFE_NAME.fullmatch(str(name)):
+        raise ValueError(f"{key}: name {name!r} is not allowed (it becomes a file name): use "
+                         "letters, digits, '_' and '-' only, starting with a letter or digit")
+    return str(name)
 
 
 def need(cfg: Any, key: str, where: str | None = None) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 import zipfile
@@ -33,6 +34,10 @@ def check_checkpoint(path: str | os.PathLike, key: str | None = None) -> Path:
     config key the path came from (e.g. `tuning.ckpt_path`), named in the error when given."""
     path = Path(path)
     label = f"{key}: {path}" if key else str(path)
+    if not loads_weights_only():
+        raise CheckpointError(f"{label}: torch {_torch_version()} would unpickle the checkpoint "
+                              "with code (torch.load loads weights only from torch 2.6); "
+                              "install torch>=2.6 to resume")
     fix = ("; it was probably cut short by a killed run: delete it to train from the start, or "
            "point tuning.ckpt_path at an intact checkpoint")
     if not path.is_file():
@@ -48,6 +53,19 @@ def check_checkpoint(path: str | os.PathLike, key: str | None = None) -> Path:
     if not any(n.endswith("data.pkl") for n in names):
         raise CheckpointError(f"{label}: not a torch checkpoint (no data.pkl among {names[:5]}){fix}")
     return path
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def loads_weights_only() -> bool:
+    """True when `torch.load` (which Lightning calls without `weights_only` on resume) loads
+    tensors and plain containers only, never pickled code: torch >= 2.6."""
+    major, minor = (int(x) for x in re.findall(r"\d+", _torch_version())[:2])
+    return (major, minor) >= (2, 6)
 
 
 def _age_s(entry: Path, now: float) -> float:
