@@ -242,7 +242,6 @@ _TUNING = {
     "checkpoint_every_n_steps": _int(0, True), "log_every_n_steps": _int(1, True),
     "resume": _BOOL, "fraction": _num(0, 1, lo_open=True, nullable=True),
     "max_samples": _int(1, True), "seed": _INT_OR_NULL, "init_seed": _INT_OR_NULL,
-    "include_valid": _BOOL, "reuse": _BOOL, "num_train_prompts": _int(0, True),
     "sequence.max_titles": _int(2), "sequence.min_context": _int(1),
     "sequence.windows_per_user": _int(1, True),
     "betas": ((lambda v: isinstance(v, list) and len(v) == 2
@@ -270,6 +269,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{f"eval.{k}": _BOOL for k in ("normalize", "packed", "share_trunk", "exclude_seen",
                                     "reference", "progress", "print")},
     **{f"tuning.{k}": rule for k, rule in _TUNING.items()},
+    **{f"tuning.{stage}.{k}": _BOOL for stage in ("general", "specific")
+       for k in ("include_valid", "reuse")},
+    "tuning.specific.num_train_prompts": _int(0, True),
     "tuning.specific.init_from": ((lambda v: v in (None, "general")), "null or general"),
     "backbone.lora.r": _int(1), "backbone.lora.alpha": _num(0, lo_open=True),
     "backbone.lora.dropout": _num(0, 1, hi_open=True), "backbone.lora.top_layers": _int(1, True),

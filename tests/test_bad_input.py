@@ -35,6 +35,15 @@ def write_ml100k(folder: Path, data_rows: list[str], item_rows: list[str]) -> Pa
     return folder
 
 
+def write_tiny_safetensors(path: Path) -> Path:
+    """A complete safetensors file with one small LoRA factor."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"base_model.model.layer.q_proj.lora_A.weight": torch.zeros(2, 4)}, str(path))
+    return path
+
+
 # -- 1. over-long rows ------------------------------------------------------------------------------
 
 def test_over_long_rows_are_refused_naming_file_and_line(tmp_path):
@@ -273,6 +282,42 @@ def test_ml100k_fetch_error_names_data_root_and_downloads_once(tmp_path, monkeyp
     assert not data.exists() or list(data.iterdir()) == []  # nothing half-written
 
 
+def test_ml100k_wrong_data_root_is_named(tmp_path, caplog):
+    """A misspelt paths.data_root: the copy fetched earlier is used, and the folder the user
+    pointed at is named (once)."""
+    dest = write_ml100k(tmp_path / "cache" / "ml-100k", ["1\t1\t5\t100\n"],
+                        [u_item_row(1, "Toy Story (1995)")])
+    wrong = tmp_path / "shraed" / "data"
+    with caplog.at_level(logging.WARNING, logger="reccocktail.data.fetch"):
+        for _ in range(2):
+            assert fetch.ensure_ml100k(dest, wrong, url=None, package=None) == dest
+    assert caplog.text.count(f"paths.data_root={wrong}: {wrong} does not exist") == 1
+    (wrong / "ml-100k").mkdir(parents=True)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="reccocktail.data.fetch"):
+        fetch.ensure_ml100k(dest, wrong, url=None, package=None)
+    assert f"{wrong / 'ml-100k' / 'raw'} holds no u.data and u.item" in caplog.text
+
+
+def test_non_numeric_ids_in_u_data_are_named(tmp_path):
+    rows = ["1\t1\t5\t100\n", "1\t2\t4\t101\n", "2\tabc\t3\t102\n"]
+    d = write_ml100k(tmp_path / "raw", rows, [u_item_row(1, "A (1995)"), u_item_row(2, "B (1995)")])
+    with pytest.raises(ValueError, match=r"u.data:3: item id 'abc' is not a number"):
+        read_ml100k(d)
+    d = write_ml100k(tmp_path / "raw2", ["x1\t1\t5\t100\n"], [u_item_row(1, "A (1995)")])
+    with pytest.raises(ValueError, match=r"u.data:1: user id 'x1' is not a number"):
+        read_ml100k(d)
+
+
+def test_titles_lose_invisible_characters_as_in_recommend():
+    """The data stage's cleaning: NFKC, no control or format (zero-width) characters."""
+    assert clean_title("Heat\u200b (1995)") == "Heat (1995)"
+    assert clean_title("\ufeffＨｅａｔ\u00a0(1995)\u202e") == "Heat (1995)"
+    assert clean_title("A\x1b[31m\tB\x07") == "A[31m B"
+    assert clean_title("\u200b\u200d\u2060") == ""  # invisible: dropped like an untitled item
+    assert clean_title("Amélie (2001)") == "Amélie (2001)"
+
+
 def test_truncated_checkpoint_names_the_path(tmp_path):
     import torch
 
@@ -349,8 +394,10 @@ def test_adapters_of_other_weights_are_refused(tmp_path, tiny_llama_cfg):
     adapter = tmp_path / "run" / "adapters" / "cocktail"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
+    write_tiny_safetensors(adapter / "adapter_model.safetensors")
     write_json(adapter / "manifest.json",
-               {"kind": "mixed", "backbone": "tiny_llama", "config": {"backbone": other_seed}})
+               {"kind": "mixed", "backbone": "tiny_llama", "config": {"backbone": other_seed},
+                "init_seed": 0, "data_hash": "x", "metrics": {}})
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("run", overrides=["task=recommend", "backbone=tiny_llama", "logger=none",
                                         f"recommend.adapter={adapter}", "recommend.device=cpu",

@@ -208,6 +208,27 @@ def test_adapter_of_another_backbone_is_rejected(run_dir, tiny_llama_cfg, tmp_pa
         run_eval_stage(cfg, run_dir)
 
 
+def test_corrupt_adapter_fails_before_any_variant_is_scored(run_dir, tiny_llama_cfg, tmp_path):
+    import shutil
+
+    from reccocktail.evaluation.stage import run_eval_stage
+    from reccocktail.models.adapters import AdapterError
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir / "data", out / "data")
+    shutil.copytree(run_dir / "adapters", out / "adapters")
+    weights = out / "adapters" / "specific" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AdapterError, match=rf"eval: adapter 'specific': {weights}: not a "
+                                           "readable safetensors file"):
+        run_eval_stage(make_cfg(out, tiny_llama_cfg), out)
+    assert not (out / "predictions").exists() and not (out / "results.json").exists()
+    cfg = make_cfg(out, tiny_llama_cfg, variants=["zero_shot"])
+    cfg.eval.adapters = {"../../x": str(run_dir / "adapters" / "general")}
+    with pytest.raises(ValueError, match=r"eval.adapters: name '\.\./\.\./x' is not allowed"):
+        run_eval_stage(cfg, out)
+
+
 def test_transductive_scores_every_user(run_dir, tiny_llama_cfg, tmp_path):
     from reccocktail.evaluation.stage import eval_samples
 

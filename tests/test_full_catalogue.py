@@ -155,7 +155,8 @@ def test_eval_stage_full_catalogue_rows(tmp_path, tiny_llama_cfg):
     from reccocktail.utils.io import read_json, read_jsonl
 
     _write_data(tmp_path / "data")
-    cfg = make_cfg(tmp_path, tiny_llama_cfg, candidates="all", beam_size=20, scorer="beam",
+    # eval.candidates=all with the default beam size (null: the largest cut-off, 20)
+    cfg = make_cfg(tmp_path, tiny_llama_cfg, candidates="all", scorer="beam",
                    variants=["zero_shot"])
     run_eval_stage(cfg, tmp_path)
     data = read_json(tmp_path / "results.json")

@@ -307,6 +307,42 @@ def test_stage_fixed_writes_cocktail_wa_and_lambda_json(adapters, tiny_llama_cfg
         run_mix_stage(_cfg(out, tiny_llama_cfg, name="magic"), out)
 
 
+def test_stage_refuses_corrupt_and_foreign_adapters(adapters, tiny_llama_cfg, tmp_path):
+    """A corrupt cocktail is mixed again, never reused; an S of another run (the cold split in
+    this warm run) or without a manifest is refused naming what differs; with
+    allow_foreign_adapters=true it is mixed and lambda.json and the cocktail record it."""
+    from reccocktail.cocktail.stage import run_mix_stage
+    from reccocktail.models.adapters import AdapterError, is_intact
+
+    out = _run_dir(tmp_path, adapters)
+    write_json(out / "data" / "manifest.json", {"data_hash": "x"})  # what S was trained on
+    cfg = _cfg(out, tiny_llama_cfg, name="fixed", lambdas=[0.5, 0.5])
+    run_mix_stage(cfg, out)
+    cocktail = out / "adapters" / "cocktail"
+    weights = cocktail / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    assert run_mix_stage(cfg, out)["reused"] is False
+    assert is_intact(cocktail) and weights.read_bytes() == good
+
+    spec = out / "adapters" / "specific" / "manifest.json"
+    write_json(spec, {**read_json(spec), "data_hash": "cold-data",
+                      "run": {"scenario": "cold", "domain": "toy"}})
+    with pytest.raises(AdapterError, match=r"mix: adapter 'specific': .* scenario: 'cold' "
+                                           r"\(adapter\) vs 'warm' \(this run\)"):
+        run_mix_stage(cfg, out)
+    cfg.allow_foreign_adapters = True
+    assert run_mix_stage(cfg, out)["reused"] is False  # not the cocktail of the run's own S
+    recorded = read_json(out / "mix" / "lambda.json")["foreign_adapters"]
+    assert list(recorded) == ["specific"] and "scenario: 'cold'" in " ".join(recorded["specific"])
+    assert read_json(cocktail / "manifest.json")["foreign_sources"] == recorded
+
+    cfg.allow_foreign_adapters = False
+    spec.unlink()  # no manifest: refused, naming it (not "different LoRA init seeds")
+    with pytest.raises(AdapterError, match=rf"{spec}: no adapter manifest"):
+        run_mix_stage(cfg, out)
+
+
 class _LambdaReadingScorer:
     """Stand-in scorer: ranks the target first only when the mix holds λ_G = 0.7."""
 

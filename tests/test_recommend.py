@@ -238,6 +238,14 @@ def test_adapter_of_another_domain_or_without_manifest(lora_adapter: Path):
     assert "no usable manifest" in res["foreign"][0] and len(res["requests"][0]["ranking"]) == 2
 
 
+def test_corrupt_adapter_is_named(lora_adapter: Path):
+    weights = lora_adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(ValueError, match=rf"recommend.adapter: .*{weights}: not a readable "
+                                         "safetensors file"):
+        run_recommend(make_cfg(adapter=str(lora_adapter), history="[1]", candidates="[2,3]"))
+
+
 def test_module_entry_point(tmp_path: Path, items_tsv: Path):
     """`python -m reccocktail.recommend` runs the recommend task (it used to do nothing)."""
     import os

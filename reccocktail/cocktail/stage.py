@@ -236,7 +236,7 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     key = stable_hash(mcfg.block, seed, need(cfg, "data.max_title_tokens"),
                       need(cfg, "backbone.name"), data_hash,
                       [file_sha256(p / "adapter_model.safetensors") for p in paths.values()], fmt,
-                      *([chosen] if chosen else []))
+                      *([chosen] if chosen else []), *([foreign] if foreign else []))
     cocktail, wa, lam_file = out_dir / "adapters" / "cocktail", out_dir / "adapters" / "wa", \
         out_dir / "mix" / "lambda.json"
     if lam_file.exists() and (cocktail / "manifest.json").exists() and wa.exists():

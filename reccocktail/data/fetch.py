@@ -207,11 +207,11 @@ _WARNED: set[str] = set()
 def _warn_missing_root(data_root: Path, existing: Path, dest: Path) -> None:
     """Say once per folder that `paths.data_root` holds no ML-100k, naming what the user
     pointed at, before another copy is used (a misspelt root must not pass unnoticed)."""
-    if str(existing) in _WARNED:
-        return
-    _WARNED.add(str(existing))
     why = (f"{data_root} does not exist" if not data_root.exists() else
            f"{existing} holds no {' and '.join(REQUIRED)}")
+    if why in _WARNED:
+        return
+    _WARNED.add(why)
     log.warning("ML-100k: paths.data_root=%s: %s; using another copy instead (the one fetched "
                 "into %s, else the GroupLens download, else the recbole package). Point "
                 "paths.data_root at the folder that holds ml-100k/raw if you meant your own copy",
