@@ -13,6 +13,19 @@ from reccocktail.evaluation.results import load_results
 from reccocktail.utils.io import write_json
 
 
+def fake_adapter(folder: Path, kind: str) -> None:
+    """An adapter folder the stage's checks accept (complete files, a complete manifest); the
+    scorers below never read its weights."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "adapter_config.json", {})
+    save_file({"x.lora_A.weight": torch.zeros(1, 1)}, str(folder / "adapter_model.safetensors"))
+    write_json(folder / "manifest.json", {"kind": "mixed" if kind == "cocktail" else kind,
+                                          "backbone": "tiny_llama", "init_seed": 0,
+                                          "data_hash": "x", "config": {}, "metrics": {}})
+
+
 def _fakes(monkeypatch, killed: set[str]):
     from test_eval_stage import N_CAND, FakeSwitcher
 
@@ -47,9 +60,7 @@ def test_interrupted_eval_leaves_no_old_rows_and_the_report_refuses_it(tmp_path,
 
     _write_data(tmp_path / "data")
     for name in ("cocktail", "specific"):
-        write_json(tmp_path / "adapters" / name / "adapter_config.json", {})
-        write_json(tmp_path / "adapters" / name / "manifest.json",
-                   {"kind": name, "backbone": "tiny_llama"})
+        fake_adapter(tmp_path / "adapters" / name, name)
     cfg = make_cfg(tmp_path, tiny_llama_cfg, variants=["zero_shot", "specific", "cocktail"])
     stage = _fakes(monkeypatch, killed=set())
     stage.run_eval_stage(cfg, tmp_path)
@@ -120,9 +131,7 @@ def test_sigkilled_eval_then_rerun_gives_the_files_of_an_uninterrupted_run(
     def prepare(out: Path) -> None:
         _write_data(out / "data")
         for name in ("cocktail", "specific"):
-            write_json(out / "adapters" / name / "adapter_config.json", {})
-            write_json(out / "adapters" / name / "manifest.json",
-                       {"kind": name, "backbone": "tiny_llama"})
+            fake_adapter(out / "adapters" / name, name)
 
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     for out in (killed, clean):
