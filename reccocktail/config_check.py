@@ -84,6 +84,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from reccocktail.cocktail.mix import GRANULARITIES, MODES
     from reccocktail.cocktail.stage import NAMES
     from reccocktail.data.prompts import FORMATS
+    from reccocktail.data.splits import COLD_TRAIN_PARTS
     from reccocktail.data.stage import _COLD_NEGATIVES, _NEGATIVES, _SCENARIOS
     from reccocktail.evaluation.scorers import SCORERS
     from reccocktail.models.tuning import _SCHEDULES
@@ -94,7 +95,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
             "tuning.objective": tuple(FORMATS), "tuning.schedule": tuple(_SCHEDULES),
             "tuning.mode": tuple(TUNING_MODES),
             "data.negatives": _NEGATIVES, "scenario.name": _SCENARIOS,
-            "scenario.cold_negatives": _COLD_NEGATIVES}
+            "scenario.cold_negatives": _COLD_NEGATIVES,
+            "scenario.cold_train_part": COLD_TRAIN_PARTS}
 
 
 def config_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:

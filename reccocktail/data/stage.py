@@ -22,12 +22,27 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from reccocktail.data.candidates import attach_candidates, popularity_weights
+from reccocktail.data.candidates import attach_candidates, drawable, popularity_weights
 from reccocktail.data.filtering import Sequences, build_sequences, check_size
-from reccocktail.data.general import GeneralPool, build_general_pool, target_identity
+from reccocktail.data.general import (
+    GeneralPool,
+    build_general_pool,
+    check_no_new_items,
+    target_identity,
+)
 from reccocktail.data.readers import SourceTable
-from reccocktail.data.samples import write_items
-from reccocktail.data.splits import Rows, Split, cap_rows, cap_users, cold_split, warm_split
+from reccocktail.data.samples import NEW_ITEMS_FILE, write_items
+from reccocktail.data.splits import (
+    COLD_TRAIN_PARTS,
+    Rows,
+    Split,
+    candidate_pools,
+    cap_rows,
+    cap_users,
+    cold_split,
+    warm_split,
+)
+from reccocktail.data.titles import normalise_title
 from reccocktail.utils.config import need, one_of, typed
 from reccocktail.utils.io import (
     atomic_dir,
@@ -275,12 +290,28 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
     check_size(seqs, num_candidates, f"domain {domain.name} ({name})")
 
     per_user = dc.max_train_prompts_per_user
+    cold_negatives = train_part = None
     if scenario == "warm":
         split = warm_split(seqs, per_user)
     else:
+        # only the cold scenario has new items (conf/scenario/cold.yaml sets these keys)
+        cold_negatives = str(need(scen, "cold_negatives", "scenario"))
+        one_of(cold_negatives, _COLD_NEGATIVES, "scenario.cold_negatives")
+        train_part = str(need(scen, "cold_train_part", "scenario"))
+        one_of(train_part, COLD_TRAIN_PARTS, "scenario.cold_train_part")
         split = cold_split(seqs, float(need(scen, "new_item_fraction", "scenario")), seed,
-                           per_user)
+                           per_user,
+                           valid_new_item_fraction=float(need(scen, "valid_new_item_fraction",
+                                                              "scenario")),
+                           train_part=train_part)
     rows = split.rows
+    pools = candidate_pools(split, cold_negatives)
+    if cold_negatives == "new":
+        # a validation user who touched nearly every validation-new item cannot fill a list of
+        # them: left out of validation, counted (the test split keeps its error instead)
+        ok = drawable(seqs, rows["valid"], pools["valid"], num_candidates - 1)
+        split.stats["valid_samples_without_enough_new_negatives"] = int((~ok).sum())
+        rows["valid"] = rows["valid"].take(np.flatnonzero(ok))
     rows["test"] = cap_users(rows["test"], dc.max_test_users, seed, 3)
     rows["valid"] = cap_users(rows["valid"], dc.max_valid_users, seed, 2)
     rows["train"] = cap_rows(rows["train"], dc.max_train_prompts, seed, 1)
@@ -289,21 +320,12 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
             raise ValueError(
                 f"domain {domain.name}, scenario {scenario}: the {k} split is empty "
                 f"({split.stats}); use a larger domain, lower data.min_core, or raise "
-                "scenario.new_item_fraction (cold)"
+                "scenario.new_item_fraction / scenario.valid_new_item_fraction (cold)"
             )
     weights = (popularity_weights(split.train_flat, seqs.num_items)
                if negatives == "popularity" else None)
-    # only the cold scenario has new items (conf/scenario/cold.yaml sets the key)
-    cold_negatives = str(need(scen, "cold_negatives", "scenario")) if scenario == "cold" else None
-    if scenario == "cold":
-        one_of(cold_negatives, _COLD_NEGATIVES, "scenario.cold_negatives")
-    test_mask = None
-    if scenario == "cold" and cold_negatives == "new":
-        # negatives from the new items only: the target cannot be spotted as "the unfamiliar one"
-        test_mask = ~split.allowed_train
-    allowed = {"train": split.allowed_train, "valid": split.allowed_train, "test": test_mask}
     attach_candidates(seqs, [rows["train"], rows["valid"], rows["test"]], num_candidates, seed,
-                      allowed=allowed, weights=weights)
+                      allowed=pools, weights=weights)
     t_split = time.time()
     counts = _write_target(dest, seqs, split, history_len)
 
@@ -315,14 +337,31 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
         "samples": counts,
         "users": {k: int(len(np.unique(r.user))) for k, r in rows.items()},
         "negatives": negatives,
-        "cold_negatives": cold_negatives if scenario == "cold" else None,
+        "cold_negatives": cold_negatives,
+        "cold_train_part": train_part,
         "num_candidates": num_candidates,
         "candidates_note": (
             "negatives are drawn from the items the user never touched; in the cold scenario "
-            "train/valid negatives exclude the new items; test negatives may be new or not "
-            "(cold_negatives=mixed) or are new items only (cold_negatives=new)"
+            "train negatives exclude every new item; test negatives may be warm or test-new "
+            "(cold_negatives=mixed) or are test-new items only (cold_negatives=new), and "
+            "validation negatives likewise with the validation-new items"
         ),
     }
+    new_titles: set[str] = set()
+    if split.new_test is not None and split.new_valid is not None:
+        new_ids = {k: [seqs.items[i] for i in np.flatnonzero(m)]
+                   for k, m in (("test", split.new_test), ("valid", split.new_valid))}
+        write_json(dest / NEW_ITEMS_FILE, new_ids)
+        new_titles = {normalise_title(seqs.titles[i])
+                      for i in np.flatnonzero(split.new_test | split.new_valid)}
+        stats["cold_valid"] = {
+            "samples": counts["valid"], "users": stats["users"]["valid"],
+            "new_items": int(split.new_valid.sum()),
+            "target_items": int(len(np.unique(rows["valid"].targets))),
+            "note": "validation samples whose target is a validation-new item (disjoint from "
+                    "the test-new items and from every training sequence); the label-based "
+                    "choices of the cold scenario (mix=grid, early stopping) use them",
+        }
 
     general = need(domain, "general", "domain")
     if general and need(general, "sources", "domain.general"):
@@ -337,10 +376,15 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
                                                      "domain.general")),
             max_train_prompts=_opt_int(need(gcfg, "max_train_prompts", "domain.general")),
             max_valid_prompts=_opt_int(need(gcfg, "max_valid_prompts", "domain.general")),
+            new_titles=new_titles,
         )
+        check_no_new_items(pool, new_titles)
         gcounts = _write_general(dest / "general", pool, history_len)
         stats["general"] = {"sources": pool.stats, "samples": gcounts,
                             "remove_overlap": list(gcfg["remove_overlap"])}
+        if scenario == "cold":
+            stats["general"]["new_items_removed"] = sum(
+                int(st.get("new_items_removed", 0)) for st in pool.stats.values())
     else:
         log.warning("domain %s declares no general sources: no general pool is written", domain.name)
     stats["seconds"] = {"target_split": round(t_split - t0, 2), "total": round(time.time() - t0, 2)}
@@ -392,7 +436,7 @@ def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             files = {str(f.relative_to(tmp)): f.stat().st_size
                      for f in sorted(tmp.rglob("*")) if f.is_file()}
             manifest = {"data_hash": key, "inputs": to_plain(inputs), "files": files,
-                        "created": time.time()}
+                        "created": time.time(), "cold_train_part": stats["cold_train_part"]}
             if (tmp / "general").is_dir():
                 # the pool's own identity, so the base spirit G is shared by runs whose pools
                 # are equal even when their targets differ

@@ -5,7 +5,9 @@ G trains on the general pool `data/general/{train,valid}.jsonl`; it is keyed by
 `${paths.cache_dir}/adapters/general/<key>/`, so a second domain with the same pool reuses it.
 S trains on the target domain's `valid.jsonl` plus N sampled `train.jsonl` prompts (the paper's
 recipe), optionally a seeded fraction of that (few-shot runs), optionally starting from G
-(`tuning.specific.init_from: general`, second-round fine-tuning).
+(`tuning.specific.init_from: general`, second-round fine-tuning). In the cold scenario
+`valid.jsonl` is the cold validation split (targets: validation-new items), so S never trains
+on it there: N sampled `train.jsonl` prompts only.
 
 S is cached the same way (`adapters/specific/<key>/`, key: backbone, target data, tuning, prompt,
 init), so a rerun of the same command in a new run folder trains neither again.
@@ -371,15 +373,24 @@ def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[
                          seed=seed)
     if not pool:
         raise ValueError("tuning.specific: the ingredient has no training samples "
-                         "(include_valid=false and num_train_prompts=0?)")
+                         "(num_train_prompts=0 with include_valid=false, or in the cold "
+                         "scenario, where valid.jsonl never trains S?)")
     return pool
 
 
 def _cold_targets(cfg: DictConfig, data_dir: Path) -> set[str]:
-    """In the cold scenario the test targets are new items: no training row may hold one."""
+    """In the cold scenario the test and validation targets are new items: no training row may
+    hold one."""
     if str(need(cfg, "scenario.name")) != "cold":
         return set()
-    return {s.target for s in load_samples(data_dir / "test.jsonl")}
+    return {s.target for f in ("test.jsonl", "valid.jsonl") for s in load_samples(data_dir / f)}
+
+
+def _trains_on_valid(cfg: DictConfig, t: dict) -> bool:
+    """Whether S's instruction rows include `valid.jsonl`: `include_valid`, except in cold, where
+    its targets are the validation-new items that no adapter may see."""
+    return (objective(t) == "instruction" and bool(need(t, "include_valid", "tuning.specific"))
+            and str(need(cfg, "scenario.name")) != "cold")
 
 
 def specific_plan(cfg: DictConfig, out_dir: Path, t: dict) -> dict[str, Any]:
@@ -389,7 +400,7 @@ def specific_plan(cfg: DictConfig, out_dir: Path, t: dict) -> dict[str, Any]:
     data_dir = Path(out_dir) / "data"
     extra: dict[str, Any] = {"prompt": _prompt_cfg(cfg, general=False)}
     held_out: set[str] = set()
-    if objective(t) == "instruction" and need(t, "include_valid", "tuning.specific"):
+    if _trains_on_valid(cfg, t):
         # validation users a later stage selects on (mix=grid) never train S
         valid_all = _load_split(data_dir / "valid.jsonl", None)
         valid_users = {s.user for s in valid_all}
@@ -397,6 +408,10 @@ def specific_plan(cfg: DictConfig, out_dir: Path, t: dict) -> dict[str, Any]:
                                                      int(need(cfg, "seed")))}
         extra["held_out_valid_users"] = sorted(held_out)
         extra["valid_users_trained"] = sorted(valid_users - held_out)
+    elif objective(t) == "instruction" and need(t, "include_valid", "tuning.specific"):
+        extra["valid_users_trained"] = []
+        extra["valid_not_trained"] = ("cold: valid.jsonl's targets are validation-new items, "
+                                      "kept out of every training row")
     return extra
 
 
@@ -414,7 +429,8 @@ def specific_training_data(cfg: DictConfig, out_dir: Path, t: dict, extra: dict[
         return items, windows, []
     held_out = set(extra.get("held_out_valid_users") or ())
     train = _load_split(data_dir / "train.jsonl", items)
-    valid = [s for s in _load_split(data_dir / "valid.jsonl", items) if s.user not in held_out]
+    valid = ([s for s in _load_split(data_dir / "valid.jsonl", items) if s.user not in held_out]
+             if _trains_on_valid(cfg, t) else [])
     samples = specific_samples(train, valid, t)
     log.info("%s: training on %d samples (%d valid + sampled train, %d validation users held "
              "out for selection)", label, len(samples), len(valid), len(held_out))
