@@ -170,8 +170,9 @@ def _write_target(d: Path, seqs: Sequences, split: Split, history_len: int) -> d
 
 def _sequence_lines(split: Split, users_json: list[str], items_json: list[str]) -> Iterator[str]:
     """`{"user", "items"}` per user: the training part of their sequence only (no validation or
-    test target, no new item of the cold scenario), for popularity, the ID baselines and the
-    sequence objective."""
+    test target, no new item of the cold scenario, nothing after the cold test event unless
+    `scenario.cold_train_part=all_non_new`), for popularity, the ID baselines, the sequence
+    objective and the full-catalogue exclusion."""
     to, tf = split.train_offsets.tolist(), split.train_flat.tolist()
     for u, uj in enumerate(users_json):
         its = ",".join([items_json[i] for i in tf[to[u] : to[u + 1]]])
