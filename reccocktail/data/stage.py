@@ -437,7 +437,9 @@ def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             files = {str(f.relative_to(tmp)): f.stat().st_size
                      for f in sorted(tmp.rglob("*")) if f.is_file()}
             manifest = {"data_hash": key, "inputs": to_plain(inputs), "files": files,
-                        "created": time.time(), "cold_train_part": stats["cold_train_part"]}
+                        "created": time.time()}
+            if stats["cold_train_part"] is not None:  # where the cold training part ends
+                manifest["cold_train_part"] = stats["cold_train_part"]
             if (tmp / "general").is_dir():
                 # the pool's own identity, so the base spirit G is shared by runs whose pools
                 # are equal even when their targets differ
