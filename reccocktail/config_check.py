@@ -87,13 +87,14 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from reccocktail.data.splits import COLD_TRAIN_PARTS
     from reccocktail.data.stage import _COLD_NEGATIVES, _NEGATIVES, _SCENARIOS
     from reccocktail.evaluation.scorers import SCORERS
-    from reccocktail.models.tuning import _SCHEDULES
+    from reccocktail.models.tuning import _SCHEDULES, LOSS_NORMALIZATIONS
     from reccocktail.models.tuning import MODES as TUNING_MODES
 
     return {"mix.name": tuple(NAMES), "mix.mode": tuple(MODES),
             "mix.granularity": tuple(GRANULARITIES), "eval.scorer": tuple(SCORERS),
             "tuning.objective": tuple(FORMATS), "tuning.schedule": tuple(_SCHEDULES),
             "tuning.mode": tuple(TUNING_MODES),
+            "tuning.loss_normalization": LOSS_NORMALIZATIONS,
             "data.negatives": _NEGATIVES, "scenario.name": _SCENARIOS,
             "scenario.cold_negatives": _COLD_NEGATIVES,
             "scenario.cold_train_part": COLD_TRAIN_PARTS}

@@ -11,6 +11,9 @@ on it there: N sampled `train.jsonl` prompts only.
 
 S is cached the same way (`adapters/specific/<key>/`, key: backbone, target data, tuning, prompt,
 init), so a rerun of the same command in a new run folder trains neither again.
+With `tuning.early_stopping.enabled`, G is checked on `data/general/valid.jsonl` and S on
+`data/valid.jsonl` (validation NDCG@1, `models/early_stopping.py`) and the best check's weights
+are saved; S's rows then leave those validation users out, as they do the grid's.
 Lightning checkpoints go to `<run>/<stage>/checkpoints/<key>/`; a rerun in the same folder
 (`hydra.run.dir=...`) resumes an interrupted training from `last.ckpt` there (or from
 `tuning.ckpt_path`), and a finished adapter whose key matches is not trained again.
@@ -28,9 +31,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.data.samples import Sample, load_items, load_samples
-from reccocktail.data.selection import selection_samples
+from reccocktail.data.selection import choose_users, selection_samples
 from reccocktail.models import adapters as ad
 from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
+from reccocktail.models.early_stopping import early_stopping_config
+from reccocktail.models.tuning import loss_normalization
 from reccocktail.utils.config import need, one_of
 from reccocktail.utils.io import stable_hash, to_plain
 
@@ -47,18 +52,28 @@ def stage_tuning_cfg(tuning: Any, stage: str) -> dict:
     one_of(stage, STAGE_BLOCKS, "tuning stage")
     plain = to_plain(tuning) if tuning is not None else {}
     merged = {k: v for k, v in plain.items() if k not in STAGE_BLOCKS}
-    merged.update(plain.get(stage) or {})
+    for k, v in (plain.get(stage) or {}).items():
+        # a block (`early_stopping`, `sequence`, `full`) is merged key by key, so
+        # `tuning.general.early_stopping.enabled=true` keeps the shared block's other keys
+        both = isinstance(v, dict) and isinstance(merged.get(k), dict)
+        merged[k] = {**merged[k], **v} if both else v
     return merged
 
 
 def result_config(t: dict) -> dict:
-    """The part of a stage's tuning config that determines the trained adapter. A LoRA's
-    config leaves out the full fine-tuning keys (`mode: lora`, `full`), so the keys of adapters
-    cached before `tuning.mode` existed do not change."""
+    """The part of a stage's tuning config that determines the trained adapter. Keys that
+    change nothing in the settings where they are left out, so the keys of adapters cached
+    before them do not change: a LoRA's config leaves out the full fine-tuning keys
+    (`mode: lora`, `full`), a disabled `early_stopping` block is left out, and so is
+    `loss_normalization: micro_batch` (the rule every adapter trained before the key used)."""
     out = {k: v for k, v in t.items() if k not in _NON_RESULT_KEYS}
     if str(need(out, "mode", "tuning")) == "lora":
         out.pop("mode", None)
         out.pop("full", None)
+    if early_stopping_config(out) is None:
+        out.pop("early_stopping", None)
+    if loss_normalization(out) == "micro_batch":
+        out.pop("loss_normalization", None)
     return out
 
 
@@ -131,14 +146,19 @@ def _find_resume(t: dict, ckpt_dir: Path) -> str | None:
 
 def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: list[Sample],
                   val: list[Sample], prompt_builder: Any, key: str,
-                  init_adapter: str | None = None) -> tuple[Any, dict, Any]:
+                  init_adapter: str | None = None,
+                  rank_val: list[Sample] | None = None) -> tuple[Any, dict, Any]:
     """Fit a LoRA on `train` with Lightning; returns (peft model, metrics, trainer).
 
+    `rank_val`: the validation samples early stopping ranks (`tuning.early_stopping` enabled);
+    the returned model then holds the best check's weights and `metrics["early_stopping"]`
+    says which. None: no early stopping (the P5 baseline's full fine-tuning).
     `loss_first`/`loss_last` are means over the first/last (up to 5) batch losses this process
     saw (after a resume: those of the resumed part)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from reccocktail.models.early_stopping import RankingEarlyStopping
     from reccocktail.models.sequence_data import SequenceDataModule
     from reccocktail.models.tuning import InstructionTuningModule
     from reccocktail.runtime import make_trainer
@@ -156,8 +176,19 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
     module = InstructionTuningModule(to_plain(cfg.backbone), t, stage=stage, init_adapter=init_adapter)
     ckpt_dir = out_dir / stage / "checkpoints" / key
     every = int(need(t, "checkpoint_every_n_steps", "tuning") or 0)
-    callbacks = [ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
-                                 every_n_train_steps=every if every > 0 else None)]
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                            every_n_train_steps=every if every > 0 else None)]
+    es = early_stopping_config(t)
+    stopper = None
+    if rank_val is not None:
+        if es is None:
+            raise ValueError("train_adapter: validation samples to rank without "
+                             "tuning.early_stopping.enabled")
+        stopper = RankingEarlyStopping(
+            rank_val, prompt_builder, stage, every_n_steps=es.every_n_steps,
+            patience=es.patience, normalize=es.normalize,
+            batch_size=int(need(cfg, "eval.batch_size")), packed=bool(need(cfg, "eval.packed")))
+        callbacks.append(stopper)
     overrides: dict[str, Any] = {
         "max_epochs": int(need(t, "epochs", "tuning")),
         "max_steps": int(-1 if need(t, "max_steps", "tuning") is None else t["max_steps"]),
@@ -200,7 +231,10 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
         # this process's tokens over this process's time (a resumed run counts its part only)
         "tokens_per_s": round(module.session_tokens / seconds, 1) if seconds > 0 else None,
         "resumed_from": resume,
+        "loss_normalization": loss_normalization(t),
     }
+    if stopper is not None:
+        metrics["early_stopping"] = stopper.summary()
     return module.model, metrics, trainer
 
 
@@ -300,10 +334,12 @@ def _from_cache(cache_dir: Path, kind: str, key: str, dest: Path) -> dict | None
 def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str, data_hash: str,
                     extra: dict, load_data: Callable[[], tuple[dict[str, str], list[Sample],
                                                                list[Sample]]],
-                    init_adapter: Path | None = None) -> dict:
+                    init_adapter: Path | None = None,
+                    load_ranking: Callable[[dict[str, str]], list[Sample]] | None = None) -> dict:
     """The adapter of `kind` for `key` into `adapters/<kind>/`: kept when the run already holds
     it, copied from the cache when there, else trained on `load_data()` (items, train, val),
-    saved and cached. `extra` (with the `prompt`) goes into the manifest."""
+    saved and cached. `extra` (with the `prompt`) goes into the manifest. With early stopping,
+    `load_ranking(items)` gives the validation samples it ranks."""
     from reccocktail.models.tuning import tuning_mode
 
     if tuning_mode(t) != "lora":
@@ -320,9 +356,16 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
         return reused
 
     items, train, val = load_data()
+    rank_val = None
+    if early_stopping_config(t) is not None:
+        if load_ranking is None:
+            raise ValueError(f"tuning.early_stopping: the {kind} stage has no validation samples "
+                             "to rank")
+        rank_val = load_ranking(items)
     builder = _prompt_builder(cfg, items, extra["prompt"], objective(t))
     model, metrics, trainer = train_adapter(cfg, out_dir, kind, t, train, val, builder, key,
-                                            init_adapter=str(init_adapter) if init_adapter else None)
+                                            init_adapter=str(init_adapter) if init_adapter else None,
+                                            rank_val=rank_val)
     if trainer.is_global_zero:
         ad.save_adapter(model, dest, _manifest(cfg, kind, t, data_hash, key, metrics, out_dir, extra))
         if t["reuse"]:
@@ -340,6 +383,11 @@ def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
     data_hash = ad.general_data_hash(data_dir)
     prompt = _prompt_cfg(cfg, general=True)
     key = ad.general_cache_key(cfg.backbone, data_hash, result_config(t), prompt)
+    if (early_stopping_config(t) is not None and objective(t) == "instruction"
+            and need(t, "include_valid", "tuning.general")):
+        raise ValueError("tuning.early_stopping.enabled with tuning.general.include_valid=true: "
+                         "the base spirit would be early-stopped on validation samples it trains "
+                         "on; set tuning.general.include_valid=false")
 
     def load_data():
         items = load_items(gen_dir / "items.tsv")
@@ -359,7 +407,9 @@ def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
         log.info("base spirit: training on %d general samples (key %s)", len(train), key)
         return items, train, val
 
-    return _reuse_or_train(cfg, out_dir, "general", t, key, data_hash, {"prompt": prompt}, load_data)
+    return _reuse_or_train(cfg, out_dir, "general", t, key, data_hash, {"prompt": prompt}, load_data,
+                           load_ranking=lambda items: early_stopping_samples(
+                               gen_dir / "valid.jsonl", items, t))
 
 
 def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[Sample]:
@@ -376,6 +426,20 @@ def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[
                          "(num_train_prompts=0 with include_valid=false, or in the cold "
                          "scenario, where valid.jsonl never trains S?)")
     return pool
+
+
+def early_stopping_samples(path: Path, items: dict[str, str] | None, t: dict) -> list[Sample]:
+    """The validation samples early stopping ranks: every sample of a seeded choice of at most
+    `tuning.early_stopping.max_users` users of `path` (none when early stopping is off). The
+    choice depends only on the set of users and `tuning.seed`, so the specific stage's plan
+    (which leaves them out of S's rows) and its training draw the same users."""
+    es = early_stopping_config(t)
+    if es is None:
+        return []
+    chosen = choose_users(_load_split(path, items), es.max_users, int(need(t, "seed", "tuning")))
+    if not chosen:
+        raise ValueError(f"tuning.early_stopping: {path} holds no validation samples to rank")
+    return chosen
 
 
 def _cold_targets(cfg: DictConfig, data_dir: Path) -> set[str]:
@@ -400,12 +464,17 @@ def specific_plan(cfg: DictConfig, out_dir: Path, t: dict) -> dict[str, Any]:
     data_dir = Path(out_dir) / "data"
     extra: dict[str, Any] = {"prompt": _prompt_cfg(cfg, general=False)}
     held_out: set[str] = set()
+    stopping_users = {s.user for s in early_stopping_samples(data_dir / "valid.jsonl", None, t)}
+    if stopping_users:  # early stopping on: which users it ranks (part of S's key then)
+        extra["early_stopping_valid_users"] = sorted(stopping_users)
     if _trains_on_valid(cfg, t):
-        # validation users a later stage selects on (mix=grid) never train S
+        # validation users a later stage selects on (mix=grid) or early stopping ranks never
+        # train S (the sequence objective trains on sequences.jsonl, which holds no
+        # validation target)
         valid_all = _load_split(data_dir / "valid.jsonl", None)
         valid_users = {s.user for s in valid_all}
         held_out = {s.user for s in selection_samples(valid_all, need(cfg, "mix"),
-                                                     int(need(cfg, "seed")))}
+                                                     int(need(cfg, "seed")))} | stopping_users
         extra["held_out_valid_users"] = sorted(held_out)
         extra["valid_users_trained"] = sorted(valid_users - held_out)
     elif objective(t) == "instruction" and need(t, "include_valid", "tuning.specific"):
@@ -463,5 +532,13 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
         log.info("ingredient: key %s", key)
         return specific_training_data(cfg, out_dir, t, extra)
 
+    def load_ranking(items: dict[str, str]) -> list[Sample]:
+        samples = early_stopping_samples(data_dir / "valid.jsonl", items, t)
+        trained = {s.user for s in samples} & set(extra.get("valid_users_trained") or ())
+        if trained:  # the plan left them out; a guard against the two drawing differently
+            raise RuntimeError(f"early stopping would rank validation users S trains on: "
+                               f"{sorted(trained)[:5]}")
+        return samples
+
     return _reuse_or_train(cfg, out_dir, "specific", t, key, data_hash, extra, load_data,
-                           init_adapter=init_adapter)
+                           init_adapter=init_adapter, load_ranking=load_ranking)
