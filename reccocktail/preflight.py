@@ -73,15 +73,17 @@ def _hub_reachable(repo_id: str, timeout: float) -> str | None:
     return None
 
 
-def backbone_problem(bcfg: Any, key: str = "backbone", timeout: float = HUB_TIMEOUT_S) -> str | None:
+def backbone_problem(bcfg: Any, key: str = "backbone", timeout: float = HUB_TIMEOUT_S,
+                     weights: bool = True) -> str | None:
     """Why the backbone block `bcfg` cannot be loaded on this machine, or None. Cheap: it looks
-    at files, the local hub cache and (online only) asks the hub; it loads nothing."""
+    at files, the local hub cache and (online only) asks the hub; it loads nothing.
+    `weights=False` asks for a tokenizer only (a tiny backbone's `tokenizer` block)."""
     source = bcfg.get("source")
     if source == "tiny":  # random weights; the tokenizer comes from another backbone block
         tok = bcfg["tokenizer"] if "tokenizer" in bcfg else None
         if tok is None:
             return f"{key}.tokenizer: missing (a tiny backbone borrows a tokenizer)"
-        return backbone_problem(tok, f"{key}.tokenizer", timeout)
+        return backbone_problem(tok, f"{key}.tokenizer", timeout, weights=False)
     if source == "gguf":
         gguf = bcfg["gguf_path"] if "gguf_path" in bcfg else None
         if gguf:
@@ -101,7 +103,7 @@ def backbone_problem(bcfg: Any, key: str = "backbone", timeout: float = HUB_TIME
         name = str(name)
         if looks_like_path(name):
             try:
-                check_model_folder(Path(name).expanduser(), f"{key}.pretrained")
+                check_model_folder(Path(name).expanduser(), f"{key}.pretrained", weights=weights)
             except (FileNotFoundError, NotADirectoryError) as err:
                 return str(err)
             return None

@@ -98,6 +98,14 @@ def test_local_folders_and_gguf_packages(tmp_path):
     assert backbone_problem(nofile).startswith("backbone.gguf_path")
     tiny = OmegaConf.create({"source": "tiny", "tokenizer": OmegaConf.to_container(missing)})
     assert backbone_problem(tiny).startswith("backbone.tokenizer.gguf_package")
+    tok_folder = tmp_path / "tok"  # a tokenizer folder (no weights) is enough for a tiny model
+    tok_folder.mkdir()
+    for f in ("config.json", "tokenizer.json"):
+        (tok_folder / f).write_text("{}")
+    tiny = OmegaConf.create({"source": "tiny", "tokenizer": {"source": "hub",
+                                                             "pretrained": str(tok_folder)}})
+    assert backbone_problem(tiny) is None
+    assert "weights" in backbone_problem(tiny.tokenizer)  # ... but not for a real backbone
 
 
 def test_missing_dataset_folders_are_named_by_their_keys(tmp_path):
