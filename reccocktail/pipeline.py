@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.preflight import check_preflight
 from reccocktail.runtime import finish_loggers, make_loggers, make_trainer, output_dir  # noqa: F401
 from reccocktail.utils import memory
 from reccocktail.utils.config import need
@@ -71,6 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)  # unknown keys and bad choices fail here, before any stage spends time
     task = cfg.task
     if task == "recommend":
+        check_preflight(cfg, [])
         return _resolve("reccocktail.recommend:run_recommend")(cfg)
     if task != "train":
         raise ValueError(f"task: unknown value {task!r}; choose train or recommend")
@@ -90,6 +92,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         bad = check_full(cfg)
         if bad:
             raise ValueError("config: " + "; ".join(bad))
+    # what the machine lacks (backbone, dataset folders, device) fails here, in seconds
+    check_preflight(cfg, stages, baseline_names(need(cfg, "baseline")))
     out_dir = output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
