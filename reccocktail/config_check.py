@@ -16,7 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from reccocktail.utils.paths import CONF_DIR
+
 # Blocks whose keys are checked against their group's files.
 CHECKED = ("data", "selection", "mix", "eval", "tuning", "scenario", "recommend")
 # Blocks that are free-form below a level: maps of user-chosen names.
@@ -84,17 +85,17 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from reccocktail.cocktail.mix import GRANULARITIES, MODES
     from reccocktail.cocktail.stage import NAMES
     from reccocktail.data.prompts import FORMATS
-    from reccocktail.data.stage import _COLD_NEGATIVES, _NEGATIVES, _SCENARIOS
+    from reccocktail.data.stage import COLD_NEGATIVES, NEGATIVES, SCENARIOS
     from reccocktail.evaluation.scorers import SCORERS
-    from reccocktail.models.tuning import _SCHEDULES
     from reccocktail.models.tuning import MODES as TUNING_MODES
+    from reccocktail.models.tuning import SCHEDULES
 
     return {"mix.name": tuple(NAMES), "mix.mode": tuple(MODES),
             "mix.granularity": tuple(GRANULARITIES), "eval.scorer": tuple(SCORERS),
-            "tuning.objective": tuple(FORMATS), "tuning.schedule": tuple(_SCHEDULES),
+            "tuning.objective": tuple(FORMATS), "tuning.schedule": tuple(SCHEDULES),
             "tuning.mode": tuple(TUNING_MODES),
-            "data.negatives": _NEGATIVES, "scenario.name": _SCENARIOS,
-            "scenario.cold_negatives": _COLD_NEGATIVES}
+            "data.negatives": NEGATIVES, "scenario.name": SCENARIOS,
+            "scenario.cold_negatives": COLD_NEGATIVES}
 
 
 def config_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -46,9 +46,9 @@ FORMAT_VERSION = 1
 _CODE_FILES = ("readers", "titles", "filtering", "splits", "candidates", "general", "samples",
                "stage")
 _PATH_ARGS = ("path", "reviews", "meta")
-_SCENARIOS = ("warm", "cold")
-_NEGATIVES = ("uniform", "popularity")
-_COLD_NEGATIVES = ("mixed", "new")
+SCENARIOS = ("warm", "cold")
+NEGATIVES = ("uniform", "popularity")
+COLD_NEGATIVES = ("mixed", "new")
 
 
 def code_version() -> str:
@@ -208,7 +208,7 @@ def data_config(cfg: DictConfig) -> DataConfig:
     """Parse and check `cfg.data` (a known negatives rule, at least 2 candidates and 1 item of
     history)."""
     dc = typed(DataConfig, to_plain(need(cfg, "data")), "data")
-    one_of(dc.negatives, _NEGATIVES, "data.negatives")
+    one_of(dc.negatives, NEGATIVES, "data.negatives")
     if dc.num_candidates < 2 or dc.history_len < 1:
         raise ValueError("data.num_candidates must be >= 2 and data.history_len >= 1")
     return dc
@@ -265,7 +265,7 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
     seed, num_candidates, history_len = dc.seed, dc.num_candidates, dc.history_len
     min_core, negatives = dc.min_core, dc.negatives
     scenario = str(scen.name)
-    one_of(scenario, _SCENARIOS, "scenario.name")
+    one_of(scenario, SCENARIOS, "scenario.name")
 
     src_cfg = OmegaConf.to_container(need(domain, "source", "domain"), resolve=True)
     table = load_source(src_cfg, "domain.source")
@@ -296,7 +296,7 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
     # only the cold scenario has new items (conf/scenario/cold.yaml sets the key)
     cold_negatives = str(need(scen, "cold_negatives", "scenario")) if scenario == "cold" else None
     if scenario == "cold":
-        one_of(cold_negatives, _COLD_NEGATIVES, "scenario.cold_negatives")
+        one_of(cold_negatives, COLD_NEGATIVES, "scenario.cold_negatives")
     test_mask = None
     if scenario == "cold" and cold_negatives == "new":
         # negatives from the new items only: the target cannot be spotted as "the unfamiliar one"
