@@ -135,7 +135,7 @@ def test_selection_values_are_checked_before_any_stage():
 def test_tuning_lr_is_the_yaml_value_the_optimizer_gets(tuning, lr):
     """The stage's tuning config and the optimizer both see the composed YAML's lr (the code
     once had 1e-4 of its own beside the YAML's 2e-4)."""
-    from reccocktail.models.stage import tuning_config
+    from reccocktail.models.training import tuning_config
     from reccocktail.models.tuning import InstructionTuningModule
 
     yaml_lr = float(OmegaConf.load(ROOT / "conf" / "tuning" / f"{tuning}.yaml").lr)
@@ -153,7 +153,7 @@ def test_tuning_lr_is_the_yaml_value_the_optimizer_gets(tuning, lr):
 
 def test_a_missing_stage_key_fails_naming_it():
     from reccocktail.cocktail.stage import mix_config
-    from reccocktail.models.stage import tuning_config
+    from reccocktail.models.training import tuning_config
     from reccocktail.models.tuning import InstructionTuningModule
 
     cfg = run_config()

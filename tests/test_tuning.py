@@ -179,7 +179,7 @@ def test_select_subset_is_seeded_and_validated():
 
 
 def test_specific_mix_is_valid_plus_n_sampled_train():
-    from reccocktail.models.stage import specific_samples, tuning_config
+    from reccocktail.models.training import specific_samples, tuning_config
 
     items = make_items()
     train, valid = make_samples(items, 30, 1), make_samples(items, 5, 2, tag="v")

@@ -1,25 +1,28 @@
 """The `data` stage: real logs -> the on-disk splits every later stage reads.
 
 Built artifacts live in `${paths.cache_dir}/data/<key>/`, the key hashing the data config (the
-`data` block, the domain's sources and general pool, the scenario), the input files' identities
-(path, size, mtime) and this package's data code, so a changed file or a code change never
-reuses a stale split. The folder is written atomically and then hard-linked (or copied, across
+`data` block, the domain's sources and general pool, the scenario), the identities (path, size,
+mtime) of every file a reader argument names, and the code of this module and of every module
+it imports (`reccocktail.utils.imports`), so a changed file or a code change never reuses a
+stale split. The folder is written atomically and then hard-linked (or copied, across
 file systems) into `<run>/data/`. A second run with the same config reuses it and says so.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.data.candidates import attach_candidates, drawable, popularity_weights
@@ -44,6 +47,7 @@ from reccocktail.data.splits import (
 )
 from reccocktail.data.titles import normalise_title
 from reccocktail.utils.config import need, one_of, typed
+from reccocktail.utils.imports import imported_files
 from reccocktail.utils.io import (
     atomic_dir,
     file_fingerprint,
@@ -58,18 +62,23 @@ from reccocktail.utils.leftovers import clean_stale_tmp
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_CODE_FILES = ("readers", "titles", "filtering", "splits", "candidates", "general", "samples",
-               "stage")
-_PATH_ARGS = ("path", "reviews", "meta")
-_SCENARIOS = ("warm", "cold")
-_NEGATIVES = ("uniform", "popularity")
-_COLD_NEGATIVES = ("mixed", "new")
+SCENARIOS = ("warm", "cold")
+NEGATIVES = ("uniform", "popularity")
+COLD_NEGATIVES = ("mixed", "new")
+
+
+def code_files() -> list[Path]:
+    """This module and every module of the package it imports, directly or transitively (read
+    from their source): the code that can change how the splits are built."""
+    return imported_files(__name__)
 
 
 def code_version() -> str:
-    """Hash of the data code: a change to how splits are built invalidates the cache."""
-    here = Path(__file__).parent
-    return stable_hash(FORMAT_VERSION, *[(here / f"{m}.py").read_text() for m in _CODE_FILES])
+    """Hash of the data code (each module's path in the package and its text): a change to any
+    module the data stage can import, one imported later included, invalidates the cache."""
+    root = Path(__file__).resolve().parents[2]
+    return stable_hash(FORMAT_VERSION,
+                       *[(f.relative_to(root).as_posix(), f.read_text()) for f in code_files()])
 
 
 # -- sources ----------------------------------------------------------------------------------
@@ -84,37 +93,63 @@ def _reader_cfg(scfg: Any, where: str) -> dict:
             "reccocktail.data.readers (read_recbole, read_ml100k, read_ml_dat, read_ml_latest, "
             "read_amazon2014, read_amazon2018)"
         )
-    for k in _PATH_ARGS:
-        if k in rcfg and not Path(rcfg[k]).exists():
-            raise FileNotFoundError(
-                f"{where}.reader.{k}: {rcfg[k]} does not exist; put the dataset there or point "
-                f"paths.data_root (or {where}.reader.{k}) at your copy"
-            )
+    for k in file_args(rcfg, where):
+        for p in _paths_in(rcfg[k]):
+            if not p.exists():
+                raise FileNotFoundError(
+                    f"{where}.reader.{k}: {p} does not exist; put the dataset there or point "
+                    f"paths.data_root (or {where}.reader.{k}) at your copy"
+                )
     return rcfg
 
 
-def input_fingerprints(scfg: Any, where: str) -> list[dict]:
-    """Identity of every file a source's reader may read (all files under its paths)."""
-    rcfg = _reader_cfg(scfg, where)
+def _reader_fn(rcfg: dict, where: str) -> Callable[..., SourceTable]:
+    try:
+        return get_method(rcfg["_target_"])
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{where}.reader._target_: {err}") from err
+
+
+def _paths_in(value: Any) -> list[Path]:
+    """The paths a reader argument's value names: a string or path, or a list of them."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [Path(v) for v in values if isinstance(v, (str, os.PathLike)) and str(v).strip()
+            and str(v).strip() != "."]
+
+
+def file_args(rcfg: dict, where: str) -> list[str]:
+    """The reader arguments that name files, whatever they are called: those the reader
+    annotates as a path (`str | Path`; they must exist) and any other whose value is an
+    existing file or folder. Every one of them is fingerprinted into the cache key."""
+    params = inspect.signature(_reader_fn(rcfg, where)).parameters
     out = []
-    for k in _PATH_ARGS:
-        if k not in rcfg:
+    for k, v in rcfg.items():
+        if k == "_target_" or v is None:
             continue
-        p = Path(rcfg[k])
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        out.extend(file_fingerprint(f) for f in files)
+        annotated = k in params and "Path" in str(params[k].annotation)
+        if annotated or any(p.exists() for p in _paths_in(v)):
+            out.append(k)
+    return sorted(out)
+
+
+def input_fingerprints(scfg: Any, where: str) -> dict[str, list[dict]]:
+    """Identity of every file a source's reader may read: per file argument, all files under
+    the paths it names."""
+    rcfg = _reader_cfg(scfg, where)
+    out: dict[str, list[dict]] = {}
+    for k in file_args(rcfg, where):
+        files: list[Path] = []
+        for p in _paths_in(rcfg[k]):
+            files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        out[k] = [file_fingerprint(f) for f in files]
     return out
 
 
 def load_source(scfg: Any, where: str) -> SourceTable:
     """Call the source's reader (a function of reccocktail.data.readers) with its arguments."""
-    from hydra.utils import get_method
-
     rcfg = _reader_cfg(scfg, where)
-    try:
-        fn = get_method(rcfg.pop("_target_"))
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"{where}.reader._target_: {err}") from err
+    fn = _reader_fn(rcfg, where)
+    rcfg.pop("_target_")
     t0 = time.time()
     table = fn(**rcfg)
     log.info("%s: read %d interactions in %.1fs", where, len(table.interactions), time.time() - t0)
@@ -224,7 +259,7 @@ def data_config(cfg: DictConfig) -> DataConfig:
     """Parse and check `cfg.data` (a known negatives rule, at least 2 candidates and 1 item of
     history)."""
     dc = typed(DataConfig, to_plain(need(cfg, "data")), "data")
-    one_of(dc.negatives, _NEGATIVES, "data.negatives")
+    one_of(dc.negatives, NEGATIVES, "data.negatives")
     if dc.num_candidates < 2 or dc.history_len < 1:
         raise ValueError("data.num_candidates must be >= 2 and data.history_len >= 1")
     return dc
@@ -281,7 +316,7 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
     seed, num_candidates, history_len = dc.seed, dc.num_candidates, dc.history_len
     min_core, negatives = dc.min_core, dc.negatives
     scenario = str(scen.name)
-    one_of(scenario, _SCENARIOS, "scenario.name")
+    one_of(scenario, SCENARIOS, "scenario.name")
 
     src_cfg = OmegaConf.to_container(need(domain, "source", "domain"), resolve=True)
     table = load_source(src_cfg, "domain.source")
@@ -297,7 +332,7 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
     else:
         # only the cold scenario has new items (conf/scenario/cold.yaml sets these keys)
         cold_negatives = str(need(scen, "cold_negatives", "scenario"))
-        one_of(cold_negatives, _COLD_NEGATIVES, "scenario.cold_negatives")
+        one_of(cold_negatives, COLD_NEGATIVES, "scenario.cold_negatives")
         train_part = str(need(scen, "cold_train_part", "scenario"))
         one_of(train_part, COLD_TRAIN_PARTS, "scenario.cold_train_part")
         split = cold_split(seqs, float(need(scen, "new_item_fraction", "scenario")), seed,

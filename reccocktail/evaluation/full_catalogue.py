@@ -29,7 +29,7 @@ which reads the run's data folder.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,14 +288,3 @@ def record_row(out_dir: str | Path, name: str, cat: FullCatalogue, samples: Sequ
     write_jsonl(Path(out_dir) / "predictions" / f"{name}.jsonl",
                 prediction_rows(samples, ranks, lists, cat.sizes()))
     return metrics
-
-
-def table_suffix(rows: Mapping[str, Any]) -> str:
-    """`full catalogue (N items, seen items excluded)` when the rows were ranked that way."""
-    full = [r for r in rows.values() if r.get("candidates") == "all"]
-    if not full:
-        return ""
-    sizes = sorted({r.get("catalogue_size") for r in full if r.get("catalogue_size")})
-    seen = any(r.get("exclude_seen") for r in full)
-    n = "/".join(str(s) for s in sizes) or "?"
-    return f"full catalogue ({n} items{', seen items excluded' if seen else ''})"

@@ -31,7 +31,7 @@ from reccocktail.utils.config import need, one_of
 
 log = logging.getLogger(__name__)
 
-_SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
 MODES = ("lora", "full")  # tuning.mode: a LoRA on the frozen backbone | the backbone itself
 # tuning.loss_normalization: a mean over every target token of the optimizer step | each
 # micro-batch's own token mean, micro-batches weighted equally (adapters trained before the key)
@@ -64,7 +64,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps
         return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     if schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup_steps)
-    raise ValueError(f"tuning.schedule: unknown value {schedule!r}; choose one of {_SCHEDULES}")
+    raise ValueError(f"tuning.schedule: unknown value {schedule!r}; choose one of {SCHEDULES}")
 
 
 def warmup_steps_for(tuning: dict, total_steps: int) -> int:
