@@ -31,10 +31,10 @@ STAGE_BLOCKS = ("general", "specific")
 # tuning config must hold all of them (its one default is in that file); a missing one raises.
 TUNING_KEYS = ("objective", "mode", "full", "sequence", "init_seed", "seed", "lr", "weight_decay",
                "betas", "schedule", "warmup_ratio", "warmup_steps", "batch_size",
-               "val_batch_size", "accumulate_grad_batches", "epochs", "max_steps",
-               "group_by_length", "mega_batch_mult", "gradient_checkpointing", "num_workers",
-               "val_max_samples", "checkpoint_every_n_steps", "log_every_n_steps", "ckpt_path",
-               "resume", "fraction", "max_samples", "loss_normalization", "early_stopping")
+               "val_batch_size", "accumulate_grad_batches", "loss_normalization", "epochs",
+               "max_steps", "group_by_length", "mega_batch_mult", "gradient_checkpointing",
+               "num_workers", "val_max_samples", "early_stopping", "checkpoint_every_n_steps",
+               "log_every_n_steps", "ckpt_path", "resume", "fraction", "max_samples")
 STAGE_TUNING_KEYS = {"general": ("include_valid", "max_samples", "reuse"),
                      "specific": ("include_valid", "num_train_prompts", "init_from", "reuse")}
 # Keys that change how a run is executed or stored, not the adapter it produces.
