@@ -37,7 +37,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	ruff check .
 
-# The speed/size benchmarks of the README (CPU, ~20 min together); each prints its ratios.
+# The speed/size benchmarks of docs/benchmarks.md (CPU, ~20 min together); each prints its ratios.
 # Run as scripts (they import the installed package and their sibling common.py).
 bench: $(STAMP)
 	$(PYTHON) experiments/benchmarks/data_stage.py --out outputs/benchmarks/data_stage.json

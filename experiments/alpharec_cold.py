@@ -3,6 +3,7 @@ cold-item dropout mend it? Variants trained side by side on the same capped data
 
     python experiments/alpharec_cold.py                         # ML-1M cold, ~3 min per variant
     python experiments/alpharec_cold.py --datasets amazon-beauty --variants original,dropout
+    python experiments/alpharec_cold.py --dry-run               # what would run
 
 The data is the baselines table's (experiments/baselines_table.py: 1,500 ML-1M users, seeded,
 one window of 50 items, <= 5 epochs). With mixed negatives a cold test sample's target is a new
@@ -68,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "outputs" / "alpharec_cold"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dry-run", action="store_true", help="print what would be trained, run nothing")
     a = p.parse_args(argv)
+    for v in a.variants.split(","):
+        variant_settings(v)  # an unknown variant fails here, not after the first one trained
+    if a.dry_run:
+        for ds, scenario in [(d, s) for d in a.datasets for s in a.scenarios.split(",")]:
+            print(f"{ds} {scenario}: AlphaRec-style variants {a.variants} "
+                  f"-> {Path(a.out) / f'{ds}_{scenario}'} ({a.threads} threads, seed {a.seed})")
+        return 0
 
     import torch
     from baselines_table import (  # this script's folder is on sys.path

@@ -3,6 +3,7 @@ stored 30 candidates and training time on this machine.
 
     python experiments/baselines_table.py                       # the capped default (<= ~20 min)
     python experiments/baselines_table.py --datasets ml-1m --scenarios warm --baselines sasrec
+    python experiments/baselines_table.py --dry-run             # the cells it would fill
 
 Data: by default this script builds the data stage's contract files itself (`build_contract`,
 below: 5-core, chronological leave-one-out, 10 % new items for cold, 29 uniform negatives per
@@ -180,7 +181,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-windows", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dry-run", action="store_true", help="print the cells of the table, run nothing")
     args = p.parse_args(argv)
+    if args.dry_run:
+        for ds in args.datasets:
+            caps = {**CAPS.get(ds, {"max_users": 3000, "max_len": 50})}
+            users = args.max_users or caps["max_users"]
+            for sc in args.scenarios:
+                print(f"{ds} {sc}: {' '.join(args.baselines)} on {users} users, max_len "
+                      f"{args.max_len or caps['max_len']}, <= {args.max_epochs} epochs -> "
+                      f"{Path(args.out) / f'{ds}_{sc}'}")
+        return
 
     import torch
 

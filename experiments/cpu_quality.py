@@ -66,7 +66,7 @@ def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[s
             f"stages=[{','.join(args.stages)}]",
             # the rows that matter most first, for the same reason
             "eval.variants=[cocktail,specific,general,wa,zero_shot]",
-            # the baselines' CPU caps (README, baselines table): one window per user, 5 epochs
+            # the baselines' CPU caps (docs/results.md, baselines table): one window per user, 5 epochs
             "baselines.common.max_windows_per_user=1", "baselines.common.max_epochs=5",
             "baselines.common.patience=2", "baselines.common.num_threads=1",
             # One-Model-for-All trains on the windows G and S train on, mixed into one set

@@ -8,6 +8,7 @@ The real data and site-packages do not travel to a lent GPU machine, only the ch
     # on the GPU machine (SmolLM2's GGUF carried separately, see --gguf), one call, <= 8 min:
     python experiments/gpu_quality.py run --carry outputs/gpu_carry --gguf /path/smollm2.gguf \\
         --budget-s 450
+    python experiments/gpu_quality.py run --dry-run   # the commands `run` would start
 
 `prepare` writes `<out>/<setting>/data/` (items, capped splits, sequences.jsonl, the general
 pool) with `--users` + `--lambda-users` test users per setting and at most `--train-prompts`
@@ -152,10 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["gpu", "cpu"], default="gpu")
     p.add_argument("--budget-s", type=float, default=450.0)
     p.add_argument("--min-left-s", type=float, default=45.0)
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     a, extra = p.parse_known_args(argv)
     a.overrides = [x for x in extra if x != "--"]
     a.settings = a.settings.split(",")
     a.objectives = a.objectives.split(",")
+    if a.dry_run:
+        for setting in a.settings:
+            if a.mode == "prepare":
+                print(f"prepare {setting}: data stage -> {Path(a.out) / setting}")
+                continue
+            for objective in a.objectives:
+                run_dir = Path(a.runs) / f"{setting}_{objective}"
+                print(" ".join(_run_cmd(a, setting, objective, run_dir)))
+        return 0
     return prepare(a) if a.mode == "prepare" else run(a)
 
 

@@ -37,7 +37,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from reccocktail.utils.paths import CONF_DIR
+
 # Blocks whose keys are checked against their group's files (and conf/run.yaml's own blocks).
 CHECKED = ("data", "selection", "mix", "eval", "tuning", "scenario", "recommend", "backbone",
            "baselines", "domain", "paths", "placement")
@@ -171,20 +172,23 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from reccocktail.cocktail.mix import GRANULARITIES, MODES
     from reccocktail.cocktail.stage import NAMES
     from reccocktail.data.prompts import FORMATS
-    from reccocktail.data.stage import _COLD_NEGATIVES, _NEGATIVES, _SCENARIOS
+    from reccocktail.data.splits import COLD_TRAIN_PARTS
+    from reccocktail.data.stage import COLD_NEGATIVES, NEGATIVES, SCENARIOS
     from reccocktail.evaluation.full_catalogue import CANDIDATES
     from reccocktail.evaluation.scorers import SCORERS, SEARCHES
-    from reccocktail.models.tuning import _SCHEDULES
+    from reccocktail.models.tuning import LOSS_NORMALIZATIONS, SCHEDULES
     from reccocktail.models.tuning import MODES as TUNING_MODES
 
     return {"mix.name": tuple(NAMES), "mix.mode": tuple(MODES),
             "mix.granularity": tuple(GRANULARITIES), "eval.scorer": tuple(SCORERS),
             "eval.candidates": tuple(CANDIDATES), "eval.search": tuple(SEARCHES),
             "eval.multi_match": ("first", "miss"),
-            "tuning.objective": tuple(FORMATS), "tuning.schedule": tuple(_SCHEDULES),
+            "tuning.objective": tuple(FORMATS), "tuning.schedule": tuple(SCHEDULES),
             "tuning.mode": tuple(TUNING_MODES),
-            "data.negatives": _NEGATIVES, "scenario.name": _SCENARIOS,
-            "scenario.cold_negatives": _COLD_NEGATIVES,
+            "tuning.loss_normalization": LOSS_NORMALIZATIONS,
+            "data.negatives": NEGATIVES, "scenario.name": SCENARIOS,
+            "scenario.cold_negatives": COLD_NEGATIVES,
+            "scenario.cold_train_part": COLD_TRAIN_PARTS,
             "backbone.source": ("gguf", "hub", "tiny"),
             "backbone.dtype": ("float32", "bfloat16", "float16"),
             "baselines.common.history": ("full", "sample")}

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.preflight import check_preflight
 from reccocktail.runtime import finish_loggers, make_loggers, make_trainer, output_dir  # noqa: F401
 from reccocktail.utils import memory
 from reccocktail.utils.config import need
@@ -71,6 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)  # unknown keys and bad choices fail here, before any stage spends time
     task = cfg.task
     if task == "recommend":
+        check_preflight(cfg, [])
         return _resolve("reccocktail.recommend:run_recommend")(cfg)
     if task != "train":
         raise ValueError(f"task: unknown value {task!r}; choose train or recommend")
@@ -90,6 +92,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         bad = check_full(cfg)
         if bad:
             raise ValueError("config: " + "; ".join(bad))
+    # what the machine lacks (backbone, dataset folders, device) fails here, in seconds
+    check_preflight(cfg, stages, baseline_names(need(cfg, "baseline")))
     out_dir = output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -115,6 +119,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         finish_loggers(cfg)
     return summaries
+
+
+def main_task(cfg: DictConfig) -> float | None:
+    """What `python run.py` and `reccocktail run` do with the composed config: `run` it and
+    return the value a sweeper optimises. An error is written to the job's log too: Hydra
+    reports it on the console once the job is over, when its run.log is closed, so the failed
+    job of a multirun would otherwise not say why in its own folder."""
+    try:
+        return optimized_value(cfg, run(cfg))
+    except Exception as err:
+        log.error("run failed: %s: %s", type(err).__name__, err, exc_info=True)
+        raise
 
 
 def optimized_value(cfg: DictConfig, summaries: dict[str, Any]) -> float | None:

@@ -342,26 +342,16 @@ def run_recommend(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def main() -> None:
-    """`python -m reccocktail.recommend <overrides>`: the recommend task of `run.py`, with the
-    same config (conf/run.yaml) and the same up-front checks."""
-    import hydra
+def main(argv: list[str] | None = None) -> None:
+    """`python -m reccocktail.recommend <overrides>`: `python run.py task=recommend <overrides>`
+    (the same config tree, checks and run folder; `reccocktail recommend` takes flags)."""
+    from reccocktail.cli import run_hydra
 
-    from reccocktail.config_check import CONF_DIR
-
-    given = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") == "task"]
+    args = list(sys.argv[1:] if argv is None else argv)
+    given = [a for a in args if a.split("=", 1)[0].lstrip("+~") == "task"]
     if any(a.split("=", 1)[1:] != ["recommend"] for a in given):
         raise SystemExit(f"python -m reccocktail.recommend runs task=recommend; got {given}")
-    if not given:
-        sys.argv.append("task=recommend")
-
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="run")
-    def _main(cfg: DictConfig) -> None:
-        from reccocktail.pipeline import run
-
-        run(cfg)
-
-    _main()
+    run_hydra(args if given else ["task=recommend", *args])
 
 
 if __name__ == "__main__":

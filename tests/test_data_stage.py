@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from reccocktail.data.readers import read_recbole
 from reccocktail.data.samples import load_items, load_samples
-from reccocktail.data.stage import run_data_stage
+from reccocktail.data.stage import load_source, run_data_stage
 from reccocktail.data.titles import normalise_title
 from reccocktail.utils.io import read_json, read_jsonl
 
@@ -219,9 +220,11 @@ def test_cold_negatives_new_items_only(shared_data, cache, tmp_path, cold_negati
     cfg = make_cfg(shared_data, cache, "scenario=cold", f"scenario.cold_negatives={cold_negatives}")
     run_data_stage(cfg, tmp_path)
     d = tmp_path / "data"
-    warm = {i for r in read_jsonl(d / "sequences.jsonl") for i in r["items"]}
-    for split in ("train", "valid"):
-        warm |= {i for s in load_samples(d / f"{split}.jsonl") for i in (*s.history, s.target)}
+    new = read_json(d / "new_items.json")
+    warm = set(load_items(d / "items.tsv")) - set(new["test"]) - set(new["valid"])
+    trained = {i for r in read_jsonl(d / "sequences.jsonl") for i in r["items"]}
+    trained |= {i for s in load_samples(d / "train.jsonl") for i in (*s.history, s.target)}
+    assert trained <= warm
     test = load_samples(d / "test.jsonl")
     negs = [c for s in test for c in s.candidates if c != s.target]
     warm_share = sum(c in warm for c in negs) / len(negs)
@@ -232,3 +235,85 @@ def test_cold_negatives_new_items_only(shared_data, cache, tmp_path, cold_negati
     assert all(s.target not in warm for s in test)
     assert read_json(d / "stats.json")["cold_negatives"] == cold_negatives
     check_samples(test, None)
+
+
+# -- the cold protocol ----------------------------------------------------------------------------
+
+def _cold(shared_data, cache, tmp_path, *overrides):
+    """The demo domain (ML-100k; its general pool is the other half of the same users), cold."""
+    run_data_stage(make_cfg(shared_data, cache, "scenario=cold", *overrides), tmp_path)
+    d = tmp_path / "data"
+    items = load_items(d / "items.tsv")
+    splits = {k: load_samples(d / f"{k}.jsonl", items) for k in ("train", "valid", "test")}
+    seqs = {r["user"]: r["items"] for r in read_jsonl(d / "sequences.jsonl")}
+    return d, items, splits, seqs, read_json(d / "new_items.json"), read_json(d / "stats.json")
+
+
+def test_cold_ml100k_general_pool_holds_no_new_item(shared_data, cache, tmp_path):
+    """The pool is the same movies watched by other users: every new item (test or validation)
+    would be in it; the cold data stage drops them by normalised title and counts them."""
+    d, items, _, _, new, stats = _cold(shared_data, cache, tmp_path)
+    new_titles = {normalise_title(items[i]) for i in new["test"] + new["valid"]}
+    g_items = load_items(d / "general" / "items.tsv")
+    g_titles = {i: normalise_title(t) for i, t in g_items.items()}
+    assert not set(g_titles.values()) & new_titles
+    for f in ("train.jsonl", "valid.jsonl"):
+        for s in load_samples(d / "general" / f, g_items):
+            assert not {g_titles[i] for i in (*s.history, *s.candidates)} & new_titles, s.id
+    for r in read_jsonl(d / "general" / "sequences.jsonl"):
+        assert not {g_titles[i] for i in r["items"]} & new_titles
+    removed = stats["general"]["new_items_removed"]
+    assert removed == stats["general"]["sources"]["ml100k-rest"]["new_items_removed"] > 0
+    # warm titles stay in the pool (remove_overlap: [users] only)
+    assert len(set(g_titles.values()) & {normalise_title(t) for t in items.values()}) > 500
+
+
+@pytest.mark.parametrize("part", ["before_test", "all_non_new"])
+def test_cold_training_part_and_validation_split_on_ml100k(shared_data, cache, tmp_path, part):
+    d, items, splits, seqs, new, stats = _cold(shared_data, cache, tmp_path,
+                                               f"scenario.cold_train_part={part}")
+    assert stats["cold_train_part"] == stats["split"]["cold_train_part"] == part
+    assert read_json(d / "manifest.json")["cold_train_part"] == part
+    test_new, valid_new = set(new["test"]), set(new["valid"])
+    assert test_new and valid_new and not test_new & valid_new
+    src = OmegaConf.to_container(make_cfg(shared_data, cache).domain.source, resolve=True)
+    df = load_source(src, "domain.source").interactions
+    touched = df.groupby("user")["item"].agg(set).to_dict()
+    after = 0
+    for s in splits["test"]:
+        assert s.target in test_new and not set(s.candidates) & valid_new
+        # before_test: the training part is exactly what precedes the test event
+        after += seqs[s.user][-10:] != s.history
+    if part == "before_test":
+        assert after == 0
+    else:
+        assert after > len(splits["test"]) / 2  # the old rule trains on the user's future
+    # the cold validation split: targets validation-new, nothing test-new, no trained item
+    valid = splits["valid"]
+    assert valid and all(s.target in valid_new for s in valid)
+    assert not {i for s in valid for i in (*s.history, *s.candidates)} & test_new
+    trained = {i for v in seqs.values() for i in v}
+    trained |= {i for s in splits["train"] for i in (*s.history, s.target, *s.candidates)}
+    assert not trained & (valid_new | test_new)
+    assert stats["cold_valid"]["samples"] == len(valid)
+    assert stats["cold_valid"]["new_items"] == len(valid_new)
+    for s in valid[:50]:
+        assert set(s.candidates) - {s.target} <= set(items) - touched.get(s.user, set())
+
+
+def test_cold_new_negatives_for_validation_and_test(shared_data, cache, tmp_path):
+    """scenario.cold_negatives=new: test lists hold test-new items only, validation lists
+    validation-new items only (the same protocol, the other new items)."""
+    _, _, splits, _, new, stats = _cold(shared_data, cache, tmp_path, "scenario.cold_negatives=new")
+    assert all(set(s.candidates) <= set(new["test"]) for s in splits["test"])
+    assert all(set(s.candidates) <= set(new["valid"]) for s in splits["valid"])
+    assert stats["cold_valid"]["samples"] == len(splits["valid"]) > 100
+    assert "valid_samples_without_enough_new_negatives" in stats["split"]
+
+
+def test_cold_protocol_keys_are_in_the_data_hash(shared_data, cache):
+    from reccocktail.data.stage import data_key
+
+    keys = {data_key(make_cfg(shared_data, cache, "scenario=cold", *o))[0] for o in (
+        [], ["scenario.cold_train_part=all_non_new"], ["scenario.valid_new_item_fraction=0.1"])}
+    assert len(keys) == 3

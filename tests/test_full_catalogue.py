@@ -241,3 +241,55 @@ def test_baselines_rank_every_item_with_the_exclusion_rule(tmp_path):
     torch.testing.assert_close(full.gather(1, cols), stored, atol=1e-5, rtol=0)
     assert torch.isinf(full[:, 0]).all()  # padding is never an item
     json.dumps(results)  # plain JSON
+
+
+def test_cold_catalogue_is_read_from_the_data_stages_new_items(tmp_path):
+    """Cold: the catalogue is every item but the validation-new ones (mixed) or the test-new
+    items only (new); a data folder without the list fails naming the file."""
+    from reccocktail.utils.io import write_json
+
+    ids = [str(i) for i in range(10)]
+    cfg = OmegaConf.create({"scenario": {"name": "cold", "cold_negatives": "mixed"}})
+    write_json(tmp_path / "stats.json", {"scenario": "cold", "cold_negatives": "mixed"})
+    with pytest.raises(FileNotFoundError, match="new_items.json"):
+        fc.catalogue_mask(tmp_path, ids, cfg)
+    write_json(tmp_path / "new_items.json", {"test": ["1", "2"], "valid": ["7"]})
+    keep, rule = fc.catalogue_mask(tmp_path, ids, cfg)
+    assert [i for i, k in zip(ids, keep) if not k] == ["7"] and "validation-new" in rule
+    write_json(tmp_path / "stats.json", {"scenario": "cold", "cold_negatives": "new"})
+    keep, _ = fc.catalogue_mask(tmp_path, ids, cfg)
+    assert [i for i, k in zip(ids, keep) if k] == ["1", "2"]
+
+
+def test_cold_exclusion_follows_the_training_part(shared_data, tmp_path):
+    """eval.exclude_seen removes the user's training part (sequences.jsonl): with
+    scenario.cold_train_part=before_test that is what preceded the test event, with all_non_new
+    also what came after it."""
+    from hydra import compose, initialize_config_dir
+
+    from reccocktail.data.samples import load_samples
+    from reccocktail.data.stage import run_data_stage
+    from reccocktail.utils.io import read_json, read_jsonl
+
+    excluded = {}
+    for part in ("before_test", "all_non_new"):
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("run", overrides=[
+                f"paths.data_root={shared_data}", f"paths.cache_dir={tmp_path / 'cache'}",
+                "logger=none", "scenario=cold", f"scenario.cold_train_part={part}",
+                "eval.candidates=all", "eval.beam_size=20"])
+        out = tmp_path / part
+        run_data_stage(cfg, out)
+        test = load_samples(out / "data" / "test.jsonl")
+        cat = fc.FullCatalogue.load(cfg, out, test)
+        assert not set(read_json(out / "data" / "new_items.json")["valid"]) & set(cat.items)
+        seqs = {r["user"]: set(r["items"]) for r in read_jsonl(out / "data" / "sequences.jsonl")}
+        for s, ex in zip(test, cat.excluded):
+            assert ex == (seqs[s.user] | set(s.history)) - {s.target}
+            if part == "before_test":
+                assert ex == set(s.history) or len(s.history) == 10  # nothing after the test
+        excluded[part] = {s.id: ex for s, ex in zip(test, cat.excluded)}
+    before, everything = excluded["before_test"], excluded["all_non_new"]
+    assert before.keys() == everything.keys()
+    assert all(before[k] <= everything[k] for k in before)
+    assert sum(before[k] < everything[k] for k in before) > len(before) / 2

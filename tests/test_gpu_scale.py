@@ -1,5 +1,5 @@
 """experiments/benchmarks/gpu_scale.py end to end at the tiny shape on the CPU: every section
-runs and every field the README's GPU table reads is in the printed summary and the JSON."""
+runs and every field the GPU table of docs/benchmarks.md reads is in the printed summary and the JSON."""
 
 from __future__ import annotations
 

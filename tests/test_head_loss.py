@@ -28,6 +28,27 @@ def test_loss_and_gradients_match_the_plain_cross_entropy(chunk):
     torch.testing.assert_close(w.grad, 3.0 * gw)
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 100])
+def test_summed_loss_and_its_gradients_match_the_plain_sum(chunk):
+    """reduction="sum" (the token-count normalisation divides later): the loss and the
+    in-forward gradients are the plain summed cross-entropy's, upstream scale included."""
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(9, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(17, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 17, (9,), generator=g)
+    ref = torch.nn.functional.cross_entropy(h @ w.T, t, reduction="sum")
+    (ref / 7.0).backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    got = linear_cross_entropy(h, w, t, chunk=chunk, reduction="sum")
+    (got / 7.0).backward()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(h.grad, gh)
+    torch.testing.assert_close(w.grad, gw)
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(h, w, t, reduction="none")
+
+
 def test_a_frozen_head_gets_no_gradient():
     h = torch.randn(5, 4, requires_grad=True)
     w = torch.randn(9, 4)

@@ -151,3 +151,29 @@ def test_two_job_multirun_gives_two_runs(shared_data, tmp_path):
         assert list((job / "logs").iterdir()), "each job has its own logger run"
     assert seeds == [1, 2]
     assert ids[0] != ids[1], "the seeds draw different samples"
+
+
+@pytest.mark.slow  # trains G and S on the tiny Llama (minutes on a shared 2-core CPU)
+def test_cold_run_with_new_negatives_and_the_cold_validation_grid(shared_data, tmp_path):
+    """A small cold run end to end with scenario.cold_negatives=new and mix=grid: the grid
+    scores cold validation samples (validation-new targets and negatives) that S never trained
+    on, and every scored test list holds test-new items only."""
+    out = tmp_path / "run"
+    cfg = make_cfg(shared_data, out, tmp_path / "cache", "scenario=cold",
+                   "scenario.cold_negatives=new", "mix=grid", "mix.grid=[0.0,0.5,1.0]",
+                   "mix.grid_max_users=4", "baseline=pop")
+    run(cfg)
+    new = json.loads((out / "data" / "new_items.json").read_text())
+    lam = json.loads((out / "mix" / "lambda.json").read_text())
+    valid = [json.loads(x) for x in (out / "data" / "valid.jsonl").read_text().splitlines()]
+    grid_users = set(lam["valid_users"])
+    assert len(grid_users) == 4 and grid_users <= {s["user"] for s in valid}
+    for s in valid:
+        assert s["target"] in new["valid"] and set(s["candidates"]) <= set(new["valid"])
+    manifest = json.loads((out / "adapters" / "specific" / "manifest.json").read_text())
+    assert manifest["config"]["valid_users_trained"] == []
+    rows = json.loads((out / "results.json").read_text())["variants"]
+    assert {"cocktail", "specific", "pop"} <= set(rows)
+    for name in ("cocktail", "pop"):
+        for line in (out / "predictions" / f"{name}.jsonl").read_text().splitlines():
+            assert set(json.loads(line)["candidates"]) <= set(new["test"])

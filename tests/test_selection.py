@@ -135,7 +135,7 @@ def test_selection_values_are_checked_before_any_stage():
 def test_tuning_lr_is_the_yaml_value_the_optimizer_gets(tuning, lr):
     """The stage's tuning config and the optimizer both see the composed YAML's lr (the code
     once had 1e-4 of its own beside the YAML's 2e-4)."""
-    from reccocktail.models.stage import tuning_config
+    from reccocktail.models.training import tuning_config
     from reccocktail.models.tuning import InstructionTuningModule
 
     yaml_lr = float(OmegaConf.load(ROOT / "conf" / "tuning" / f"{tuning}.yaml").lr)
@@ -153,7 +153,7 @@ def test_tuning_lr_is_the_yaml_value_the_optimizer_gets(tuning, lr):
 
 def test_a_missing_stage_key_fails_naming_it():
     from reccocktail.cocktail.stage import mix_config
-    from reccocktail.models.stage import tuning_config
+    from reccocktail.models.training import tuning_config
     from reccocktail.models.tuning import InstructionTuningModule
 
     cfg = run_config()
@@ -168,3 +168,35 @@ def test_a_missing_stage_key_fails_naming_it():
     module.model = torch.nn.Linear(2, 2)
     with pytest.raises(KeyError, match="tuning.lr"):
         module.configure_optimizers()
+
+
+@pytest.mark.parametrize("scenario", ["warm", "cold"])
+def test_the_ingredient_never_trains_on_the_cold_validation_split(scenario, tmp_path):
+    """The paper's instruction recipe trains S on valid.jsonl; in cold that file holds the
+    validation-new items (the grid's and early stopping's labels), so S trains on train.jsonl
+    only, and the grid finds no validation user that trained S."""
+    from reccocktail.models.stage import specific_plan, specific_training_data, tuning_config
+
+    out = _data(tmp_path)  # items "0".."39"
+    train = [Sample(f"u{u}:train:{p}", f"u{u}", [str(p)], str(p + 1),
+                    [str(p + 1), *[str(30 + j) for j in range(5)]]).to_json()
+             for u in range(N_USERS) for p in range(1, 3)]
+    valid = [Sample(f"u{u}:valid:3", f"u{u}", ["1", "2"], str(20 + u % 5),
+                    [str(20 + u % 5), *[str(30 + j) for j in range(5)]]).to_json()
+             for u in range(N_USERS)]
+    write_jsonl(out / "data" / "train.jsonl", train)
+    write_jsonl(out / "data" / "valid.jsonl", valid)
+    cfg = run_config({"paths": {"output_dir": str(out)}}, f"scenario={scenario}", "tuning=default",
+                     "mix=grid", "tuning.specific.num_train_prompts=null")
+    t = tuning_config(cfg, "specific")
+    extra = specific_plan(cfg, out, t)
+    _, rows, _ = specific_training_data(cfg, out, t, extra)
+    valid_targets = {s["target"] for s in valid}
+    trained_valid = [s for s in rows if ":valid:" in s.id]
+    if scenario == "cold":
+        assert not trained_valid and not {s.target for s in rows} & valid_targets
+        assert extra["valid_users_trained"] == [] and "held_out_valid_users" not in extra
+        assert len(rows) == len(train)
+    else:  # warm: the recipe, minus the grid's users
+        held = set(extra["held_out_valid_users"])
+        assert held and {s.user for s in trained_valid} == {f"u{u}" for u in range(N_USERS)} - held

@@ -116,7 +116,7 @@ def test_training_rows_hold_no_validation_test_or_new_item(shared_data, tmp_path
     from hydra import compose, initialize_config_dir
 
     from reccocktail.data.stage import run_data_stage
-    from reccocktail.models.stage import sequence_training_windows
+    from reccocktail.models.training import sequence_training_windows
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("run", overrides=[f"paths.data_root={shared_data}", f"scenario={scenario}",

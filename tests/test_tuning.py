@@ -179,7 +179,7 @@ def test_select_subset_is_seeded_and_validated():
 
 
 def test_specific_mix_is_valid_plus_n_sampled_train():
-    from reccocktail.models.stage import specific_samples, tuning_config
+    from reccocktail.models.training import specific_samples, tuning_config
 
     items = make_items()
     train, valid = make_samples(items, 30, 1), make_samples(items, 5, 2, tag="v")
@@ -395,3 +395,94 @@ def test_grid_validation_users_are_held_out_of_the_ingredient(tiny_llama_cfg, tm
     assert grid_users | set(conf["valid_users_trained"]) == {s.user for s in valid}
     cfg.mix = {"name": "entropy"}  # nothing selects on validation data: no one held out
     assert selection_samples(valid, cfg.mix, 0) == []
+
+
+# -- what an accumulated step's gradient is ---------------------------------------------------
+def _one_step_gradients(backbone, builder, windows, batch_size: int, accumulate: int,
+                        normalization: str) -> dict[str, torch.Tensor]:
+    """The LoRA gradients of the first optimizer step (float64, lr 0) over `windows`."""
+    import lightning as L
+
+    from reccocktail.models.sequence_data import SequenceDataModule
+    from reccocktail.models.tuning import InstructionTuningModule
+
+    module = InstructionTuningModule(
+        backbone, tuning_block(lr=0.0, init_seed=0, schedule="constant", warmup_steps=0,
+                               loss_normalization=normalization), stage="specific")
+    module.configure_model()
+    module.model.double()
+    with torch.no_grad():  # B = 0 at init would leave every lora_A gradient at zero
+        for n, p in module.model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.linspace(-0.2, 0.2, p.numel(), dtype=p.dtype).view_as(p))
+    dm = SequenceDataModule(windows, builder, batch_size=batch_size, seed=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False,
+                        limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    # Lightning zeroes gradients before a step's first micro-batch, so after the one step
+    # they are still that step's (after the normalisation hook: it runs before the step)
+    grads = {n: p.grad for n, p in module.named_parameters() if p.requires_grad}
+    assert trainer.global_step == 1 and grads
+    assert all(g is not None for g in grads.values())
+    assert all(g.dtype == torch.float64 for g in grads.values())
+    return grads
+
+
+def test_accumulated_gradient_is_the_token_mean_of_the_effective_batch(tiny_llama_cfg, tokenizer):
+    """4 windows with 2, 9, 4 and 12 targets: one step as 2 micro-batches x 2, 4 x 1 or 1 x 4
+    gives the same LoRA gradient (the mean over all 27 target tokens) with
+    loss_normalization=tokens; with micro_batch the split changes it."""
+    from reccocktail.data.prompts import build_prompt_builder
+    from reccocktail.models.sequence_data import Window
+    from reccocktail.models.tuning import target_count
+
+    items = make_items()
+    ids = list(items)
+    builder = build_prompt_builder(tokenizer, items, {"prompt": {"noun": "movie",
+                                                                 "verb": "watched"}},
+                                   {"max_prompt_tokens": 512, "chat_template": True}, 16,
+                                   fmt="sequence")
+    windows = [Window(f"u{k}", tuple(ids[k:k + 3 + n]), 3) for k, n in enumerate((2, 9, 4, 12))]
+    examples = [builder.sequence_example(w.items, w.context) for w in windows]
+    counts = [target_count(collate([e], 0)["labels"]) for e in examples]
+    assert len(set(counts)) == 4  # the windows' target counts differ (in tokens too)
+    backbone = OmegaConf.to_container(tiny_llama_cfg)
+    ref = _one_step_gradients(backbone, builder, windows, 4, 1, "tokens")
+    for bs, acc in ((2, 2), (1, 4)):
+        got = _one_step_gradients(backbone, builder, windows, bs, acc, "tokens")
+        assert got.keys() == ref.keys()
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-10, atol=1e-13)
+    # the old rule weights the 1 x 4 micro-batches equally: not the token mean
+    old = _one_step_gradients(backbone, builder, windows, 1, 4, "micro_batch")
+    assert any(not torch.allclose(old[k], ref[k], rtol=1e-6, atol=1e-9) for k in ref)
+    # with one micro-batch per step both rules are the same mean
+    same = _one_step_gradients(backbone, builder, windows, 4, 1, "micro_batch")
+    for k in ref:
+        torch.testing.assert_close(same[k], ref[k], rtol=1e-10, atol=1e-13)
+
+
+def test_cache_keys_of_adapters_trained_before_the_new_keys_are_kept():
+    """Early stopping off and loss_normalization=micro_batch leave the result config (and so
+    the cache keys) as they were before the keys existed; `tokens` or early stopping on change
+    it. The pinned hash was computed on the code before these keys existed."""
+    from reccocktail.models.stage import result_config
+    from reccocktail.utils.io import stable_hash
+
+    before = {"objective": "instruction", "mode": "lora", "full": {"train_embeddings": False},
+              "lr": 2e-4, "batch_size": 2, "accumulate_grad_batches": 4, "epochs": 1, "seed": 0,
+              "init_seed": 0, "reuse": True, "ckpt_path": None}
+    # stable_hash(result_config(before)) before the keys existed: "5f8ba6e7db211625"
+    off = {"enabled": False, "every_n_steps": 5, "patience": 3, "max_users": 64,
+           "normalize": False}
+    now = before | {"loss_normalization": "micro_batch", "early_stopping": off}
+    assert stable_hash(result_config(now)) == "5f8ba6e7db211625"
+    tokens = result_config(now | {"loss_normalization": "tokens"})
+    assert tokens["loss_normalization"] == "tokens" and "early_stopping" not in tokens
+    on = result_config(now | {"early_stopping": off | {"enabled": True}})
+    assert on["early_stopping"]["enabled"] is True
+    assert len({stable_hash(x) for x in (result_config(now), tokens, on)}) == 3
+    with pytest.raises(ValueError, match="tuning.loss_normalization"):
+        result_config(now | {"loss_normalization": "token"})

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf, open_dict
 
 from reccocktail.cocktail.stage import MixConfig, mix_config
 from reccocktail.data.stage import DataConfig, data_config, run_data_stage
-from reccocktail.evaluation.stage import EvalConfig, eval_config, run_eval_stage
-from reccocktail.models.stage import tuning_config
+from reccocktail.evaluation.config import EvalConfig, eval_config
+from reccocktail.evaluation.stage import run_eval_stage
+from reccocktail.models.training import tuning_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Groups chosen by option (conf/<group>/<option>.yaml); `baselines` holds one option whose

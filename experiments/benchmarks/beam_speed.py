@@ -54,8 +54,8 @@ from reccocktail.data.samples import Sample
 from reccocktail.evaluation.scorers import (
     BeamScorer,
     CatalogueBeamScorer,
+    EvalMode,
     LikelihoodScorer,
-    _EvalMode,
 )
 from reccocktail.models.backbone import load_backbone
 from reccocktail.utils.io import write_json
@@ -268,7 +268,7 @@ def main() -> None:
         for u in range(m_ex):
             allowed = [i for i in catalogue if i not in seen[u]]
             prompt = pb.prompt_ids(users[u].history, [])
-            with _EvalMode(model), torch.inference_mode():
+            with EvalMode(model), torch.inference_mode():
                 s, scores = timed(lambda allowed=allowed, prompt=prompt: lik.score_ids(
                     prompt, [pb.response_ids(i) for i in allowed]))
             sec_ex += s

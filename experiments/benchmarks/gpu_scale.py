@@ -12,12 +12,12 @@ a GPU, the configs' LoRA (r16/α32 on q/k/v/o), gradient checkpointing, on the p
   eval      users/s with 30 candidates: shared-prefix LikelihoodScorer, the naive scorer, free
             generation and ranked beam search (BeamScorer); shared-prefix against one prefill
             per user at the training MFU
-  bf16      the README's open anomaly (bf16 scoring ~3x slower than fp32 on the H200) taken
+  bf16      the open anomaly of docs/benchmarks.md (bf16 scoring ~3x slower than fp32 on the H200) taken
             apart: fp32/bf16 x packed/batched x attention kernel (sdpa, sdpa without cuDNN,
             math, eager) x varying/fixed prompt shapes, plus a profile of each dtype
   nf4       the train sweep again with a 4-bit NF4 backbone (bitsandbytes; skipped on a CPU)
   hours     "hours per paper setting on one H200" for G, S, λ and evaluation from these rates
-            and the split sizes of the README's data-stage table (stated in the output)
+            and the split sizes of the data-stage table of docs/benchmarks.md (stated in the output)
 
     python experiments/benchmarks/gpu_scale.py --shape tiny            # a CPU check, < 1 min
     python experiments/benchmarks/gpu_scale.py --write-samples outputs/benchmarks/gpu_scale_samples.json.gz
@@ -69,7 +69,7 @@ from scale_prompts import load_samples, stats, write_samples
 
 from reccocktail.utils.io import write_json
 
-# Split sizes of the paper settings (README, "Data stage": full size, as written by the data
+# Split sizes of the paper settings (docs/benchmarks.md, "Data stage": full size, as written by the data
 # stage here) and the recipe of tuning=gpu / mix=entropy / eval=default.
 SETTINGS = {
     #             general train, target train, valid, test users, prompt domain

@@ -23,7 +23,7 @@ ARCHS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
         max_position_embeddings=131072, tie_word_embeddings=False,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
-    # the README's bf16 anomaly was measured on this shape (SmolLM2-135M-Instruct)
+    # the bf16 anomaly (docs/benchmarks.md) was measured on this shape (SmolLM2-135M-Instruct)
     "smollm2_135m": ("llama", None, dict(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
         num_key_value_heads=3, vocab_size=49152, rope_theta=100_000.0, rms_norm_eps=1e-5,

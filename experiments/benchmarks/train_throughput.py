@@ -109,7 +109,9 @@ def run_interleaved(backbone, dm: InstructionDataModule, steps: int, lr: float,
 
     cb = Interleave()
     module = InstructionTuningModule(backbone, {"lr": lr, "init_seed": 0, "schedule": "constant",
-                                                "warmup_steps": 0}, stage="bench")
+                                                "warmup_steps": 0,
+                                                # the plain loops' per-batch mean
+                                                "loss_normalization": "micro_batch"}, stage="bench")
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False,

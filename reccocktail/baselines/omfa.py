@@ -280,7 +280,7 @@ def build_rows(cfg: DictConfig, out_dir: Path, settings: dict[str, Any], tokeniz
     """(training rows of both domains, title -> item tokens, the target's builder, the item
     prefix ids, counts per domain)."""
     from reccocktail.data.samples import load_items
-    from reccocktail.models.stage import _cold_targets
+    from reccocktail.models.training import cold_targets
 
     data_dir = Path(out_dir) / "data"
     seed = int(cfg.seed)
@@ -301,7 +301,7 @@ def build_rows(cfg: DictConfig, out_dir: Path, settings: dict[str, Any], tokeniz
         b = _builder(cfg, tokenizer, items, general=domain == "general")
         if domain == "target":
             target_builder = b
-        exclude = _cold_targets(cfg, data_dir) if domain == "target" else set()
+        exclude = cold_targets(cfg, data_dir) if domain == "target" else set()
         ws = _windows(folder / "sequences.jsonl", items, n, mt, mc, seed, exclude)
         counts[domain] = len(ws)
         for w in ws:
@@ -340,7 +340,7 @@ def run_omfa(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any]
 
     from reccocktail.models.backbone import load_backbone, load_tokenizer
     from reccocktail.models.full import link_or_copy_dir
-    from reccocktail.models.stage import _cache_dir
+    from reccocktail.models.training import cache_root
     from reccocktail.runtime import make_trainer
     from reccocktail.utils.device import place_backbone, resolve_device
     from reccocktail.utils.io import atomic_dir, read_json, to_plain, write_json
@@ -349,7 +349,7 @@ def run_omfa(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any]
     tokenizer = load_tokenizer(cfg.backbone)
     rows, title_ids, builder, prefix_ids, counts = build_rows(cfg, out_dir, settings, tokenizer)
     key = omfa_key(cfg, out_dir, settings)
-    dest, cached = out_dir / "models" / name, _cache_dir(cfg) / "models" / "omfa" / key
+    dest, cached = out_dir / "models" / name, cache_root(cfg) / "models" / "omfa" / key
     reused: str | bool = False
     if _holds(dest, key):
         reused = "run"

@@ -5,7 +5,7 @@ the ingredient S's tuning config of this run (`tuning` + `tuning.specific`, so t
 objective, prompt format, rows, batch and schedule as S) with `baselines.p5.tuning` laid over it:
 `mode: full` (the backbone's own weights train, `reccocktail/models/full.py`; the embedding
 matrix stays frozen unless `full.train_embeddings`) and a learning rate for full fine-tuning.
-The rows are S's own (`models.stage.specific_training_data`): the sequence windows of the
+The rows are S's own (`models.training.specific_training_data`): the sequence windows of the
 sequence objective, or the validation + sampled training prompts of the instruction objective
 with the `mix=grid` users held out. Scored by the eval stage's likelihood scorer
 (`eval.batch_size`, `eval.normalize`) on the stored candidates of the scored users.
@@ -44,7 +44,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def p5_tuning(cfg: DictConfig, settings: dict[str, Any], name: str = "p5") -> dict:
     """S's tuning config with `baselines.<name>.tuning` laid over it (must say `mode: full`)."""
-    from reccocktail.models.stage import tuning_config
+    from reccocktail.models.training import tuning_config
 
     t = tuning_config(cfg, "specific")
     over = need(settings, "tuning", f"baselines.{name}")
@@ -60,7 +60,7 @@ def p5_tuning(cfg: DictConfig, settings: dict[str, Any], name: str = "p5") -> di
 def p5_key(cfg: DictConfig, out_dir: Path, t: dict, extra: dict) -> tuple[str, str]:
     """(key, target data hash) of the fully fine-tuned model."""
     from reccocktail.models import adapters as ad
-    from reccocktail.models.stage import result_config
+    from reccocktail.models.training import result_config
     from reccocktail.utils.io import stable_hash
 
     data_hash = ad.target_data_hash(Path(out_dir) / "data")
@@ -74,11 +74,11 @@ def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: dict) -> dict[s
     cache when cached, else trained on S's rows, saved and cached. Returns what happened."""
     from reccocktail.models import full
     from reccocktail.models.backbone import load_tokenizer
-    from reccocktail.models.stage import (
-        _cache_dir,
-        _manifest,
-        _prompt_builder,
+    from reccocktail.models.training import (
+        adapter_manifest,
+        cache_root,
         objective,
+        prompt_builder,
         specific_plan,
         specific_training_data,
         train_adapter,
@@ -88,7 +88,7 @@ def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: dict) -> dict[s
     extra = specific_plan(cfg, out_dir, t)
     key, data_hash = p5_key(cfg, out_dir, t, extra)
     dest = out_dir / "models" / name
-    cached = full.full_cache_dir(_cache_dir(cfg), key)
+    cached = full.full_cache_dir(cache_root(cfg), key)
     reuse = bool(t["reuse"])
     if full.holds_full_model(dest, key):
         log.info("%s: %s already holds model %s; not training again", name, dest, key)
@@ -99,12 +99,12 @@ def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: dict) -> dict[s
         return {"model": str(dest), "key": key, "reused": "cache", "cache": str(cached)}
 
     items, train, val = specific_training_data(cfg, out_dir, t, extra, label=name)
-    builder = _prompt_builder(cfg, items, extra["prompt"], objective(t))
+    builder = prompt_builder(cfg, items, extra["prompt"], objective(t))
     stage = f"baselines/{name}"
     model, metrics, trainer = train_adapter(cfg, out_dir, stage, t, train, val, builder, key)
     counts = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "all": sum(p.numel() for p in model.parameters())}
-    manifest = _manifest(cfg, "specific", t, data_hash, key, metrics, out_dir, extra)
+    manifest = adapter_manifest(cfg, "specific", t, data_hash, key, metrics, out_dir, extra)
     manifest.update(kind=full.FULL_KIND, trainable=counts,
                     train_embeddings=bool(t["full"]["train_embeddings"]))
     if trainer.is_global_zero:
@@ -137,8 +137,8 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
     format `fmt`, on the model saved in `model_dir` (what is scored is what was saved)."""
     from reccocktail.data.prompts import prompt_builder_from_config
     from reccocktail.data.samples import load_items
+    from reccocktail.evaluation.config import eval_config
     from reccocktail.evaluation.scorers import build_scorer
-    from reccocktail.evaluation.stage import eval_config
     from reccocktail.models.backbone import load_tokenizer, torch_dtype
     from reccocktail.models.full import load_full_model
     from reccocktail.utils.device import place_backbone, resolve_device
@@ -156,7 +156,7 @@ def run_p5(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],
            samples: list[Sample]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Baselines-stage entry: train (or reuse) the full fine-tuning and score `samples`."""
     from reccocktail.models.full import read_full_manifest
-    from reccocktail.models.stage import objective
+    from reccocktail.models.training import objective
 
     t = p5_tuning(cfg, settings, name)
     fmt = objective(t)

@@ -2,9 +2,11 @@
 
 Negatives are drawn from the items the user never interacted with (anywhere in their filtered
 sequence, the held-out items included), uniformly or weighted by training popularity (add-one,
-so items without training interactions can still be drawn). In the cold scenario training and
-validation candidates come from the non-new items only (new items must not appear in training at
-all); test candidates come from every item the user never touched, new or not.
+so items without training interactions can still be drawn). In the cold scenario each split
+draws from its own pool (`splits.candidate_pools`): training candidates from the non-new items
+only (new items must not appear in training at all); test candidates from every item but the
+validation-new ones, or the test-new items only (`scenario.cold_negatives=new`); validation
+candidates likewise with the two kinds of new item swapped.
 
 Randomness is counter-based: every sample's draws are a hash (splitmix64) of (seed, split, user
 id, position in the sequence, draw number). A sample's candidates therefore depend on nothing
@@ -155,3 +157,11 @@ def _fallback(seqs: Sequences, u: int, key: int, k: int, weights: np.ndarray | N
 def popularity_weights(train_flat: np.ndarray, num_items: int) -> np.ndarray:
     """Add-one training counts: the `popularity` negative sampler's weights."""
     return np.bincount(train_flat, minlength=num_items).astype(np.float64) + 1.0
+
+
+def drawable(seqs: Sequences, rows: Rows, mask: np.ndarray, k: int) -> np.ndarray:
+    """Per sample: whether its user left at least `k` untouched items of `mask` to draw its
+    negatives from (the cold validation split drops the samples that did not, and counts them)."""
+    owner = np.repeat(np.arange(seqs.num_users, dtype=np.int64), seqs.lengths)
+    touched = np.bincount(owner, weights=mask[seqs.flat], minlength=seqs.num_users)
+    return (int(mask.sum()) - touched)[rows.user] >= k

@@ -6,7 +6,8 @@ normalised titles are equal (an LLM cannot tell them apart, and a candidate list
 one title twice); sort each user's interactions by time (stable, so ties keep file order; times
 are never compared across users); keep a user's first interaction with an item; keep a seeded
 subset of users if asked; remove excluded users/items (the overlap of a general source with the
-target); k-core filtering iterated until stable.
+target) and the items titled like the target's new items (cold: counted apart); k-core filtering
+iterated until stable.
 """
 
 from __future__ import annotations
@@ -99,8 +100,11 @@ def kcore(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, int
 def build_sequences(table: SourceTable, name: str, min_core: int = 5,
                     user_subset: dict | None = None,
                     exclude_titles: Collection[str] = (),
-                    exclude_users: Collection[str] = ()) -> Sequences:
-    """Filter a canonical table into sequences (see the module docstring for the order)."""
+                    exclude_users: Collection[str] = (),
+                    new_titles: Collection[str] = ()) -> Sequences:
+    """Filter a canonical table into sequences (see the module docstring for the order).
+    `exclude_titles`/`exclude_users`: the overlap with the target; `new_titles`: normalised
+    titles of the target's new items (cold), removed like the overlap but counted apart."""
     df = table.interactions
     stats: dict[str, Any] = {"raw_interactions": len(df), "raw_users": int(df["user"].nunique()),
                              "raw_items": int(df["item"].nunique())}
@@ -159,6 +163,13 @@ def build_sequences(table: SourceTable, name: str, min_core: int = 5,
         gone_i = np.fromiter((norm_of[i] in ex for i in items), dtype=bool, count=len(items))
         stats["overlap_items_removed"] = int(len(np.unique(icode[keep & gone_i[icode]])))
         keep &= ~gone_i[icode]
+    if new_titles:
+        ex_new = set(new_titles)
+        gone_n = np.fromiter((norm_of[i] in ex_new for i in items), dtype=bool, count=len(items))
+        dropped = keep & gone_n[icode]
+        stats["new_items_removed"] = int(len(np.unique(icode[dropped])))
+        stats["interactions_with_new_items_removed"] = int(dropped.sum())
+        keep &= ~gone_n[icode]
 
     ucode, icode = ucode[keep], icode[keep]
     core, rounds = kcore(ucode, icode, min_core)

@@ -10,7 +10,10 @@ The pool is the union of the general sources' samples, each source filtered like
   Amazon 2014 reviewerIDs are global; remapped ids are private to their dataset), and the
   target's users are removed from such sources.
 
-`domain.general.remove_overlap` chooses which of the two is removed (default both). The pool has
+`domain.general.remove_overlap` chooses which of the two is removed (default both). In the cold
+scenario the items titled like one of the target's new items (test- or validation-new) are
+removed too, whatever `remove_overlap` says: G must never have seen a new item (counted per
+source as `new_items_removed`). The pool has
 no test part: its last item per user is the validation target and the prefixes of the rest are
 training prompts. Ids are namespaced `"<source>:<id>"` (users and items), so they never collide
 with each other or with the target's ids.
@@ -19,6 +22,7 @@ with each other or with the target's ids.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,8 +84,10 @@ def build_general_pool(sources: dict[str, tuple[dict, SourceTable]], target_titl
                        min_core: int, num_candidates: int, seed: int,
                        max_train_prompts_per_user: int | None = None,
                        max_train_prompts: int | None = None,
-                       max_valid_prompts: int | None = None) -> GeneralPool:
-    """Filter, split and sample candidates for every general source (module docstring)."""
+                       max_valid_prompts: int | None = None,
+                       new_titles: Collection[str] = ()) -> GeneralPool:
+    """Filter, split and sample candidates for every general source (module docstring).
+    `new_titles`: normalised titles of the target's new items (cold), never in the pool."""
     unknown = [k for k in remove_overlap if k not in OVERLAP_KINDS]
     if unknown:
         raise ValueError(f"domain.general.remove_overlap: unknown value(s) {unknown}; "
@@ -95,6 +101,7 @@ def build_general_pool(sources: dict[str, tuple[dict, SourceTable]], target_titl
             table, name, min_core=min_core, user_subset=need(scfg, "user_subset", where),
             exclude_titles=target_titles if "items" in remove_overlap else (),
             exclude_users=target_users if ("users" in remove_overlap and same_space) else (),
+            new_titles=new_titles,
         )
         seqs.stats["user_space_shared_with_target"] = bool(same_space)
         pool.stats[name] = seqs.stats
@@ -117,3 +124,16 @@ def build_general_pool(sources: dict[str, tuple[dict, SourceTable]], target_titl
         split.rows["train"], split.rows["valid"] = tr, va
         attach_candidates(seqs, [tr, va], num_candidates, seed)
     return pool
+
+
+def check_no_new_items(pool: GeneralPool, new_titles: Collection[str]) -> None:
+    """Fail if any pool item carries a new item's normalised title (cold: G trains on the pool,
+    so such an item would be a new item seen in training)."""
+    new = set(new_titles)
+    for seqs, _split in pool.parts:
+        hits = [(i, t) for i, t in zip(seqs.items, seqs.titles) if normalise_title(t) in new]
+        if hits:
+            raise ValueError(
+                f"general source {seqs.name}: {len(hits)} item(s) share a title with a new item "
+                f"of the target domain, e.g. {hits[:3]}; the cold scenario must keep every new "
+                "item out of the general pool")

@@ -2,6 +2,8 @@
 
 `items.tsv`: `item_id<TAB>title` with a header. `{train,valid,test}.jsonl`: one object per line,
 `{"id", "user", "history": [oldest first], "target", "candidates": [30 ids incl. target]}`.
+Cold scenario: `new_items.json`, `{"test": [item ids], "valid": [item ids]}`, the test-new and
+validation-new items.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Sample:
 
 
 _FIELDS = ("id", "user", "history", "target", "candidates")
+NEW_ITEMS_FILE = "new_items.json"
 
 
 def load_samples(path: str | os.PathLike, items: dict[str, str] | None = None) -> list[Sample]:

@@ -8,8 +8,9 @@ and which are scored (docs/design.md §2.5). The mix, eval and baselines stages 
 `mix=grid` chooses λ by validation NDCG@1. The ingredient S (instruction objective) trains on
 the validation samples by default, which would let the grid favour S; so the users the grid
 scores are drawn here, once, by both stages: the specific stage leaves their samples out of
-S's training and the mix stage scores exactly them. Every draw depends only on the set of users
-and the seed, not on the input order.
+S's training and the mix stage scores exactly them. In the cold scenario `valid.jsonl` is the
+cold validation split (targets: validation-new items), which S never trains on at all. Every
+draw depends only on the set of users and the seed, not on the input order.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reccocktail.data.prompts import PromptBuilder, PromptTooLongError
+from reccocktail.data.instruction_prompts import PromptBuilder, PromptTooLongError
 
 DEFAULT_HEADER = "I am a {noun} fan. The {noun}s I {verb}, in order:"
 

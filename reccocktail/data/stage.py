@@ -1,34 +1,53 @@
 """The `data` stage: real logs -> the on-disk splits every later stage reads.
 
 Built artifacts live in `${paths.cache_dir}/data/<key>/`, the key hashing the data config (the
-`data` block, the domain's sources and general pool, the scenario), the input files' identities
-(path, size, mtime) and this package's data code, so a changed file or a code change never
-reuses a stale split. The folder is written atomically and then hard-linked (or copied, across
+`data` block, the domain's sources and general pool, the scenario), the identities (path, size,
+mtime) of every file a reader argument names, and the code of this module and of every module
+it imports (`reccocktail.utils.imports`), so a changed file or a code change never reuses a
+stale split. The folder is written atomically and then hard-linked (or copied, across
 file systems) into `<run>/data/`. A second run with the same config reuses it and says so.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from reccocktail.data.candidates import attach_candidates, popularity_weights
+from reccocktail.data.candidates import attach_candidates, drawable, popularity_weights
 from reccocktail.data.filtering import Sequences, build_sequences, check_size
-from reccocktail.data.general import GeneralPool, build_general_pool, target_identity
+from reccocktail.data.general import (
+    GeneralPool,
+    build_general_pool,
+    check_no_new_items,
+    target_identity,
+)
 from reccocktail.data.readers import SourceTable
-from reccocktail.data.samples import write_items
-from reccocktail.data.splits import Rows, Split, cap_rows, cap_users, cold_split, warm_split
+from reccocktail.data.samples import NEW_ITEMS_FILE, write_items
+from reccocktail.data.splits import (
+    COLD_TRAIN_PARTS,
+    Rows,
+    Split,
+    candidate_pools,
+    cap_rows,
+    cap_users,
+    cold_split,
+    warm_split,
+)
+from reccocktail.data.titles import normalise_title
 from reccocktail.utils.config import need, one_of, typed
+from reccocktail.utils.imports import imported_files
 from reccocktail.utils.io import (
     atomic_dir,
     file_fingerprint,
@@ -43,18 +62,23 @@ from reccocktail.utils.leftovers import clean_stale_tmp
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_CODE_FILES = ("readers", "titles", "filtering", "splits", "candidates", "general", "samples",
-               "stage")
-_PATH_ARGS = ("path", "reviews", "meta")
-_SCENARIOS = ("warm", "cold")
-_NEGATIVES = ("uniform", "popularity")
-_COLD_NEGATIVES = ("mixed", "new")
+SCENARIOS = ("warm", "cold")
+NEGATIVES = ("uniform", "popularity")
+COLD_NEGATIVES = ("mixed", "new")
+
+
+def code_files() -> list[Path]:
+    """This module and every module of the package it imports, directly or transitively (read
+    from their source): the code that can change how the splits are built."""
+    return imported_files(__name__)
 
 
 def code_version() -> str:
-    """Hash of the data code: a change to how splits are built invalidates the cache."""
-    here = Path(__file__).parent
-    return stable_hash(FORMAT_VERSION, *[(here / f"{m}.py").read_text() for m in _CODE_FILES])
+    """Hash of the data code (each module's path in the package and its text): a change to any
+    module the data stage can import, one imported later included, invalidates the cache."""
+    root = Path(__file__).resolve().parents[2]
+    return stable_hash(FORMAT_VERSION,
+                       *[(f.relative_to(root).as_posix(), f.read_text()) for f in code_files()])
 
 
 # -- sources ----------------------------------------------------------------------------------
@@ -69,37 +93,63 @@ def _reader_cfg(scfg: Any, where: str) -> dict:
             "reccocktail.data.readers (read_recbole, read_ml100k, read_ml_dat, read_ml_latest, "
             "read_amazon2014, read_amazon2018)"
         )
-    for k in _PATH_ARGS:
-        if k in rcfg and not Path(rcfg[k]).exists():
-            raise FileNotFoundError(
-                f"{where}.reader.{k}: {rcfg[k]} does not exist; put the dataset there or point "
-                f"paths.data_root (or {where}.reader.{k}) at your copy"
-            )
+    for k in file_args(rcfg, where):
+        for p in _paths_in(rcfg[k]):
+            if not p.exists():
+                raise FileNotFoundError(
+                    f"{where}.reader.{k}: {p} does not exist; put the dataset there or point "
+                    f"paths.data_root (or {where}.reader.{k}) at your copy"
+                )
     return rcfg
 
 
-def input_fingerprints(scfg: Any, where: str) -> list[dict]:
-    """Identity of every file a source's reader may read (all files under its paths)."""
-    rcfg = _reader_cfg(scfg, where)
+def _reader_fn(rcfg: dict, where: str) -> Callable[..., SourceTable]:
+    try:
+        return get_method(rcfg["_target_"])
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{where}.reader._target_: {err}") from err
+
+
+def _paths_in(value: Any) -> list[Path]:
+    """The paths a reader argument's value names: a string or path, or a list of them."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [Path(v) for v in values if isinstance(v, (str, os.PathLike)) and str(v).strip()
+            and str(v).strip() != "."]
+
+
+def file_args(rcfg: dict, where: str) -> list[str]:
+    """The reader arguments that name files, whatever they are called: those the reader
+    annotates as a path (`str | Path`; they must exist) and any other whose value is an
+    existing file or folder. Every one of them is fingerprinted into the cache key."""
+    params = inspect.signature(_reader_fn(rcfg, where)).parameters
     out = []
-    for k in _PATH_ARGS:
-        if k not in rcfg:
+    for k, v in rcfg.items():
+        if k == "_target_" or v is None:
             continue
-        p = Path(rcfg[k])
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        out.extend(file_fingerprint(f) for f in files)
+        annotated = k in params and "Path" in str(params[k].annotation)
+        if annotated or any(p.exists() for p in _paths_in(v)):
+            out.append(k)
+    return sorted(out)
+
+
+def input_fingerprints(scfg: Any, where: str) -> dict[str, list[dict]]:
+    """Identity of every file a source's reader may read: per file argument, all files under
+    the paths it names."""
+    rcfg = _reader_cfg(scfg, where)
+    out: dict[str, list[dict]] = {}
+    for k in file_args(rcfg, where):
+        files: list[Path] = []
+        for p in _paths_in(rcfg[k]):
+            files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        out[k] = [file_fingerprint(f) for f in files]
     return out
 
 
 def load_source(scfg: Any, where: str) -> SourceTable:
     """Call the source's reader (a function of reccocktail.data.readers) with its arguments."""
-    from hydra.utils import get_method
-
     rcfg = _reader_cfg(scfg, where)
-    try:
-        fn = get_method(rcfg.pop("_target_"))
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"{where}.reader._target_: {err}") from err
+    fn = _reader_fn(rcfg, where)
+    rcfg.pop("_target_")
     t0 = time.time()
     table = fn(**rcfg)
     log.info("%s: read %d interactions in %.1fs", where, len(table.interactions), time.time() - t0)
@@ -155,8 +205,9 @@ def _write_target(d: Path, seqs: Sequences, split: Split, history_len: int) -> d
 
 def _sequence_lines(split: Split, users_json: list[str], items_json: list[str]) -> Iterator[str]:
     """`{"user", "items"}` per user: the training part of their sequence only (no validation or
-    test target, no new item of the cold scenario), for popularity, the ID baselines and the
-    sequence objective."""
+    test target, no new item of the cold scenario, nothing after the cold test event unless
+    `scenario.cold_train_part=all_non_new`), for popularity, the ID baselines, the sequence
+    objective and the full-catalogue exclusion."""
     to, tf = split.train_offsets.tolist(), split.train_flat.tolist()
     for u, uj in enumerate(users_json):
         its = ",".join([items_json[i] for i in tf[to[u] : to[u + 1]]])
@@ -208,7 +259,7 @@ def data_config(cfg: DictConfig) -> DataConfig:
     """Parse and check `cfg.data` (a known negatives rule, at least 2 candidates and 1 item of
     history)."""
     dc = typed(DataConfig, to_plain(need(cfg, "data")), "data")
-    one_of(dc.negatives, _NEGATIVES, "data.negatives")
+    one_of(dc.negatives, NEGATIVES, "data.negatives")
     if dc.num_candidates < 2 or dc.history_len < 1:
         raise ValueError("data.num_candidates must be >= 2 and data.history_len >= 1")
     return dc
@@ -265,7 +316,7 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
     seed, num_candidates, history_len = dc.seed, dc.num_candidates, dc.history_len
     min_core, negatives = dc.min_core, dc.negatives
     scenario = str(scen.name)
-    one_of(scenario, _SCENARIOS, "scenario.name")
+    one_of(scenario, SCENARIOS, "scenario.name")
 
     src_cfg = OmegaConf.to_container(need(domain, "source", "domain"), resolve=True)
     table = load_source(src_cfg, "domain.source")
@@ -275,12 +326,28 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
     check_size(seqs, num_candidates, f"domain {domain.name} ({name})")
 
     per_user = dc.max_train_prompts_per_user
+    cold_negatives = train_part = None
     if scenario == "warm":
         split = warm_split(seqs, per_user)
     else:
+        # only the cold scenario has new items (conf/scenario/cold.yaml sets these keys)
+        cold_negatives = str(need(scen, "cold_negatives", "scenario"))
+        one_of(cold_negatives, COLD_NEGATIVES, "scenario.cold_negatives")
+        train_part = str(need(scen, "cold_train_part", "scenario"))
+        one_of(train_part, COLD_TRAIN_PARTS, "scenario.cold_train_part")
         split = cold_split(seqs, float(need(scen, "new_item_fraction", "scenario")), seed,
-                           per_user)
+                           per_user,
+                           valid_new_item_fraction=float(need(scen, "valid_new_item_fraction",
+                                                              "scenario")),
+                           train_part=train_part)
     rows = split.rows
+    pools = candidate_pools(split, cold_negatives)
+    if cold_negatives == "new":
+        # a validation user who touched nearly every validation-new item cannot fill a list of
+        # them: left out of validation, counted (the test split keeps its error instead)
+        ok = drawable(seqs, rows["valid"], pools["valid"], num_candidates - 1)
+        split.stats["valid_samples_without_enough_new_negatives"] = int((~ok).sum())
+        rows["valid"] = rows["valid"].take(np.flatnonzero(ok))
     rows["test"] = cap_users(rows["test"], dc.max_test_users, seed, 3)
     rows["valid"] = cap_users(rows["valid"], dc.max_valid_users, seed, 2)
     rows["train"] = cap_rows(rows["train"], dc.max_train_prompts, seed, 1)
@@ -289,21 +356,12 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
             raise ValueError(
                 f"domain {domain.name}, scenario {scenario}: the {k} split is empty "
                 f"({split.stats}); use a larger domain, lower data.min_core, or raise "
-                "scenario.new_item_fraction (cold)"
+                "scenario.new_item_fraction / scenario.valid_new_item_fraction (cold)"
             )
     weights = (popularity_weights(split.train_flat, seqs.num_items)
                if negatives == "popularity" else None)
-    # only the cold scenario has new items (conf/scenario/cold.yaml sets the key)
-    cold_negatives = str(need(scen, "cold_negatives", "scenario")) if scenario == "cold" else None
-    if scenario == "cold":
-        one_of(cold_negatives, _COLD_NEGATIVES, "scenario.cold_negatives")
-    test_mask = None
-    if scenario == "cold" and cold_negatives == "new":
-        # negatives from the new items only: the target cannot be spotted as "the unfamiliar one"
-        test_mask = ~split.allowed_train
-    allowed = {"train": split.allowed_train, "valid": split.allowed_train, "test": test_mask}
     attach_candidates(seqs, [rows["train"], rows["valid"], rows["test"]], num_candidates, seed,
-                      allowed=allowed, weights=weights)
+                      allowed=pools, weights=weights)
     t_split = time.time()
     counts = _write_target(dest, seqs, split, history_len)
 
@@ -315,14 +373,31 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
         "samples": counts,
         "users": {k: int(len(np.unique(r.user))) for k, r in rows.items()},
         "negatives": negatives,
-        "cold_negatives": cold_negatives if scenario == "cold" else None,
+        "cold_negatives": cold_negatives,
+        "cold_train_part": train_part,
         "num_candidates": num_candidates,
         "candidates_note": (
             "negatives are drawn from the items the user never touched; in the cold scenario "
-            "train/valid negatives exclude the new items; test negatives may be new or not "
-            "(cold_negatives=mixed) or are new items only (cold_negatives=new)"
+            "train negatives exclude every new item; test negatives may be warm or test-new "
+            "(cold_negatives=mixed) or are test-new items only (cold_negatives=new), and "
+            "validation negatives likewise with the validation-new items"
         ),
     }
+    new_titles: set[str] = set()
+    if split.new_test is not None and split.new_valid is not None:
+        new_ids = {k: [seqs.items[i] for i in np.flatnonzero(m)]
+                   for k, m in (("test", split.new_test), ("valid", split.new_valid))}
+        write_json(dest / NEW_ITEMS_FILE, new_ids)
+        new_titles = {normalise_title(seqs.titles[i])
+                      for i in np.flatnonzero(split.new_test | split.new_valid)}
+        stats["cold_valid"] = {
+            "samples": counts["valid"], "users": stats["users"]["valid"],
+            "new_items": int(split.new_valid.sum()),
+            "target_items": int(len(np.unique(rows["valid"].targets))),
+            "note": "validation samples whose target is a validation-new item (disjoint from "
+                    "the test-new items and from every training sequence); the label-based "
+                    "choices of the cold scenario (mix=grid, early stopping) use them",
+        }
 
     general = need(domain, "general", "domain")
     if general and need(general, "sources", "domain.general"):
@@ -337,10 +412,15 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
                                                      "domain.general")),
             max_train_prompts=_opt_int(need(gcfg, "max_train_prompts", "domain.general")),
             max_valid_prompts=_opt_int(need(gcfg, "max_valid_prompts", "domain.general")),
+            new_titles=new_titles,
         )
+        check_no_new_items(pool, new_titles)
         gcounts = _write_general(dest / "general", pool, history_len)
         stats["general"] = {"sources": pool.stats, "samples": gcounts,
                             "remove_overlap": list(gcfg["remove_overlap"])}
+        if scenario == "cold":
+            stats["general"]["new_items_removed"] = sum(
+                int(st.get("new_items_removed", 0)) for st in pool.stats.values())
     else:
         log.warning("domain %s declares no general sources: no general pool is written", domain.name)
     stats["seconds"] = {"target_split": round(t_split - t0, 2), "total": round(time.time() - t0, 2)}
@@ -393,6 +473,8 @@ def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                      for f in sorted(tmp.rglob("*")) if f.is_file()}
             manifest = {"data_hash": key, "inputs": to_plain(inputs), "files": files,
                         "created": time.time()}
+            if stats["cold_train_part"] is not None:  # where the cold training part ends
+                manifest["cold_train_part"] = stats["cold_train_part"]
             if (tmp / "general").is_dir():
                 # the pool's own identity, so the base spirit G is shared by runs whose pools
                 # are equal even when their targets differ

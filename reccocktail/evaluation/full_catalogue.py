@@ -4,13 +4,14 @@ Sampled-candidate metrics can reorder methods (Krichene & Rendle, KDD 2020), so 
 report the protocol most sequential-recommendation papers use:
 
 * **Catalogue.** The items of the run's `data/items.tsv` a test sample's negatives may come
-  from, by the data stage's own rule (`data/stage.py`): every item, except in the cold scenario
-  with `scenario.cold_negatives=new`, where test negatives are new items only and so is the
-  catalogue (the new-item mask is recomputed with `data.splits.choose_new_items` from the data
-  manifest's seed and fraction, and every test target is checked to lie in it).
+  from, by the data stage's own rule (`data/splits.py:candidate_pools`): every item in warm; in
+  cold every item but the validation-new ones, or with `scenario.cold_negatives=new` the
+  test-new items only (both read from the data stage's `new_items.json`; every test target is
+  checked to lie in the catalogue).
 * **Exclusion** (`eval.exclude_seen`, default true, the usual full-ranking protocol): items the
-  user has already interacted with before the test item, i.e. their training sequence
-  (`sequences.jsonl`) and the sample's history, are removed from that user's ranking. The target
+  user has already interacted with, i.e. their training sequence (`sequences.jsonl`, which ends
+  where `scenario.cold_train_part` says) and the sample's history, are removed from that user's
+  ranking. The target
   is never removed (items occur once per user after the data stage's de-duplication, so it
   cannot be seen before). LLM rows and baselines apply the same rule.
 * **Cut-off.** The LLM rows rank by constrained beam search over a trie of all catalogue titles
@@ -28,14 +29,14 @@ which reads the run's data folder.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from reccocktail.data.samples import Sample
+from reccocktail.data.samples import NEW_ITEMS_FILE, Sample
 from reccocktail.evaluation.chance import random_full_expectation  # noqa: F401  (re-exported)
 from reccocktail.utils.config import need
 
@@ -237,25 +238,24 @@ def catalogue_mask(data_dir: Path, item_ids: list[str], cfg: Any) -> tuple[list[
     stats_path = data_dir / "stats.json"
     stats = read_json(stats_path) if stats_path.exists() else {}
     scenario = stats.get("scenario") or need(cfg, "scenario.name")
-    cold_neg = stats.get("cold_negatives") or (need(cfg, "scenario.cold_negatives")
-                                               if scenario == "cold" else None)
-    if scenario != "cold" or cold_neg != "new":
-        return [True] * len(item_ids), (
-            "every item of data/items.tsv" + (" (cold: new and warm items, as test negatives)"
-                                              if scenario == "cold" else ""))
-    from reccocktail.data.splits import choose_new_items
-
-    man_path = data_dir / "manifest.json"
-    inputs = read_json(man_path).get("inputs", {}) if man_path.exists() else {}
-    seed = (inputs.get("data") or {}).get("seed")
-    seed = need(cfg, "data.seed") if seed is None else seed
-    fraction = (inputs.get("scenario") or {}).get("new_item_fraction",
-                                                  need(cfg, "scenario.new_item_fraction"))
-    if seed is None:
-        raise ValueError(f"{man_path}: no data.seed to recompute the new items from")
-    is_new = choose_new_items(len(item_ids), float(fraction), int(seed))
-    return is_new.tolist(), ("the new items only (cold, scenario.cold_negatives=new: the items "
-                             "test negatives come from)")
+    if scenario != "cold":
+        return [True] * len(item_ids), "every item of data/items.tsv"
+    cold_neg = stats.get("cold_negatives") or need(cfg, "scenario.cold_negatives")
+    new_path = data_dir / NEW_ITEMS_FILE
+    if not new_path.exists():
+        raise FileNotFoundError(
+            f"{new_path}: missing; the cold catalogue is read from the data stage's list of new "
+            "items (a data folder written before it existed: rerun the data stage)")
+    new = read_json(new_path)
+    if cold_neg == "new":
+        test_new = set(new["test"])
+        return [i in test_new for i in item_ids], (
+            "the test-new items only (cold, scenario.cold_negatives=new: the items test "
+            "negatives come from)")
+    valid_new = set(new["valid"])
+    return [i not in valid_new for i in item_ids], (
+        "every item of data/items.tsv but the validation-new ones (cold: warm and test-new "
+        "items, as test negatives)")
 
 
 def training_items(path: Path) -> dict[str, list[str]]:
@@ -290,14 +290,3 @@ def record_row(out_dir: str | Path, name: str, cat: FullCatalogue, samples: Sequ
     write_jsonl(Path(out_dir) / "predictions" / f"{name}.jsonl",
                 prediction_rows(samples, ranks, lists, cat.sizes()))
     return metrics
-
-
-def table_suffix(rows: Mapping[str, Any]) -> str:
-    """`full catalogue (N items, seen items excluded)` when the rows were ranked that way."""
-    full = [r for r in rows.values() if r.get("candidates") == "all"]
-    if not full:
-        return ""
-    sizes = sorted({r.get("catalogue_size") for r in full if r.get("catalogue_size")})
-    seen = any(r.get("exclude_seen") for r in full)
-    n = "/".join(str(s) for s in sizes) or "?"
-    return f"full catalogue ({n} items{', seen items excluded' if seen else ''})"

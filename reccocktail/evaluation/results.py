@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -444,6 +444,17 @@ _SCORER_TEXT = {"likelihood": "likelihood ranking", "naive": "likelihood ranking
                 "generate": "generate-and-match", "beam": "constrained beam search"}
 
 
+def table_suffix(rows: Mapping[str, Any]) -> str:
+    """`full catalogue (N items, seen items excluded)` when the rows were ranked that way."""
+    full = [r for r in rows.values() if r.get("candidates") == "all"]
+    if not full:
+        return ""
+    sizes = sorted({r.get("catalogue_size") for r in full if r.get("catalogue_size")})
+    seen = any(r.get("exclude_seen") for r in full)
+    n = "/".join(str(s) for s in sizes) or "?"
+    return f"full catalogue ({n} items{', seen items excluded' if seen else ''})"
+
+
 def table_title(data: dict[str, Any]) -> str:
     """`Results (<how the LLM rows were scored>; <prompt format>)`: the scorer and its
     normalisation belong in the title, since the same adapters rank differently under each."""
@@ -459,8 +470,6 @@ def table_title(data: dict[str, Any]) -> str:
             text += f"; {row['objective']} prompts"
         if text not in parts:
             parts.append(text)
-    from reccocktail.evaluation.full_catalogue import table_suffix
-
     suffix = table_suffix(data.get("variants", {}))
     if suffix:
         parts.append(suffix)

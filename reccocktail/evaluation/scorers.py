@@ -33,14 +33,14 @@ import torch
 
 from reccocktail.data.prompts import PromptBuilder
 from reccocktail.data.samples import Sample
+from reccocktail.evaluation.config import SEARCHES
 from reccocktail.evaluation.matching import Match, match_output
 from reccocktail.utils.device import model_device
 
 if TYPE_CHECKING:
-    from reccocktail.evaluation.stage import EvalConfig
+    from reccocktail.evaluation.config import EvalConfig
 
 log = logging.getLogger(__name__)
-SEARCHES = ("beam", "exact")  # eval.search
 
 
 def num_candidates(samples: Sequence[Sample]) -> int:
@@ -108,7 +108,7 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-class _EvalMode:
+class EvalMode:
     """Run a model in eval mode (no LoRA dropout) and restore its previous mode afterwards."""
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -141,7 +141,7 @@ class LikelihoodScorer:
         """`[n, c]` float32 scores on the CPU, in each sample's candidate order."""
         c = num_candidates(samples)
         out = torch.empty(len(samples), c, dtype=torch.float32)
-        with _EvalMode(self.model), torch.inference_mode():
+        with EvalMode(self.model), torch.inference_mode():
             for i, s in enumerate(_progress(samples, self.progress, f"scoring ({self.name})")):
                 out[i] = self.score_sample(s)
         return out
@@ -270,7 +270,7 @@ class GenerateMatchScorer:
         )
         batches = [samples[i : i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
         texts: list[str] = []
-        with _EvalMode(self.model), torch.inference_mode():
+        with EvalMode(self.model), torch.inference_mode():
             for batch in _progress(batches, self.progress, f"generating ({len(samples)} users)"):
                 prompts = [pb.prompt_ids(s.history, s.candidates) for s in batch]
                 width = max(len(p) for p in prompts)
@@ -648,7 +648,7 @@ class CatalogueBeamScorer(BeamScorer):
         The prompt shows no candidates (the instruction template's list is left empty)."""
         excluded = excluded or [set() for _ in samples]
         pb, out = self.prompt_builder, []
-        with _EvalMode(self.model), torch.inference_mode():
+        with EvalMode(self.model), torch.inference_mode():
             for s, ex in zip(_progress(samples, self.progress, "full-catalogue beam"), excluded):
                 ex_idx = {self.index[i]: self.responses[self.index[i]]
                           for i in ex if i in self.index}

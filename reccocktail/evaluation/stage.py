@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ import torch
 from omegaconf import DictConfig
 
 from reccocktail.data.samples import load_items
-from reccocktail.data.selection import ALIASES
 from reccocktail.evaluation.confidence import ci_fields
+from reccocktail.evaluation.config import EvalConfig, eval_config
 from reccocktail.evaluation.metrics import (
     random_expectation,
     ranking_metrics,
@@ -39,63 +38,15 @@ from reccocktail.evaluation.results import (
     update_paired,
 )
 from reccocktail.evaluation.samples import eval_samples, prediction_rows  # noqa: F401
-from reccocktail.utils.config import need, typed
+from reccocktail.utils.config import need
 from reccocktail.utils.device import place_backbone, resolve_device
-from reccocktail.utils.io import read_json, to_plain, write_jsonl
+from reccocktail.utils.io import read_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 # Which stage writes each standard adapter (for the "run it first" error).
 ADAPTER_STAGE = {"general": "general", "specific": "specific", "wa": "mix", "cocktail": "mix"}
 ZERO_SHOT = "zero_shot"
-
-
-# Keys of the eval block read by `selection_config` (deprecated aliases of `selection:`).
-_ALIASES = tuple(k.split(".", 1)[1] for k in ALIASES if k.startswith("eval."))
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """The `eval:` block, parsed once at the stage's entry. Every key is required: its one
-    default is in conf/eval/default.yaml (a missing key raises naming it, an unknown one too)."""
-
-    split: str
-    scorer: tuple[str, ...]
-    variants: tuple[str, ...]
-    adapters: dict[str, str]
-    normalize: bool
-    batch_size: int
-    packed: bool
-    share_trunk: bool
-    beam_size: int | None
-    search: str
-    generate_batch_size: int
-    max_new_tokens: int | None
-    multi_match: str
-    ks: tuple[int, ...]
-    candidates: str
-    full_ks: tuple[int, ...]
-    exclude_seen: bool
-    reference: bool
-    device: str | None
-    progress: bool
-    print: bool
-
-
-def eval_config(cfg: DictConfig) -> EvalConfig:
-    """Parse and check `cfg.eval` (a non-empty scorer list; `adapters` a name -> path map)."""
-    ec = typed(EvalConfig, to_plain(need(cfg, "eval")), "eval", ignore=_ALIASES)
-    if not ec.scorer:
-        raise ValueError("eval.scorer: empty; choose likelihood, generate or naive")
-    if not isinstance(ec.adapters, dict):
-        raise ValueError(f"eval.adapters: expected a map name -> adapter folder, got {ec.adapters!r}")
-    from reccocktail.evaluation.scorers import SEARCHES
-
-    if ec.search not in SEARCHES:
-        raise ValueError(f"eval.search={ec.search!r}: not one of {list(SEARCHES)}")
-    if ec.beam_size is None:  # the protocol's largest cut-off: the defaults always compose
-        ec = replace(ec, beam_size=max(ec.full_ks if ec.candidates == "all" else ec.ks))
-    return ec
 
 
 def _resolve_path(p: str) -> Path:
@@ -235,7 +186,7 @@ def _score_full(ec: EvalConfig, out_dir: Path, key: str, sname: str, model: Any,
     model swapped per variant); `likelihood`/`naive`: every catalogue item scored (exhaustive,
     the reference the beam approximates; slow)."""
     from reccocktail.evaluation import full_catalogue as fc
-    from reccocktail.evaluation.scorers import CatalogueBeamScorer, _EvalMode, build_scorer
+    from reccocktail.evaluation.scorers import CatalogueBeamScorer, EvalMode, build_scorer
 
     t0 = time.time()
     extra: dict[str, Any] = {}
@@ -253,7 +204,7 @@ def _score_full(ec: EvalConfig, out_dir: Path, key: str, sname: str, model: Any,
     else:
         scorer = build_scorer(sname, model, pb, ec)
         responses = [pb.response_ids(i) for i in cat.items]
-        with _EvalMode(model), torch.inference_mode():
+        with EvalMode(model), torch.inference_mode():
             scores = torch.stack([scorer.score_ids(pb.prompt_ids(s.history, []), responses)
                                   for s in samples])
         ranks, lists = cat.ranks_from_scores(scores, samples)

@@ -239,6 +239,13 @@ class InstructionDataModule(L.LightningDataModule):
         self.setup()
         return [len(e["input_ids"]) for e in self.train_examples]
 
+    def mean_targets_per_batch(self) -> float:
+        """Target tokens of a micro-batch on average (`batch_size` x the mean per example): the
+        constant the `tokens` loss normalisation divides the summed loss by before backward."""
+        self.setup()
+        counts = [sum(1 for t in e["labels"][1:] if t != -100) for e in self.train_examples]
+        return max(1.0, self.batch_size * float(np.mean(counts)))
+
     def make_batch_sampler(self, num_replicas: int = 1, rank: int = 0) -> LengthGroupedBatchSampler:
         return LengthGroupedBatchSampler(
             self.train_lengths(), self.batch_size, seed=self.seed, shuffle=True,

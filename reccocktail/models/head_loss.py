@@ -23,8 +23,9 @@ CHUNK_ELEMENTS = 1 << 25
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                chunk: int) -> torch.Tensor:
+                chunk: int, mean: bool) -> torch.Tensor:
         n = hidden.shape[0]
+        div = n if mean else 1
         acc = torch.promote_types(hidden.dtype, torch.float32)  # bf16/fp16 logits in fp32
         grad_hidden = torch.empty_like(hidden)
         grad_weight = (torch.zeros(weight.shape, dtype=acc, device=weight.device)
@@ -36,36 +37,43 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = (h @ weight.T).to(acc)
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            # d(mean loss)/d(logits) = (softmax - onehot) / n, built in place in `logits`
+            # d(loss)/d(logits) = (softmax - onehot) / div, built in place in `logits`
             logits.sub_(lse[:, None]).exp_()
             logits[torch.arange(t.numel(), device=t.device), t] -= 1.0
-            logits.div_(n)
+            if div != 1:
+                logits.div_(div)
             probs = logits.to(weight.dtype)
             grad_hidden[start:start + chunk] = probs @ weight
             if grad_weight is not None:
                 grad_weight += (probs.T @ h).to(acc)
         # gradients computed here, not inputs or outputs: plain attributes, not saved tensors
         ctx.grad_hidden, ctx.grad_weight, ctx.weight_dtype = grad_hidden, grad_weight, weight.dtype
-        return total / n
+        return total / div
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        # the upstream scale (accumulation, AMP, a token-count normalisation) multiplies the
+        # gradients computed in the forward, so any scaling of the returned loss reaches them
         gh = ctx.grad_hidden * grad_out.to(ctx.grad_hidden.dtype)
         gw = None if ctx.grad_weight is None else (ctx.grad_weight * grad_out).to(ctx.weight_dtype)
-        return gh, gw, None, None
+        return gh, gw, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk: int | None = None) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` ([N, d] @ [d, V]) against `targets` ([N]).
+                         chunk: int | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of `hidden @ weight.T` ([N, d] @ [d, V]) against `targets` ([N]): the mean
+    over the N positions, or their sum with `reduction="sum"` (for a caller that divides by a
+    count spanning several batches, e.g. the targets of every accumulated micro-batch).
 
     `chunk`: positions per chunk (default: `CHUNK_ELEMENTS` fp32 logits). Gradients flow to
     `hidden`, and to `weight` when it requires them (full fine-tuning of a tied head).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"expected hidden [N, d] and targets [N], got {tuple(hidden.shape)} "
                          f"and {tuple(targets.shape)}")
     if hidden.shape[0] == 0:
         raise ValueError("no positions to take the loss on")
     rows = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
-    return _LinearCrossEntropy.apply(hidden, weight, targets, int(rows))
+    return _LinearCrossEntropy.apply(hidden, weight, targets, int(rows), reduction == "mean")

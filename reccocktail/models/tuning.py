@@ -9,6 +9,13 @@ weights only: the backbone is rebuilt from its config on resume.
 `tuning.mode: full` trains the backbone's own weights instead of a LoRA (the P5 baseline;
 `reccocktail/models/full.py` says which weights and why); the loop, loss and checkpoints are the
 same, only the model built in `configure_model` differs.
+
+`tuning.loss_normalization` decides what an optimizer step's gradient is the gradient of when it
+accumulates several micro-batches (`accumulate_grad_batches`, and DDP ranks): `tokens` (the
+default) the mean loss over every target token of the effective batch, so a sequence window
+with few targets counts for its few tokens; `micro_batch` (the rule before the key existed) the
+mean of the micro-batches' own token means, so every micro-batch counts the same
+(docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -24,13 +31,22 @@ from reccocktail.utils.config import need, one_of
 
 log = logging.getLogger(__name__)
 
-_SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
 MODES = ("lora", "full")  # tuning.mode: a LoRA on the frozen backbone | the backbone itself
+# tuning.loss_normalization: a mean over every target token of the optimizer step | each
+# micro-batch's own token mean, micro-batches weighted equally (adapters trained before the key)
+LOSS_NORMALIZATIONS = ("tokens", "micro_batch")
 
 
 def tuning_mode(tuning: dict) -> str:
     """`tuning.mode`, validated (conf/tuning/default.yaml sets it; a missing key raises)."""
     return one_of(str(need(tuning, "mode", "tuning")), MODES, "tuning.mode")
+
+
+def loss_normalization(tuning: dict) -> str:
+    """`tuning.loss_normalization`, validated (conf/tuning/default.yaml sets it)."""
+    return one_of(str(need(tuning, "loss_normalization", "tuning")), LOSS_NORMALIZATIONS,
+                  "tuning.loss_normalization")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,
@@ -48,7 +64,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps
         return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     if schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup_steps)
-    raise ValueError(f"tuning.schedule: unknown value {schedule!r}; choose one of {_SCHEDULES}")
+    raise ValueError(f"tuning.schedule: unknown value {schedule!r}; choose one of {SCHEDULES}")
 
 
 def warmup_steps_for(tuning: dict, total_steps: int) -> int:
@@ -76,9 +92,16 @@ def _plain_head(model) -> tuple[Any, torch.nn.Linear] | None:
     return decoder, head
 
 
+def target_count(labels: torch.Tensor) -> int:
+    """The labelled tokens a batch's loss is taken on (a label at position 0 has no prediction)."""
+    return int((labels[:, 1:] != -100).sum())
+
+
 def response_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  labels: torch.Tensor, fused: bool = True) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled (response) tokens.
+                  labels: torch.Tensor, fused: bool = True, reduction: str = "mean"
+                  ) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (response) tokens (their sum with
+    `reduction="sum"`; `target_count(labels)` tokens).
 
     Only the positions that predict a labelled token go through the LM head: with ~450-token
     prompts, ~10-token answers and a 49k-152k vocabulary, projecting every position would spend
@@ -100,14 +123,14 @@ def response_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         decoder, head = parts
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
                          use_cache=False).last_hidden_state
-        return linear_cross_entropy(hidden[keep], head.weight, targets)
+        return linear_cross_entropy(hidden[keep], head.weight, targets, reduction=reduction)
     pos = keep.any(dim=0).nonzero().squeeze(1)
     out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=pos)
     logits = out.logits
     if logits.shape[1] != pos.numel():  # a model that ignores logits_to_keep
         logits = logits[:, pos]
     logits = logits[keep[:, pos]]
-    return torch.nn.functional.cross_entropy(logits.float(), targets)
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction=reduction)
 
 
 def build_peft_model(backbone_cfg: Any, init_seed: int, gradient_checkpointing: bool = False,
@@ -161,6 +184,11 @@ class InstructionTuningModule(L.LightningModule):
         self.tokens_seen = 0  # over the whole training, restored on resume
         self.pad_tokens_seen = 0
         self.session_tokens = 0  # in this process only (throughput)
+        self.window_targets = 0  # target tokens of the micro-batches since the last step
+        # `tokens`: the backward runs on each micro-batch's summed loss divided by this constant
+        # (the mean targets of a micro-batch, the same on every rank), so gradients keep the
+        # size of a mean loss's (fp16 loss scaling) until the step divides by the real count
+        self.loss_scale = 1.0
 
     # -- model ------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -189,18 +217,37 @@ class InstructionTuningModule(L.LightningModule):
                  100.0 * n_train / max(1, n_all))
         self.model.train()  # load_backbone returns eval mode; LoRA dropout needs train mode
 
+    @property
+    def normalization(self) -> str:
+        """`tuning.loss_normalization` (read when training runs, like every other key)."""
+        return loss_normalization(self.tuning)
+
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return response_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    def loss(self, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+        return response_loss(self.model, batch["input_ids"], batch["attention_mask"],
+                             batch["labels"], reduction=reduction)
 
     def _log(self, name: str, value, **kwargs) -> None:
         self.log(f"{self.stage_name}/{name}", value, **kwargs)
 
     # -- steps ------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        mean = getattr(dm, "mean_targets_per_batch", None)
+        self.loss_scale = float(mean()) if callable(mean) else 1.0
+        self.window_targets = 0
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
+        if self.normalization == "tokens":
+            n = target_count(batch["labels"])
+            total = self.loss(batch, reduction="sum")
+            self.window_targets += n
+            loss = total.detach() / n  # this micro-batch's mean, for the logs
+            backward_loss = total / self.loss_scale  # divided by the step's count later
+        else:
+            loss = backward_loss = self.loss(batch)
         mask = batch["attention_mask"]
         real = int(mask.sum())
         self.tokens_seen += real
@@ -211,7 +258,25 @@ class InstructionTuningModule(L.LightningModule):
         self._log("pad_frac", 1.0 - real / mask.numel(), batch_size=bs)
         self._log("tokens", float(self.tokens_seen), batch_size=bs)
         self.step_losses.append(float(loss.detach()))
-        return loss
+        return backward_loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """`tokens`: turn the accumulated gradient into that of the mean over every target
+        token of this step. Lightning divided each micro-batch's loss by
+        `accumulate_grad_batches` (A) and DDP averaged over the W ranks, so the gradient now is
+        sum(token losses) / (A * W * loss_scale); multiplied by A * W * loss_scale / N (N: the
+        step's targets over all ranks) it is sum / N. Runs before gradient clipping (and after
+        AMP unscaling), so clipping sees the normalised gradient."""
+        if self.normalization != "tokens":
+            return
+        n = torch.tensor(float(self.window_targets), dtype=torch.float64, device=self.device)
+        n = float(self.trainer.strategy.reduce(n, reduce_op="sum"))
+        self.window_targets = 0
+        factor = (self.trainer.accumulate_grad_batches * self.trainer.world_size
+                  * self.loss_scale / n)
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from reccocktail.reporting.cli import main as report_main
+from reccocktail.utils.paths import REPO_ROOT
 
 # The repository (run.py, conf/): the package is installed in editable mode (`make setup`).
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 
 
 @dataclass

@@ -1,0 +1,63 @@
+"""The `eval:` block as a typed config (`EvalConfig`), parsed once by whoever scores like the
+eval stage: the stage itself and the baselines that use its scorers (P5).
+
+Its own module, not the stage's, so that the scorers and other stages read the type without
+importing a stage module (and without an import cycle through the stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from omegaconf import DictConfig
+
+from reccocktail.data.selection import ALIASES
+from reccocktail.utils.config import need, typed
+from reccocktail.utils.io import to_plain
+
+SEARCHES = ("beam", "exact")  # eval.search
+
+# Keys of the eval block read by `selection_config` (deprecated aliases of `selection:`).
+_ALIASES = tuple(k.split(".", 1)[1] for k in ALIASES if k.startswith("eval."))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The `eval:` block, parsed once at the stage's entry. Every key is required: its one
+    default is in conf/eval/default.yaml (a missing key raises naming it, an unknown one too)."""
+
+    split: str
+    scorer: tuple[str, ...]
+    variants: tuple[str, ...]
+    adapters: dict[str, str]
+    normalize: bool
+    batch_size: int
+    packed: bool
+    share_trunk: bool
+    beam_size: int | None  # null: the protocol's largest cut-off
+    search: str
+    generate_batch_size: int
+    max_new_tokens: int | None
+    multi_match: str
+    ks: tuple[int, ...]
+    candidates: str
+    full_ks: tuple[int, ...]
+    exclude_seen: bool
+    reference: bool
+    device: str | None
+    progress: bool
+    print: bool
+
+
+def eval_config(cfg: DictConfig) -> EvalConfig:
+    """Parse and check `cfg.eval` (a non-empty scorer list; `adapters` a name -> path map)."""
+    ec = typed(EvalConfig, to_plain(need(cfg, "eval")), "eval", ignore=_ALIASES)
+    if not ec.scorer:
+        raise ValueError("eval.scorer: empty; choose likelihood, generate or naive")
+    if not isinstance(ec.adapters, dict):
+        raise ValueError(f"eval.adapters: expected a map name -> adapter folder, got {ec.adapters!r}")
+    if ec.search not in SEARCHES:
+        raise ValueError(f"eval.search={ec.search!r}: not one of {list(SEARCHES)}")
+    if ec.beam_size is None:  # max(full_ks) with candidates=all, else max(ks): defaults compose
+        ec = replace(ec, beam_size=max(ec.full_ks if ec.candidates == "all" else ec.ks))
+    return ec

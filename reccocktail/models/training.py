@@ -1,0 +1,380 @@
+"""The training API of LoRA adapters (and of the P5 baseline's full fine-tuning), shared by
+the `general`/`specific` stages and the LLM baselines: a stage's tuning config, what an adapter
+trains on, the Lightning fit, its manifest, its cache folder and its prompt builder.
+
+Kept out of `models/stage.py` so that another stage (the baselines) uses it without importing a
+stage module: the orchestration (reuse, cache lookup, rank handling) stays in the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from reccocktail.data.samples import Sample, load_items, load_samples
+from reccocktail.data.selection import choose_users, selection_samples
+from reccocktail.models import adapters as ad
+from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
+from reccocktail.models.early_stopping import RankingEarlyStopping, early_stopping_config
+from reccocktail.models.tuning import loss_normalization
+from reccocktail.utils.config import need, one_of
+from reccocktail.utils.io import to_plain
+
+log = logging.getLogger(__name__)
+
+STAGE_BLOCKS = ("general", "specific")
+# Every key conf/tuning/default.yaml sets: the shared ones, then each stage block's own. A run's
+# tuning config must hold all of them (its one default is in that file); a missing one raises.
+TUNING_KEYS = ("objective", "mode", "full", "sequence", "init_seed", "seed", "lr", "weight_decay",
+               "betas", "schedule", "warmup_ratio", "warmup_steps", "batch_size",
+               "val_batch_size", "accumulate_grad_batches", "loss_normalization", "epochs",
+               "max_steps", "group_by_length", "mega_batch_mult", "gradient_checkpointing",
+               "num_workers", "val_max_samples", "early_stopping", "checkpoint_every_n_steps",
+               "log_every_n_steps", "ckpt_path", "resume", "fraction", "max_samples")
+STAGE_TUNING_KEYS = {"general": ("include_valid", "max_samples", "reuse"),
+                     "specific": ("include_valid", "num_train_prompts", "init_from", "reuse")}
+# Keys that change how a run is executed or stored, not the adapter it produces.
+_NON_RESULT_KEYS = ("ckpt_path", "resume", "num_workers", "checkpoint_every_n_steps", "reuse",
+                    "log_every_n_steps")
+
+
+def stage_tuning_cfg(tuning: Any, stage: str) -> dict:
+    """The shared tuning keys overridden by the stage's own block (`tuning.general/specific`)."""
+    one_of(stage, STAGE_BLOCKS, "tuning stage")
+    plain = to_plain(tuning) if tuning is not None else {}
+    merged = {k: v for k, v in plain.items() if k not in STAGE_BLOCKS}
+    for k, v in (plain.get(stage) or {}).items():
+        # a block (`early_stopping`, `sequence`, `full`) is merged key by key, so
+        # `tuning.general.early_stopping.enabled=true` keeps the shared block's other keys
+        both = isinstance(v, dict) and isinstance(merged.get(k), dict)
+        merged[k] = {**merged[k], **v} if both else v
+    return merged
+
+
+def result_config(t: dict) -> dict:
+    """The part of a stage's tuning config that determines the trained adapter. Keys that
+    change nothing in the settings where they are left out, so the keys of adapters cached
+    before them do not change: a LoRA's config leaves out the full fine-tuning keys
+    (`mode: lora`, `full`), a disabled `early_stopping` block is left out, and so is
+    `loss_normalization: micro_batch` (the rule every adapter trained before the key used)."""
+    out = {k: v for k, v in t.items() if k not in _NON_RESULT_KEYS}
+    if str(need(out, "mode", "tuning")) == "lora":
+        out.pop("mode", None)
+        out.pop("full", None)
+    if early_stopping_config(out) is None:
+        out.pop("early_stopping", None)
+    if loss_normalization(out) == "micro_batch":
+        out.pop("loss_normalization", None)
+    return out
+
+
+def prompt_cfg(cfg: DictConfig, general: bool) -> dict:
+    """The prompt wording (`reccocktail.data.prompts.prompt_wording`), which enters the keys."""
+    from reccocktail.data.prompts import prompt_wording
+
+    return prompt_wording(cfg, general)
+
+
+def prompt_builder(cfg: DictConfig, items: dict[str, str], prompt: dict, fmt: str) -> Any:
+    """The prompt builder an adapter trains with: the run's tokenizer, `prompt` (the wording that
+    entered its key) and format `fmt`, so training and scoring render prompts the same way."""
+    from reccocktail.data.prompts import prompt_builder_from_config
+    from reccocktail.models.backbone import load_tokenizer
+
+    return prompt_builder_from_config(cfg, load_tokenizer(cfg.backbone), items, prompt=prompt,
+                                      fmt=fmt)
+
+
+OBJECTIVES = ("instruction", "sequence")
+
+
+def objective(t: dict) -> str:
+    """`tuning.objective`: instruction (the paper's prompts) | sequence (title sequences)."""
+    return one_of(str(need(t, "objective", "tuning")), OBJECTIVES, "tuning.objective")
+
+
+def sequence_training_windows(path: Path, items: dict[str, str], t: dict,
+                              exclude_items: set[str] | frozenset[str] = frozenset()) -> list:
+    """The sequence objective's rows: windows of `sequences.jsonl`, then the seeded
+    `fraction`/`max_samples` of them (a budget in windows, i.e. ~max_titles targets each)."""
+    from reccocktail.models.sequence_data import build_windows, load_user_sequences
+
+    windows = build_windows(load_user_sequences(path, items),
+                            int(need(t, "sequence.max_titles", "tuning")),
+                            int(need(t, "sequence.min_context", "tuning")),
+                            need(t, "sequence.windows_per_user", "tuning"),
+                            exclude_items=exclude_items)
+    if not windows:
+        raise ValueError(f"{path}: no user has more than tuning.sequence.min_context titles")
+    return select_subset(windows, need(t, "fraction", "tuning"), need(t, "max_samples", "tuning"),
+                         seed=int(need(t, "seed", "tuning")))
+
+
+def load_split(path: Path, items: dict[str, str] | None, required: bool = True) -> list[Sample]:
+    """A split file of the data stage; a missing one raises naming it unless not `required`."""
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"{path}: missing (run the `data` stage first)")
+        return []
+    return load_samples(path, items)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(sum(xs) / len(xs), 6) if xs else None
+
+
+def _find_resume(t: dict, ckpt_dir: Path) -> str | None:
+    from reccocktail.utils.leftovers import check_checkpoint
+
+    if need(t, "ckpt_path", "tuning"):
+        p = Path(t["ckpt_path"])
+        if not p.is_file():
+            raise FileNotFoundError(f"tuning.ckpt_path: {p} does not exist")
+        return str(check_checkpoint(p, "tuning.ckpt_path"))
+    last = ckpt_dir / "last.ckpt"
+    if need(t, "resume", "tuning") and last.is_file():
+        log.info("resuming from %s", last)
+        return str(check_checkpoint(last))
+    return None
+
+
+def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: list[Sample],
+                  val: list[Sample], prompt_builder: Any, key: str,
+                  init_adapter: str | None = None,
+                  rank_val: list[Sample] | None = None) -> tuple[Any, dict, Any]:
+    """Fit a LoRA on `train` with Lightning; returns (peft model, metrics, trainer).
+
+    `rank_val`: the validation samples early stopping ranks (`tuning.early_stopping` enabled);
+    the returned model then holds the best check's weights and `metrics["early_stopping"]`
+    says which. None: no early stopping (the P5 baseline's full fine-tuning).
+    `loss_first`/`loss_last` are means over the first/last (up to 5) batch losses this process
+    saw (after a resume: those of the resumed part)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from reccocktail.models.sequence_data import SequenceDataModule
+    from reccocktail.models.tuning import InstructionTuningModule
+    from reccocktail.runtime import make_trainer
+
+    seed = int(need(t, "seed", "tuning"))
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm_cls = SequenceDataModule if objective(t) == "sequence" else InstructionDataModule
+    dm = dm_cls(
+        train, prompt_builder, val_samples=val, batch_size=int(need(t, "batch_size", "tuning")),
+        val_batch_size=need(t, "val_batch_size", "tuning"),
+        group_by_length=bool(need(t, "group_by_length", "tuning")),
+        mega_batch_mult=int(need(t, "mega_batch_mult", "tuning")), seed=seed,
+        num_workers=int(need(t, "num_workers", "tuning")),
+    )
+    module = InstructionTuningModule(to_plain(cfg.backbone), t, stage=stage, init_adapter=init_adapter)
+    ckpt_dir = out_dir / stage / "checkpoints" / key
+    every = int(need(t, "checkpoint_every_n_steps", "tuning") or 0)
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                            every_n_train_steps=every if every > 0 else None)]
+    es = early_stopping_config(t)
+    stopper = None
+    if rank_val is not None:
+        if es is None:
+            raise ValueError("train_adapter: validation samples to rank without "
+                             "tuning.early_stopping.enabled")
+        stopper = RankingEarlyStopping(
+            rank_val, prompt_builder, stage, every_n_steps=es.every_n_steps,
+            patience=es.patience, normalize=es.normalize,
+            batch_size=int(need(cfg, "eval.batch_size")), packed=bool(need(cfg, "eval.packed")))
+        callbacks.append(stopper)
+    overrides: dict[str, Any] = {
+        "max_epochs": int(need(t, "epochs", "tuning")),
+        "max_steps": int(-1 if need(t, "max_steps", "tuning") is None else t["max_steps"]),
+        "accumulate_grad_batches": int(need(t, "accumulate_grad_batches", "tuning")),
+        "use_distributed_sampler": False,  # the batch sampler shards over ranks itself
+        "enable_checkpointing": True,
+    }
+    if need(t, "log_every_n_steps", "tuning"):
+        overrides["log_every_n_steps"] = int(t["log_every_n_steps"])
+    if not val:
+        overrides["limit_val_batches"] = 0
+    trainer = make_trainer(cfg, out_dir, stage, callbacks=callbacks, **overrides)
+    resume = _find_resume(t, ckpt_dir)
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    seconds = time.time() - t0
+    if val and f"{stage}/val_loss" not in trainer.callback_metrics:
+        trainer.validate(module, datamodule=dm, verbose=False)  # stopped by max_steps mid-epoch
+    lengths = dm.train_lengths()
+    sampler = dm.make_batch_sampler()
+    losses = module.step_losses
+    k = max(1, min(5, len(losses) // 2))
+    cm = trainer.callback_metrics
+    val_loss = cm.get(f"{stage}/val_loss")
+    total = module.tokens_seen + module.pad_tokens_seen
+    metrics = {
+        "objective": objective(t),
+        "train_samples": len(train),
+        "targets": sum(getattr(x, "num_targets", 1) for x in train),
+        "val_samples": len(val),
+        "steps": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "loss_first": _mean(losses[:k]),
+        "loss_last": _mean(losses[-k:]),
+        "val_loss": round(float(val_loss), 6) if val_loss is not None else None,
+        "tokens": int(module.tokens_seen),
+        "pad_frac": round(module.pad_tokens_seen / total, 4) if total else None,
+        "pad_frac_epoch0": round(padding_fraction(lengths, sampler.global_batches(0)), 4),
+        "seconds": round(seconds, 2),
+        # this process's tokens over this process's time (a resumed run counts its part only)
+        "tokens_per_s": round(module.session_tokens / seconds, 1) if seconds > 0 else None,
+        "resumed_from": resume,
+        "loss_normalization": loss_normalization(t),
+    }
+    if stopper is not None:
+        metrics["early_stopping"] = stopper.summary()
+    return module.model, metrics, trainer
+
+
+def adapter_manifest(cfg: DictConfig, kind: str, t: dict, data_hash: str, key: str,
+                     metrics: dict, out_dir: Path, extra: dict | None = None) -> dict:
+    """The `manifest.json` of a trained adapter: what it was trained from (the key's parts, so
+    a later stage can check it) and how the training went."""
+    return {
+        "kind": kind,
+        "backbone": str(cfg.backbone.name),
+        "backbone_identity": ad.weights_identity(cfg.backbone),
+        "objective": objective(t),
+        "init_seed": int(t["init_seed"]),
+        "data_hash": data_hash,
+        "key": key,
+        "config": {"tuning": result_config(t), "backbone": ad.backbone_identity(cfg.backbone),
+                   **(extra or {})},
+        "metrics": metrics,
+        "run": ad.run_identity(cfg, out_dir),  # checked by every stage that reads the adapter
+        "trained_in": str(out_dir),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def tuning_config(cfg: DictConfig, stage: str) -> dict:
+    """The stage's tuning config, parsed once at its entry: the shared keys overridden by the
+    stage's block, `seed`/`init_seed` null -> the run's seed, `precision` from the trainer.
+    Every key of conf/tuning/default.yaml must be there (a missing one raises naming it)."""
+    t = stage_tuning_cfg(need(cfg, "tuning"), stage)
+    for k in required_tuning_keys(stage):
+        need(t, k, f"tuning (stage {stage})")
+    if t["init_seed"] is None:
+        t["init_seed"] = int(need(cfg, "seed"))
+    if t["seed"] is None:
+        t["seed"] = int(need(cfg, "seed"))
+    t["precision"] = str(need(cfg, "trainer.precision"))
+    return t
+
+
+def required_tuning_keys(stage: str) -> list[str]:
+    """The keys `stage`'s tuning config must hold: the shared ones and the stage's block's
+    (`TUNING_KEYS`, `STAGE_TUNING_KEYS`; a test keeps them equal to conf/tuning/default.yaml)."""
+    one_of(stage, STAGE_BLOCKS, "tuning stage")
+    return [*TUNING_KEYS, *STAGE_TUNING_KEYS[stage]]
+
+
+def cache_root(cfg: DictConfig) -> Path:
+    """`paths.cache_dir`: the root of the adapter and model caches shared by runs."""
+    return Path(need(cfg, "paths.cache_dir"))
+
+
+
+def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[Sample]:
+    """The ingredient's mix: valid (if `include_valid`) + N sampled training prompts, then the
+    seeded `fraction`/`max_samples` of that pool (few-shot runs)."""
+    seed = int(need(t, "seed", "tuning"))
+    n = need(t, "num_train_prompts", "tuning.specific")
+    sampled = select_subset(train, None, n, seed=seed) if n != 0 else []
+    pool = (list(valid) if need(t, "include_valid", "tuning.specific") else []) + sampled
+    pool = select_subset(pool, need(t, "fraction", "tuning"), need(t, "max_samples", "tuning"),
+                         seed=seed)
+    if not pool:
+        raise ValueError("tuning.specific: the ingredient has no training samples "
+                         "(num_train_prompts=0 with include_valid=false, or in the cold "
+                         "scenario, where valid.jsonl never trains S?)")
+    return pool
+
+
+def early_stopping_samples(path: Path, items: dict[str, str] | None, t: dict) -> list[Sample]:
+    """The validation samples early stopping ranks: every sample of a seeded choice of at most
+    `tuning.early_stopping.max_users` users of `path` (none when early stopping is off). The
+    choice depends only on the set of users and `tuning.seed`, so the specific stage's plan
+    (which leaves them out of S's rows) and its training draw the same users."""
+    es = early_stopping_config(t)
+    if es is None:
+        return []
+    chosen = choose_users(load_split(path, items), es.max_users, int(need(t, "seed", "tuning")))
+    if not chosen:
+        raise ValueError(f"tuning.early_stopping: {path} holds no validation samples to rank")
+    return chosen
+
+
+def cold_targets(cfg: DictConfig, data_dir: Path) -> set[str]:
+    """In the cold scenario the test and validation targets are new items: no training row may
+    hold one."""
+    if str(need(cfg, "scenario.name")) != "cold":
+        return set()
+    return {s.target for f in ("test.jsonl", "valid.jsonl") for s in load_samples(data_dir / f)}
+
+
+def _trains_on_valid(cfg: DictConfig, t: dict) -> bool:
+    """Whether S's instruction rows include `valid.jsonl`: `include_valid`, except in cold, where
+    its targets are the validation-new items that no adapter may see."""
+    return (objective(t) == "instruction" and bool(need(t, "include_valid", "tuning.specific"))
+            and str(need(cfg, "scenario.name")) != "cold")
+
+
+def specific_plan(cfg: DictConfig, out_dir: Path, t: dict) -> dict[str, Any]:
+    """What the ingredient trains on, decided before training: the manifest extras (prompt, the
+    validation users held out for `mix=grid`) that enter its key. Shared with the P5 baseline,
+    which trains on exactly S's rows."""
+    data_dir = Path(out_dir) / "data"
+    extra: dict[str, Any] = {"prompt": prompt_cfg(cfg, general=False)}
+    held_out: set[str] = set()
+    stopping_users = {s.user for s in early_stopping_samples(data_dir / "valid.jsonl", None, t)}
+    if stopping_users:  # early stopping on: which users it ranks (part of S's key then)
+        extra["early_stopping_valid_users"] = sorted(stopping_users)
+    if _trains_on_valid(cfg, t):
+        # validation users a later stage selects on (mix=grid) or early stopping ranks never
+        # train S (the sequence objective trains on sequences.jsonl, which holds no
+        # validation target)
+        valid_all = load_split(data_dir / "valid.jsonl", None)
+        valid_users = {s.user for s in valid_all}
+        held_out = {s.user for s in selection_samples(valid_all, need(cfg, "mix"),
+                                                     int(need(cfg, "seed")))} | stopping_users
+        extra["held_out_valid_users"] = sorted(held_out)
+        extra["valid_users_trained"] = sorted(valid_users - held_out)
+    elif objective(t) == "instruction" and need(t, "include_valid", "tuning.specific"):
+        extra["valid_users_trained"] = []
+        extra["valid_not_trained"] = ("cold: valid.jsonl's targets are validation-new items, "
+                                      "kept out of every training row")
+    return extra
+
+
+def specific_training_data(cfg: DictConfig, out_dir: Path, t: dict, extra: dict[str, Any],
+                           label: str = "ingredient") -> tuple[dict[str, str], list, list]:
+    """(items, training rows, validation rows) of the ingredient: sequence windows of
+    `sequences.jsonl`, or the valid + sampled train prompts (held-out users left out)."""
+    data_dir = Path(out_dir) / "data"
+    items = load_items(data_dir / "items.tsv")
+    if objective(t) == "sequence":
+        windows = sequence_training_windows(data_dir / "sequences.jsonl", items, t,
+                                            exclude_items=cold_targets(cfg, data_dir))
+        log.info("%s: training on %d sequence windows, %d targets", label,
+                 len(windows), sum(w.num_targets for w in windows))
+        return items, windows, []
+    held_out = set(extra.get("held_out_valid_users") or ())
+    train = load_split(data_dir / "train.jsonl", items)
+    valid = ([s for s in load_split(data_dir / "valid.jsonl", items) if s.user not in held_out]
+             if _trains_on_valid(cfg, t) else [])
+    samples = specific_samples(train, valid, t)
+    log.info("%s: training on %d samples (%d valid + sampled train, %d validation users held "
+             "out for selection)", label, len(samples), len(valid), len(held_out))
+    return items, samples, []
+
+
