@@ -307,8 +307,10 @@ def test_the_checker_catches_a_misspelt_key_and_a_made_up_addition():
         check_run_py(["+experiment=ml1m_warm", "+data.histroy_len=5"])
     with pytest.raises(ConfigCompositionException):
         check_run_py(["mix.lamda=0.3"])
-    with pytest.raises(AssertionError, match="no config file"):
-        check_run_py(["baseline=sasrec", "+baselines.sasrec.max_lenn=200"])
+    with pytest.raises(ValueError, match="baselines.sasrec.max_lenn: unknown key"):
+        check_run_py(["baseline=sasrec", "+baselines.sasrec.max_lenn=200"])  # config check
+    with pytest.raises(AssertionError, match="no config file"):  # logger: free-form there
+        check_run_py(["+logger.csv.versoin=1"])
     check_run_py(["baseline=sasrec", "+baselines.sasrec.max_len=200"])  # a common key, per model
 
 

@@ -98,6 +98,7 @@ _KILLED_EVAL = '''
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
+sys.path.insert(0, str(Path({tests!r}).parent))  # the checkout under test, not an installed copy
 import pytest
 from conftest import backbone_cfg
 from test_stale_results import _fakes
