@@ -229,6 +229,27 @@ def test_corrupt_adapter_fails_before_any_variant_is_scored(run_dir, tiny_llama_
         run_eval_stage(cfg, out)
 
 
+def test_adapter_of_another_run_is_refused_or_recorded(run_dir, tiny_llama_cfg, tmp_path):
+    import shutil
+
+    from reccocktail.evaluation.stage import run_eval_stage
+    from reccocktail.models.adapters import AdapterError
+    from reccocktail.utils.io import read_json
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir / "data", out / "data")
+    shutil.copytree(run_dir / "adapters" / "specific", out / "adapters" / "specific")
+    write_json(out / "data" / "manifest.json", {"data_hash": "this-run"})  # S records "x"
+    cfg = make_cfg(out, tiny_llama_cfg, variants=["specific"], reference=False)
+    with pytest.raises(AdapterError, match=r"eval: adapter 'specific': .* data_hash: 'x' "
+                                           r"\(adapter\) vs 'this-run' \(this run\)"):
+        run_eval_stage(cfg, out)
+    cfg.allow_foreign_adapters = True
+    run_eval_stage(cfg, out)
+    row = read_json(out / "results.json")["variants"]["specific"]
+    assert row["foreign"] == ["data_hash: 'x' (adapter) vs 'this-run' (this run)"]
+
+
 def test_transductive_scores_every_user(run_dir, tiny_llama_cfg, tmp_path):
     from reccocktail.evaluation.stage import eval_samples
 
