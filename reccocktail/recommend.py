@@ -46,7 +46,7 @@ def _norm(title: str) -> str:
 
 
 FREE_PREFIX = "title:"  # `title:1984`: a free-text title, even when it looks like an id
-_ASIN = re.compile(r"[A-Z0-9]{10}")
+_ASIN = re.compile(r"B0[A-Z0-9]{8}|\d{9}[\dX]")  # Amazon ids: B0... or an ISBN-10
 
 
 class ItemResolver:
@@ -86,10 +86,11 @@ class ItemResolver:
             found = self._by_title.get(_norm(text))
             if found is not None:
                 return found
-            if self.looks_like_id(entry):
+            if self.looks_like_id(entry if isinstance(entry, int) else text):
                 raise ValueError(
                     f"{where}: unknown item id {text!r} (not in the catalogue"
-                    + (f" of {len(self.items)} items" if self.items else "; no items.tsv given")
+                    + (f" of {len(self.items) - len(self.free)} items"
+                       if len(self.items) > len(self.free) else "; no items.tsv given")
                     + f"); for a free-text title write {FREE_PREFIX}{text}")
         # A free-text title, cleaned like the catalogue's titles (`Tom &amp; Jerry` is shown and
         # scored as `Tom & Jerry`), under a private id that can never collide with a real one.
