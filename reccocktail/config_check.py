@@ -82,6 +82,7 @@ def known_keys(conf_dir: Path = CONF_DIR) -> dict[str, set[str]]:
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
+    from reccocktail.cocktail.entropy import OBJECTIVES
     from reccocktail.cocktail.mix import GRANULARITIES, MODES
     from reccocktail.cocktail.stage import NAMES
     from reccocktail.data.prompts import FORMATS
@@ -92,7 +93,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from reccocktail.models.tuning import MODES as TUNING_MODES
 
     return {"mix.name": tuple(NAMES), "mix.mode": tuple(MODES),
-            "mix.granularity": tuple(GRANULARITIES), "eval.scorer": tuple(SCORERS),
+            "mix.granularity": tuple(GRANULARITIES), "mix.objective": tuple(OBJECTIVES),
+            "eval.scorer": tuple(SCORERS),
             "tuning.objective": tuple(FORMATS), "tuning.schedule": tuple(SCHEDULES),
             "tuning.mode": tuple(TUNING_MODES),
             "tuning.loss_normalization": LOSS_NORMALIZATIONS,
