@@ -51,12 +51,13 @@ from reccocktail.data.prompts import prompt_builder_from_config, prompt_format
 from reccocktail.data.samples import Sample, load_items, load_samples
 from reccocktail.data.selection import choose_users
 from reccocktail.evaluation.confidence import ci_fields
+from reccocktail.evaluation.config import eval_config
 from reccocktail.evaluation.full_catalogue import candidates_mode
 from reccocktail.evaluation.metrics import ranking_metrics, target_ranks
 from reccocktail.evaluation.results import ROW_LABELS, paired_block
 from reccocktail.evaluation.samples import eval_samples, prediction_rows
 from reccocktail.evaluation.scorers import build_scorer
-from reccocktail.evaluation.stage import AdapterSwitcher, eval_config
+from reccocktail.evaluation.stage import AdapterSwitcher
 from reccocktail.models.backbone import load_backbone
 from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import (
