@@ -169,6 +169,7 @@ def trainer_keys() -> frozenset[str]:
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
+    from reccocktail.cocktail.entropy import OBJECTIVES
     from reccocktail.cocktail.mix import GRANULARITIES, MODES
     from reccocktail.cocktail.stage import NAMES
     from reccocktail.data.prompts import FORMATS
@@ -180,7 +181,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from reccocktail.models.tuning import MODES as TUNING_MODES
 
     return {"mix.name": tuple(NAMES), "mix.mode": tuple(MODES),
-            "mix.granularity": tuple(GRANULARITIES), "eval.scorer": tuple(SCORERS),
+            "mix.granularity": tuple(GRANULARITIES), "mix.objective": tuple(OBJECTIVES),
+            "eval.scorer": tuple(SCORERS),
             "eval.candidates": tuple(CANDIDATES), "eval.search": tuple(SEARCHES),
             "eval.multi_match": ("first", "miss"),
             "tuning.objective": tuple(FORMATS), "tuning.schedule": tuple(SCHEDULES),

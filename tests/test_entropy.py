@@ -289,3 +289,196 @@ def test_mixing_runs_in_fp32_in_a_bf16_model_and_matches_the_export(tiny_llama_c
         assert (A - ea).abs().max() < 1e-6 and (B - eb).abs().max() < 1e-6
     out = model(input_ids=torch.tensor([[5, 6, 7]])).logits
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+# -- the objectives besides the paper's entropy -----------------------------------------------
+
+def _h(p):
+    import math
+
+    return -sum(x * math.log(x) for x in p if x > 0)
+
+
+def test_infomax_equals_a_hand_computation():
+    from reccocktail.cocktail.entropy import objective_value
+
+    p = [[[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]],
+         [[0.1, 0.2, 0.7], [1 / 3, 1 / 3, 1 / 3]]]
+    logp = torch.tensor(p, dtype=torch.float64).log()
+    keep = torch.tensor([[True, True], [True, False]])  # prompt 1's answer ended after one token
+    # kept (0,0), (0,1), (1,0); position 0's mean over prompts 0 and 1, position 1's is p[0][1]
+    mean0 = [(a + b) / 2 for a, b in zip(p[0][0], p[1][0])]
+    by_hand = (_h(p[0][0]) + _h(p[0][1]) + _h(p[1][0])) / 3 - 2 / 3 * _h(mean0) - 1 / 3 * _h(p[0][1])
+    assert float(objective_value("infomax", logp, keep)) == pytest.approx(by_hand, abs=1e-12)
+    # all kept, one position: SHOT's mean_i H(p_i) − H(mean_i p_i)
+    one = logp[:, :1]
+    shot = (_h(p[0][0]) + _h(p[1][0])) / 2 - _h(mean0)
+    assert float(objective_value("infomax", one, torch.ones(2, 1, dtype=torch.bool))) == \
+        pytest.approx(shot, abs=1e-12)
+    # the same confident answer for every prompt scores worse than diverse confident answers
+    same = torch.tensor([[[0.98, 0.01, 0.01]], [[0.98, 0.01, 0.01]]], dtype=torch.float64).log()
+    diverse = torch.tensor([[[0.98, 0.01, 0.01]], [[0.01, 0.98, 0.01]]], dtype=torch.float64).log()
+    ones = torch.ones(2, 1, dtype=torch.bool)
+    assert objective_value("infomax", diverse, ones) < objective_value("infomax", same, ones) - 0.5
+    assert objective_value("entropy", diverse, ones) == pytest.approx(
+        float(objective_value("entropy", same, ones)))
+
+
+@pytest.mark.parametrize("objective", ["infomax", "anchored", "normalized"])
+def test_objective_gradients_match_finite_differences(tiny_llama_cfg, random_adapters, objective):
+    from reccocktail.cocktail.entropy import answer_log_probs, objective_value
+
+    model = _fresh(tiny_llama_cfg, embed_scale=10.0).double()
+    module = EntropyMixModule(model, random_adapters, mode="delta", granularity="model", k=3,
+                              objective=objective, anchor_beta=0.7)
+    ids, mask = left_pad(_prompts(4), 0)
+    module.mixer.set_weights(module.lambdas().detach())
+    tokens = greedy_tokens(model, ids, mask, 3)  # fixed: the greedy tokens are piecewise constant
+    keep = torch.ones_like(tokens, dtype=torch.bool)
+    keep[1, 1:] = False  # an answer that ended early
+    refs = module.reference_entropies(ids, mask, tokens).double()
+    init = torch.zeros(1, 2, dtype=torch.float64)
+
+    def loss(logits: torch.Tensor) -> torch.Tensor:
+        lam = logits.softmax(-1)
+        module.mixer.set_weights(lam)
+        logp = answer_log_probs(model, ids, mask, tokens)
+        return objective_value(objective, logp, keep, lam=lam.mean(0), references=refs,
+                               logits=logits, init=init, anchor_beta=0.7)
+
+    logits = torch.tensor([[0.3, -0.4]], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss(logits), logits)
+    assert grad.abs().max() > 1e-4
+    eps = 1e-3  # the backbone's RMSNorm runs in float32 even in a float64 model
+    numeric = torch.zeros_like(grad)
+    with torch.no_grad():
+        for idx in range(2):
+            step = torch.zeros_like(logits)
+            step[0, idx] = eps
+            numeric[0, idx] = (loss(logits + step) - loss(logits - step)) / (2 * eps)
+    assert torch.allclose(grad, numeric, rtol=2e-3, atol=2e-3 * grad.abs().max()), (grad, numeric)
+
+
+def _stop_ids(model, ids, mask, k):
+    """Stop tokens that end some answers after 1 or 2 tokens and leave others whole."""
+    with torch.no_grad():
+        tokens = greedy_tokens(model, ids, mask, k)
+    return sorted({int(tokens[0, 0]), int(tokens[3, 1]), int(tokens[6, 0])})
+
+
+@pytest.mark.parametrize("objective", ["entropy", "infomax", "anchored", "normalized"])
+def test_loss_and_gradient_do_not_depend_on_the_micro_batch_size(tiny_llama_cfg, random_adapters,
+                                                                 objective):
+    """With stop ids, micro-batches keep different numbers of positions: the batch's objective
+    and λ gradient must still be the one whole-batch mean (and equal the differentiable
+    whole-batch objective)."""
+    from reccocktail.cocktail.entropy import answer_log_probs, answer_positions, objective_value
+
+    model = _fresh(tiny_llama_cfg, embed_scale=10.0)
+    ids, mask = left_pad(_prompts(10, seed=2), 0)
+    start = torch.tensor([[0.4, -0.2]])
+    results = {}
+    # sizes 1, 2 and 10 for the paper's objective and infomax; one uneven split (3+3+3+1) for
+    # the two that add only a penalty or reference entropies to the same batch mean
+    sizes = (1, 2, 10) if objective in ("entropy", "infomax") else (3, 10)
+    for micro in sizes:
+        module = EntropyMixModule(model, random_adapters, mode="delta", k=3, micro_batch_size=micro,
+                                  objective=objective, anchor_beta=0.5)
+        with torch.no_grad():
+            module.lambda_logits.copy_(start)
+        if micro == sizes[0]:
+            module.mixer.set_weights(module.lambdas().detach())
+            stop = _stop_ids(model, ids, mask, 3)
+        module.stop_ids = stop
+        out = module.objective_backward(ids, mask)
+        results[micro] = (out, module.lambda_logits.grad.clone())
+        if micro == 10:  # the differentiable whole-batch objective, for reference
+            module.mixer.set_weights(module.lambdas().detach())
+            tokens = greedy_tokens(model, ids, mask, 3)
+            keep = answer_positions(tokens, stop)
+            refs = module.reference_entropies(ids, mask, tokens)
+            logits = start.clone().requires_grad_(True)
+            lam = logits.softmax(-1)
+            module.mixer.set_weights(lam)
+            logp = answer_log_probs(model, ids, mask, tokens)
+            ref_loss = objective_value(objective, logp, keep, lam=lam.mean(0), references=refs,
+                                       logits=logits, init=torch.zeros(1, 2), anchor_beta=0.5)
+            (ref_grad,) = torch.autograd.grad(ref_loss, logits)
+            kept = keep.sum(1)
+        module.mixer.unwrap()
+    assert int(kept.min()) < int(kept.max())  # answers of different lengths
+    out10, grad10 = results[10]
+    assert grad10.abs().max() > 1e-5
+    for micro in sizes[:-1]:
+        out, grad = results[micro]
+        assert out["loss"] == pytest.approx(out10["loss"], rel=1e-4, abs=1e-6), micro
+        assert out["entropy"] == pytest.approx(out10["entropy"], rel=1e-4), micro
+        assert torch.allclose(grad, grad10, rtol=1e-3, atol=1e-3 * grad10.abs().max()), micro
+    assert out10["loss"] == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-6)
+    assert torch.allclose(grad10, ref_grad, rtol=1e-3, atol=1e-3 * ref_grad.abs().max())
+    if objective == "entropy":  # the former rule (per-micro-batch means, weighted by prompts)
+        ent = -(logp.exp() * logp).sum(-1).detach()
+        old = sum(float((ent[lo:lo + 2] * keep[lo:lo + 2]).sum() / keep[lo:lo + 2].sum()) * 2 / 10
+                  for lo in range(0, 10, 2))
+        assert abs(old - out10["loss"]) > 1e-3  # the test would catch it
+
+
+def _planted(tiny_llama_cfg):
+    """The tiny Llama with one residual coordinate held at a constant (embedding column 0 set,
+    no layer writes to it), so a LoRA on the LM head that reads it adds the same logit boost
+    at every prompt and position; its (tied) logits sharpened (embeddings x10)."""
+    model = _fresh(tiny_llama_cfg, embed_scale=10.0)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[:, 0] = emb[:, 1:].std()
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0].zero_()
+            layer.mlp.down_proj.weight[0].zero_()
+    return model
+
+
+def _head_adapter(name: str, token: int, boost: float):
+    """A rank-1 LoRA on the LM head: + boost · h_0 on `token` (h_0 > 0 everywhere, see
+    `_planted`); boost 0 leaves the backbone's own answers."""
+    from reccocktail.models.adapters import LoraAdapter
+
+    key = "base_model.model.lm_head"
+    a = torch.zeros(1, 64)
+    a[0, 0] = 1.0
+    b = torch.zeros(49152, 1)
+    b[token, 0] = boost
+    return LoraAdapter(config={"r": 1, "lora_alpha": 1, "target_modules": ["lm_head"]},
+                       A={key: a}, B={key: b}, name=name)
+
+
+def test_entropy_follows_the_confident_wrong_adapter_and_infomax_the_right_one(tiny_llama_cfg):
+    """Adapter `wrong` answers the same token for every prompt, confidently; adapter `right`
+    gives each prompt its own answer (the backbone's), less confidently. Entropy minimisation
+    moves λ to `wrong`; information maximisation to `right`."""
+    from reccocktail.cocktail.entropy import greedy_decode, position_entropy
+
+    model = _planted(tiny_llama_cfg)
+    wrong_token = 1234
+    adapters = [_head_adapter("wrong", wrong_token, 20.0), _head_adapter("right", wrong_token, 0.0)]
+    ids, mask = left_pad(_prompts(6), 0)
+    chosen = {}
+    for objective in ("entropy", "infomax"):
+        module = EntropyMixModule(model, adapters, mode="delta", k=1, objective=objective)
+        if objective == "entropy":  # the premise: what each adapter alone answers
+            with torch.no_grad():
+                module.mixer.set_weights(torch.tensor([1.0, 0.0]))
+                w_tok, w_logp = greedy_decode(model, ids, mask, 1)
+                module.mixer.set_weights(torch.tensor([0.0, 1.0]))
+                r_tok, r_logp = greedy_decode(model, ids, mask, 1)
+            assert set(w_tok[:, 0].tolist()) == {wrong_token}
+            assert len(set(r_tok[:, 0].tolist())) == 6 and wrong_token not in r_tok
+            assert position_entropy(w_logp).mean() + 2.0 < position_entropy(r_logp).mean()
+        opt = torch.optim.Adam([module.lambda_logits], lr=0.3)
+        for _ in range(8):
+            opt.zero_grad()
+            module.objective_backward(ids, mask)
+            opt.step()
+        chosen[objective] = module.learned_lambdas()
+        module.mixer.unwrap()
+    assert chosen["entropy"][0] > 0.8, chosen
+    assert chosen["infomax"][1] > 0.8, chosen

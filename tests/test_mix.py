@@ -408,6 +408,33 @@ def test_stage_entropy_records_users_and_curve(adapters, tiny_llama_cfg, tmp_pat
     assert len(eval_samples(cfg, out)[0]) == 6
 
 
+def test_stage_records_the_lambda_objective_and_keys_the_mix_by_it(adapters, tiny_llama_cfg,
+                                                                   tmp_path):
+    from reccocktail.cocktail.stage import mix_config, run_mix_stage
+
+    out = _run_dir(tmp_path, adapters)
+    common = dict(k=2, lr=0.1, steps=1, batch_size=3)
+    cfg = _cfg(out, tiny_llama_cfg, name="entropy", objective="infomax", **common)
+    assert run_mix_stage(cfg, out)["reused"] is False
+    info = read_json(out / "mix" / "lambda.json")
+    assert info["lambda_objective"] == "infomax" and "anchor_beta" not in info
+    assert set(info["curve"][0]) >= {"loss", "entropy", "lambda"}
+    assert info["curve"][0]["loss"] < info["curve"][0]["entropy"]  # minus H(mean answer)
+    assert run_mix_stage(cfg, out)["reused"] is True
+    # β keys the anchored objective only
+    same = _cfg(out, tiny_llama_cfg, name="entropy", objective="infomax", anchor_beta=9.0, **common)
+    assert mix_config(same).block == mix_config(cfg).block
+    anchored = _cfg(out, tiny_llama_cfg, name="entropy", objective="anchored", anchor_beta=2.0,
+                    **common)
+    assert run_mix_stage(anchored, out)["reused"] is False
+    info = read_json(out / "mix" / "lambda.json")
+    assert info["lambda_objective"] == "anchored" and info["anchor_beta"] == 2.0
+    with pytest.raises(ValueError, match="mix.objective"):
+        mix_config(_cfg(out, tiny_llama_cfg, name="entropy", objective="tent"))
+    # the paper's objective stays the default
+    assert mix_config(_cfg(out, tiny_llama_cfg, name="entropy")).objective == "entropy"
+
+
 def test_stage_grid_with_the_real_likelihood_scorer(adapters, tiny_llama_cfg, tmp_path):
     pytest.importorskip("reccocktail.evaluation.scorers")
     from reccocktail.cocktail.stage import run_mix_stage

@@ -234,7 +234,7 @@ def lambda_step(model: Any, shape: str, samples: list[dict], pad: int, eos: int,
                 k: int, micro: list[int], dev: torch.device, budget: Budget, reserve: float) -> dict:
     """One λ step (Adam on the λ logits over `n_prompts` prompts, micro-batched as the stage
     does) and the no-grad mean-entropy pass over the same prompts, per micro-batch size."""
-    from reccocktail.cocktail.entropy import EntropyMixModule, left_pad, trim_left_padding
+    from reccocktail.cocktail.entropy import EntropyMixModule, left_pad
 
     _, _, lora = shape_config(shape)
     vocab = flop_shape(shape)["V"]
@@ -256,16 +256,12 @@ def lambda_step(model: Any, shape: str, samples: list[dict], pad: int, eos: int,
             reset_peak(dev)
             try:
                 with autocast(dev, next(model.parameters()).dtype):  # bf16-mixed in the stage
-                    part = module.entropy_loss(*trim_left_padding(ids[:m].to(dev), mask[:m].to(dev)))
-                    part.backward()  # warm-up micro-batch
+                    module.objective_backward(ids[:m].to(dev), mask[:m].to(dev))  # warm-up
                 opt.zero_grad(set_to_none=True)
                 sync(dev)
                 t0 = time.perf_counter()
                 with autocast(dev, next(model.parameters()).dtype):
-                    for lo in range(0, n_prompts, m):
-                        part = module.entropy_loss(*trim_left_padding(ids[lo:lo + m].to(dev),
-                                                                      mask[lo:lo + m].to(dev)))
-                        (part * (min(m, n_prompts - lo) / n_prompts)).backward()
+                    module.objective_backward(ids.to(dev), mask.to(dev))
                 opt.step()
                 sync(dev)
                 step_s = time.perf_counter() - t0

@@ -33,7 +33,6 @@ from reccocktail.cocktail.entropy import (
     EntropyMixModule,
     LoraMixer,
     left_pad,
-    trim_left_padding,
 )
 from reccocktail.cocktail.mix import mix_and_save
 from reccocktail.data.prompts import PromptBuilder
@@ -191,11 +190,7 @@ def main() -> None:
             b_ids, b_mask = left_pad(prompts[lo: lo + args.lambda_batch], tok.pad_token_id)
             t0 = time.perf_counter()
             opt.zero_grad()
-            n = b_ids.shape[0]
-            for i in range(0, n, args.micro_batch):
-                part = module.entropy_loss(*trim_left_padding(b_ids[i:i + args.micro_batch],
-                                                              b_mask[i:i + args.micro_batch]))
-                (part * min(args.micro_batch, n - i) / n).backward()
+            module.objective_backward(b_ids, b_mask)  # micro-batched as the stage does
             opt.step()
             step_times.append(time.perf_counter() - t0)
         lam_step = statistics.median(step_times)

@@ -7,16 +7,24 @@ exported adapter. So the gradient reaches λ through the merged adapter itself (
 through `.data`, and not peft's `add_weighted_adapter`, which is not differentiable), and the
 learned λ exported afterwards gives exactly the model that was tuned.
 
-Loss: the mean Shannon entropy of the next-token distributions at the first k response
-positions. The k tokens are decoded greedily with the current λ (no grad), then one teacher-forced
-forward gives the k distributions with grad. Greedy decoding does not stop at the end-of-turn
-token: a short title is followed by whatever the model would say next, as in a fixed-length
-decode.
+Loss (`mix.objective`, the registry `OBJECTIVES`): by default the paper's, the mean Shannon
+entropy of the next-token distributions at the first k response positions; `infomax`,
+`anchored` and `normalized` are the alternatives of docs/design.md §1.2. The k tokens are
+decoded greedily with the current λ (no grad), then one teacher-forced forward gives the k
+distributions with grad. Greedy decoding does not stop at the end-of-turn token: a short title
+is followed by whatever the model would say next, as in a fixed-length decode; with stop ids the
+positions after the answer's end are masked.
+
+Every objective is a mean over the batch's kept positions, so a batch is decoded first (all its
+micro-batches), the kept positions are counted and, for `infomax`, the batch's mean distribution
+per position is taken from the decoding pass; then each micro-batch backpropagates its share of
+the one batch mean. The loss and the λ gradient do not depend on `mix.micro_batch_size`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -132,7 +140,145 @@ class LoraMixer:
         self.layers = []
 
 
-# -- the entropy objective ------------------------------------------------------------------
+# -- the objectives ------------------------------------------------------------------------
+
+def position_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each distribution in `logp` [..., V] (log-probabilities)."""
+    return -(logp.exp() * logp).sum(-1)
+
+
+def position_entropy_of_probs(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of probability vectors [..., V] (0 log 0 = 0)."""
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def mean_distribution(logp: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p̄ [k, V], n [k]): per answer position j, the mean over the prompts that keep j of their
+    distributions, and how many prompts do (a position no prompt keeps gets p̄ = 0, n = 0)."""
+    w = keep.to(logp.dtype)
+    n = w.sum(0)
+    total = (logp.exp() * w[..., None]).sum(0)
+    return total / n.clamp(min=1)[:, None], n
+
+
+class Objective:
+    """One way to score λ on unlabeled prompts: a mean over the batch's kept answer positions
+    (i, j) of a per-position term, plus an optional penalty on the λ logits.
+
+    `terms` is what each micro-batch backpropagates (summed over its kept positions, divided
+    by the batch's count). For objectives that are not a plain mean over positions (`infomax`)
+    `terms` has the right gradient and `value` corrects the reported value from batch-level
+    statistics. Subclasses set the flags that say which extra inputs they need."""
+
+    name = "entropy"
+    needs_mean = False        # the batch's mean distribution per position (infomax)
+    needs_references = False  # each ingredient's own entropy at the same positions (normalized)
+
+    def terms(self, logp: torch.Tensor, lam: torch.Tensor, mean_p: torch.Tensor | None = None,
+              references: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, k] per-position terms of one micro-batch (differentiable in λ through `logp`
+        and `lam`, the mean λ over groups [n])."""
+        return position_entropy(logp)
+
+    def value(self, terms_mean: float, entropy_mean: float, mean_p: torch.Tensor | None,
+              counts: torch.Tensor | None) -> float:
+        """The objective's value from the batch mean of `terms` (and the batch statistics)."""
+        return terms_mean
+
+    def penalty(self, logits: torch.Tensor, init: torch.Tensor) -> torch.Tensor | None:
+        """A term on the λ logits added once per batch (None: none)."""
+        return None
+
+
+class EntropyObjective(Objective):
+    """The paper's: mean entropy H(p_ij) over the kept positions (docs/design.md §1.2)."""
+
+
+class InfomaxObjective(Objective):
+    """Information maximisation (SHOT): mean_ij [H(p_ij) − H(p̄_j)], p̄_j the batch's mean
+    distribution at position j. Confident per prompt, diverse across prompts.
+
+    d/dθ H(p̄_j) = −Σ_v log p̄_jv · dp̄_jv/dθ (Σ_v dp̄_jv = 0), and p̄_j is linear in the p_ij,
+    so `terms` = H(p_ij) + Σ_v p_ijv log p̄_jv with p̄ held fixed has exactly the gradient of the
+    objective; p̄ comes from the decoding pass over the whole batch (no gradient)."""
+
+    name = "infomax"
+    needs_mean = True
+
+    def terms(self, logp, lam, mean_p=None, references=None):
+        if mean_p is None:
+            raise ValueError("infomax: the batch's mean distribution is required")
+        log_mean = mean_p.clamp(min=torch.finfo(mean_p.dtype).tiny).log()
+        return position_entropy(logp) + (logp.exp() * log_mean.to(logp.dtype)).sum(-1)
+
+    def value(self, terms_mean, entropy_mean, mean_p, counts):
+        share = counts / counts.sum().clamp(min=1)
+        return entropy_mean - float((share * position_entropy_of_probs(mean_p)).sum())
+
+
+class AnchoredObjective(Objective):
+    """Entropy + β · mean_g ‖z_g − z₀‖²: the λ logits z held near their start z₀ (the average,
+    or `mix.init_lambdas`), so λ leaves it only for a clear entropy gain (EATA's anchor)."""
+
+    name = "anchored"
+
+    def __init__(self, beta: float) -> None:
+        if not float(beta) >= 0:
+            raise ValueError(f"mix.anchor_beta must be >= 0, got {beta}")
+        self.beta = float(beta)
+
+    def penalty(self, logits, init):
+        return self.beta * (logits - init).pow(2).sum(-1).mean()
+
+
+class NormalizedObjective(Objective):
+    """Baseline-normalised entropy: H(p_λ) − Σ_k λ_k H(p_k), p_k ingredient k's own
+    distribution at the same prompt and position (teacher-forced on the mix's answer), so an
+    ingredient does not win just by being sharper. With one λ per layer, λ_k is the mean."""
+
+    name = "normalized"
+    needs_references = True
+
+    def terms(self, logp, lam, mean_p=None, references=None):
+        if references is None:
+            raise ValueError("normalized: the ingredients' own entropies are required")
+        return position_entropy(logp) - (lam.to(references.dtype)[:, None, None]
+                                         * references).sum(0)
+
+
+OBJECTIVES = ("entropy", "infomax", "anchored", "normalized")
+
+
+def make_objective(name: str, anchor_beta: float = 0.0) -> Objective:
+    """The objective `mix.objective` names (`anchor_beta`: β of `anchored`)."""
+    one_of(name, OBJECTIVES, "mix.objective")
+    if name == "anchored":
+        return AnchoredObjective(anchor_beta)
+    return {"entropy": EntropyObjective, "infomax": InfomaxObjective,
+            "normalized": NormalizedObjective}[name]()
+
+
+def objective_value(name: str, logp: torch.Tensor, keep: torch.Tensor,
+                    lam: torch.Tensor | None = None, references: torch.Tensor | None = None,
+                    logits: torch.Tensor | None = None, init: torch.Tensor | None = None,
+                    anchor_beta: float = 0.0) -> torch.Tensor:
+    """The objective of one whole batch, differentiable end to end (p̄ included): the
+    reference the micro-batched training step is checked against. `logp` [b, k, V], `keep`
+    [b, k]; `lam` [n] and `references` [n, b, k] for `normalized`; `logits`/`init` for
+    `anchored`."""
+    obj = make_objective(name, anchor_beta)
+    w = keep.to(logp.dtype)
+    count = w.sum().clamp(min=1)
+    ent = position_entropy(logp)
+    if name == "infomax":
+        mean_p, n = mean_distribution(logp, keep)
+        return (ent * w).sum() / count - (n / count * position_entropy_of_probs(mean_p)).sum()
+    out = (obj.terms(logp, lam, references=references) * w).sum() / count
+    pen = obj.penalty(logits, init) if logits is not None else None
+    return out if pen is None else out + pen
+
+
+# -- decoding and the answer distributions -------------------------------------------------
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), left-padded so that every prompt ends in the last column."""
@@ -160,24 +306,38 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+
+
 @torch.no_grad()
-def greedy_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  k: int) -> torch.Tensor:
-    """The k greedy response tokens [b, k] of left-padded prompts (KV cache, no early stop)."""
+def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [b, k], log-probabilities [b, k, V]): the k greedy response tokens of
+    left-padded prompts and the distributions they were taken from (KV cache, no early stop).
+    The distributions are those a teacher-forced forward on the tokens gives."""
     positions = _positions(attention_mask)
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=positions, use_cache=True, logits_to_keep=1)
     # transformers 5 renamed past_key_values to cache (the old name warns until 5.40)
     name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
-    tokens = [out.logits[:, -1].argmax(-1)]
+    logps = [_log_softmax(out.logits[:, -1])]
+    tokens = [logps[-1].argmax(-1)]
     mask, pos = attention_mask, positions[:, -1:]
     for _ in range(k - 1):
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         pos = pos + 1
         out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=pos,
                     use_cache=True, logits_to_keep=1, **{name: getattr(out, name)})
-        tokens.append(out.logits[:, -1].argmax(-1))
-    return torch.stack(tokens, dim=1)
+        logps.append(_log_softmax(out.logits[:, -1]))
+        tokens.append(logps[-1].argmax(-1))
+    return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)
+
+
+def greedy_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  k: int) -> torch.Tensor:
+    """The k greedy response tokens [b, k] of left-padded prompts (KV cache, no early stop)."""
+    return greedy_decode(model, input_ids, attention_mask, k)[0]
 
 
 def answer_positions(tokens: torch.Tensor, stop_ids: Sequence[int] | None) -> torch.Tensor:
@@ -191,31 +351,38 @@ def answer_positions(tokens: torch.Tensor, stop_ids: Sequence[int] | None) -> to
     return keep
 
 
-def response_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     tokens: torch.Tensor, stop_ids: Sequence[int] | None = None) -> torch.Tensor:
-    """Mean Shannon entropy (nats) of the next-token distributions at the k response positions,
-    teacher-forced on `tokens` [b, k] (one forward; differentiable). With `stop_ids`, positions
-    after the answer's end token are left out (`answer_positions`)."""
+def answer_log_probs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     tokens: torch.Tensor) -> torch.Tensor:
+    """[b, k, V] log-probabilities of the next token at the k response positions, teacher-forced
+    on `tokens` [b, k] (one forward; differentiable)."""
     k = tokens.shape[1]
     ids = torch.cat([input_ids, tokens[:, :-1]], dim=1)
     mask = torch.cat([attention_mask, attention_mask.new_ones(tokens.shape[0], k - 1)], dim=1)
     out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
                 use_cache=False, logits_to_keep=k)
-    logits = out.logits[:, -k:]
-    logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
-    ent = -(logp.exp() * logp).sum(-1)
+    return _log_softmax(out.logits[:, -k:])
+
+
+def response_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     tokens: torch.Tensor, stop_ids: Sequence[int] | None = None) -> torch.Tensor:
+    """Mean Shannon entropy (nats) of the next-token distributions at the k response positions,
+    teacher-forced on `tokens` [b, k] (one forward; differentiable). With `stop_ids`, positions
+    after the answer's end token are left out (`answer_positions`)."""
+    ent = position_entropy(answer_log_probs(model, input_ids, attention_mask, tokens))
     keep = answer_positions(tokens, stop_ids)
     return (ent * keep).sum() / keep.sum()
 
 
 class EntropyMixModule(L.LightningModule):
-    """Learns only the λ logits (softmax, start 0.5/0.5) by minimising response entropy."""
+    """Learns only the λ logits (softmax, start 0.5/0.5) by minimising `objective` (default:
+    the paper's response entropy) on unlabeled prompts."""
 
     def __init__(self, model: nn.Module, adapters: Sequence[LoraAdapter], mode: str = "ab",
                  granularity: str = "model", k: int = 3, lr: float = 0.05,
                  init_lambdas: Sequence[float] | None = None,
                  micro_batch_size: int | None = None,
-                 stop_ids: Sequence[int] | None = None) -> None:
+                 stop_ids: Sequence[int] | None = None,
+                 objective: str = "entropy", anchor_beta: float = 0.0) -> None:
         super().__init__()
         # Manual optimisation: a batch is backpropagated in micro-batches whose gradients add
         # up before one Adam step, so memory (the attention maps kept for backward, ~1.5 GB per
@@ -227,6 +394,7 @@ class EntropyMixModule(L.LightningModule):
         one_of(granularity, GRANULARITIES, "mix.granularity")
         if int(k) < 1:
             raise ValueError(f"mix.k must be >= 1, got {k}")
+        self.objective = make_objective(objective, anchor_beta)
         self.model = model
         self.model.requires_grad_(False)
         self.mixer = LoraMixer(model, adapters, mode)
@@ -241,6 +409,7 @@ class EntropyMixModule(L.LightningModule):
                                  f"{self.mixer.num_adapters} positive values")
             init = (lam / lam.sum()).log().float()
         self.lambda_logits = nn.Parameter(init.repeat(groups, 1))
+        self.register_buffer("init_logits", init.repeat(groups, 1).clone(), persistent=False)
         self.curve: list[dict] = []
 
     def lambdas(self) -> torch.Tensor:
@@ -257,49 +426,100 @@ class EntropyMixModule(L.LightningModule):
         self.mixer.set_weights(self.lambdas())
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    def entropy_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        self.mixer.set_weights(self.lambdas())
-        tokens = greedy_tokens(self.model, input_ids, attention_mask, self.k)
-        return response_entropy(self.model, input_ids, attention_mask, tokens, self.stop_ids)
+    def _micro_batches(self, ids: torch.Tensor, mask: torch.Tensor):
+        step = self.micro_batch_size or ids.shape[0]
+        for lo in range(0, ids.shape[0], step):
+            yield trim_left_padding(ids[lo:lo + step], mask[lo:lo + step])
+
+    @torch.no_grad()
+    def reference_entropies(self, ids: torch.Tensor, mask: torch.Tensor,
+                            tokens: torch.Tensor) -> torch.Tensor:
+        """[n, b, k]: each ingredient's own entropy (λ = e_k) at the mix's answer positions."""
+        out = []
+        for i in range(self.mixer.num_adapters):
+            self.mixer.set_weights(F.one_hot(torch.tensor(i), self.mixer.num_adapters).float()
+                                   .to(self.lambda_logits.device))
+            out.append(position_entropy(answer_log_probs(self.model, ids, mask, tokens)))
+        return torch.stack(out)
+
+    def objective_backward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           backward: Callable[[torch.Tensor], Any] | None = None
+                           ) -> dict[str, float]:
+        """The objective of one batch at the current λ, its gradient added to the λ logits'
+        `.grad` (`backward`: how to backpropagate a tensor, default `.backward()`).
+
+        Pass 1 decodes every micro-batch (no grad): answer tokens, kept positions, their count
+        N and, for `infomax`, the batch's mean distribution per position. Pass 2 backpropagates
+        each micro-batch's Σ terms / N. Returns {"loss", "entropy"} (the mean entropy over the
+        batch's kept positions)."""
+        backward = backward or (lambda t: t.backward())
+        obj = self.objective
+        self.mixer.set_weights(self.lambdas().detach())
+        parts, logp_sum, counts = [], None, None
+        for ids, mask in self._micro_batches(input_ids, attention_mask):
+            tokens, logp = greedy_decode(self.model, ids, mask, self.k)
+            keep = answer_positions(tokens, self.stop_ids)
+            parts.append((ids, mask, tokens, keep))
+            if obj.needs_mean:
+                w = keep.to(logp.dtype)
+                part_sum = (logp.exp() * w[..., None]).sum(0)
+                logp_sum = part_sum if logp_sum is None else logp_sum + part_sum
+                counts = w.sum(0) if counts is None else counts + w.sum(0)
+        total = sum(int(keep.sum()) for *_, keep in parts)
+        mean_p = None if logp_sum is None else logp_sum / counts.clamp(min=1)[:, None]
+        terms_sum = entropy_sum = 0.0
+        for ids, mask, tokens, keep in parts:
+            refs = self.reference_entropies(ids, mask, tokens) if obj.needs_references else None
+            lam = self.lambdas()
+            self.mixer.set_weights(lam)
+            logp = answer_log_probs(self.model, ids, mask, tokens)
+            w = keep.to(logp.dtype)
+            part = (obj.terms(logp, lam.mean(0), mean_p, refs) * w).sum() / total
+            backward(part)
+            terms_sum += float(part.detach())
+            entropy_sum += float((position_entropy(logp.detach()) * w).sum())
+        entropy = entropy_sum / total
+        value = obj.value(terms_sum, entropy, mean_p, counts)
+        pen = obj.penalty(self.lambda_logits, self.init_logits)
+        if pen is not None:
+            backward(pen)
+            value += float(pen.detach())
+        return {"loss": value, "entropy": entropy}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         opt.zero_grad()
         ids, mask = batch["input_ids"], batch["attention_mask"]
         n = ids.shape[0]
-        step = self.micro_batch_size or n
-        loss = torch.zeros((), device=ids.device)
-        for lo in range(0, n, step):
-            part = self.entropy_loss(*trim_left_padding(ids[lo:lo + step], mask[lo:lo + step]))
-            part = part * (min(step, n - lo) / n)  # the batch mean, summed over micro-batches
-            self.manual_backward(part)
-            loss = loss + part.detach()
+        out = self.objective_backward(ids, mask, self.manual_backward)
         opt.step()
         lam = self.lambdas().detach().mean(0)
-        self.log("mix/entropy", loss, prog_bar=True, batch_size=n)
+        self.log("mix/loss", out["loss"], prog_bar=True, batch_size=n)
+        self.log("mix/entropy", out["entropy"], batch_size=n)
         for name, value in zip(self.mixer.names, lam):
             self.log(f"mix/lambda_{name}", value, batch_size=n)
-        self.curve.append({"step": int(self.global_step), "entropy": float(loss.detach()),
-                           "lambda": [float(x) for x in lam]})
-        return loss
+        self.curve.append({"step": int(self.global_step), "loss": out["loss"],
+                           "entropy": out["entropy"], "lambda": [float(x) for x in lam]})
+        return torch.tensor(out["loss"])
 
     def configure_optimizers(self):
         return torch.optim.Adam([self.lambda_logits], lr=self.lr)
 
     @torch.no_grad()
     def mean_entropy(self, batches) -> float:
-        """The objective over a whole set of prompts at the current λ (batches as the loader
-        yields them). The per-step curve is measured on changing batches; this is comparable
-        before and after learning."""
+        """The mean entropy over every kept answer position of a whole set of prompts at the
+        current λ (batches as the loader yields them), from the decoding pass. The per-step
+        curve is measured on changing batches; this is comparable before and after learning."""
         dev = model_device(self.model)
+        self.mixer.set_weights(self.lambdas().detach())
         total, count = 0.0, 0
         for batch in batches:
             ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
-            step = self.micro_batch_size or ids.shape[0]
-            for lo in range(0, ids.shape[0], step):
-                part = self.entropy_loss(*trim_left_padding(ids[lo:lo + step], mask[lo:lo + step]))
-                n = ids[lo:lo + step].shape[0]
-                total, count = total + float(part) * n, count + n
+            for part in self._micro_batches(ids, mask):
+                tokens, logp = greedy_decode(self.model, *part, self.k)
+                keep = answer_positions(tokens, self.stop_ids)
+                total += float((position_entropy(logp) * keep).sum())
+                count += int(keep.sum())
         return total / max(count, 1)
 
     def learned_lambdas(self) -> list[float] | dict[str, list[float]]:

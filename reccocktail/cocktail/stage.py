@@ -1,7 +1,8 @@
 """Stage `mix`: blend the base spirit (G) and the ingredient (S) into the cocktail adapter.
 
 `mix.name` picks how λ is chosen: `entropy` (learned on unlabeled test-time prompts, the
-paper's RecCocktail), `fixed` (`mix.lambdas`; 0.5/0.5 is RecCocktail-WA) or `grid` (λ_G over
+paper's RecCocktail; `mix.objective` picks what is minimised, the paper's entropy by default),
+`fixed` (`mix.lambdas`; 0.5/0.5 is RecCocktail-WA) or `grid` (λ_G over
 `mix.grid`, chosen by validation NDCG@1). Writes `adapters/cocktail`, `adapters/wa` (always the
 0.5/0.5 mix, for the WA ablation) and `mix/lambda.json`. A rerun with the same adapters and mix
 config reuses what is there.
@@ -47,8 +48,8 @@ ADAPTERS = ("general", "specific")
 
 # The keys each mix option must set (its YAML in conf/mix/ holds their one default).
 _KEYS = {"fixed": ("lambdas",), "grid": ("grid", "grid_max_users"),
-         "entropy": ("init_lambdas", "k", "lr", "steps", "batch_size", "measure_entropy",
-                     "micro_batch_size")}
+         "entropy": ("objective", "anchor_beta", "init_lambdas", "k", "lr", "steps",
+                     "batch_size", "measure_entropy", "micro_batch_size")}
 _DEPRECATED = ("num_prompts", "transductive")  # now selection.* (reccocktail/data/selection.py)
 
 
@@ -71,6 +72,8 @@ class MixConfig:
     batch_size: int = 0
     measure_entropy: bool = False
     micro_batch_size: int | None = None
+    objective: str = "entropy"
+    anchor_beta: float = 0.0
 
 
 def mix_config(cfg: DictConfig) -> MixConfig:
@@ -90,11 +93,18 @@ def mix_config(cfg: DictConfig) -> MixConfig:
     for k in ("k", "steps", "batch_size"):
         if k in own:
             own[k] = int(own[k])
-    if "lr" in own:
-        own["lr"] = float(own["lr"])
+    for k in ("lr", "anchor_beta"):
+        if k in own:
+            own[k] = float(own[k])
+    if "objective" in own:
+        from reccocktail.cocktail.entropy import OBJECTIVES
+
+        one_of(own["objective"], OBJECTIVES, "mix.objective")
     if "measure_entropy" in own:
         own["measure_entropy"] = bool(own["measure_entropy"])
-    key_block = {k: v for k, v in block.items() if k not in _DEPRECATED}
+    key_block = {k: v for k, v in block.items() if k not in _DEPRECATED
+                 # β changes nothing but the anchored objective: it keys only that one
+                 and not (k == "anchor_beta" and block.get("objective") != "anchored")}
     return MixConfig(name=name, mode=mode, granularity=granularity, block=key_block, **own)
 
 
@@ -169,8 +179,9 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
                           adapters: Sequence[LoraAdapter], prompts: Sequence[Sequence[int]],
                           mcfg: MixConfig, stop_ids: Sequence[int] | None = None
                           ) -> tuple[Any, list[dict]]:
-    """Train only the λ logits of an `EntropyMixModule`; returns (λ for `mix_adapters`, the
-    per-step curve, the mean entropy over all tuning prompts before and after)."""
+    """Train only the λ logits of an `EntropyMixModule` on `mcfg.objective`; returns (λ for
+    `mix_adapters`, the per-step curve, the mean entropy over all tuning prompts before and
+    after)."""
     from reccocktail.cocktail.entropy import EntropyMixModule, PromptDataset
     from reccocktail.runtime import make_trainer
 
@@ -179,7 +190,8 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
                          "test is empty)")
     module = EntropyMixModule(model, adapters, mode=mcfg.mode, granularity=mcfg.granularity,
                               k=mcfg.k, lr=mcfg.lr, init_lambdas=mcfg.init_lambdas,
-                              micro_batch_size=mcfg.micro_batch_size, stop_ids=stop_ids)
+                              micro_batch_size=mcfg.micro_batch_size, stop_ids=stop_ids,
+                              objective=mcfg.objective, anchor_beta=mcfg.anchor_beta)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ds = PromptDataset(prompts, pad)
     loader = torch.utils.data.DataLoader(
@@ -300,6 +312,9 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
                 "rule": "the first k greedy answer tokens up to and including the first stop "
                         "token; positions after it are masked"}
             info.update(whole)
+            info["lambda_objective"] = mcfg.objective
+            if mcfg.objective == "anchored":
+                info["anchor_beta"] = mcfg.anchor_beta
             info.update(granularity=granularity, k=mcfg.k, lr=mcfg.lr, steps=mcfg.steps,
                         curve=curve, tuning_split=LAMBDA_SPLIT,
                         tuning_users=sorted({s.user for s in tuning}),
@@ -312,7 +327,9 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
         metrics = {}
         if info.get("curve"):
             metrics = {"entropy_first": info["curve"][0]["entropy"],
-                       "entropy_last": info["curve"][-1]["entropy"]}
+                       "entropy_last": info["curve"][-1]["entropy"],
+                       "loss_first": info["curve"][0]["loss"],
+                       "loss_last": info["curve"][-1]["loss"]}
         mix_and_save(adapters, lambdas, mode, cocktail,
                      extra={"name": name, "mix_key": key, "metrics": metrics,
                             "objective": fmt, **run})

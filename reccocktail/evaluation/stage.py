@@ -310,6 +310,10 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                         meta[field] = manifests[name][field]
                 if name == "cocktail" and (out_dir / "mix" / "lambda.json").exists():
                     meta["lambda"] = read_json(out_dir / "mix" / "lambda.json")
+                    # what λ minimised (runs from before the key: the paper's entropy)
+                    meta["lambda_objective"] = meta["lambda"].get(
+                        "lambda_objective", "entropy" if meta["lambda"].get("name") == "entropy"
+                        else None)
             scoring_model = switcher.use(path)
             if cat is not None:
                 for sname in scorer_names:
