@@ -24,20 +24,25 @@ from reccocktail.utils.io import read_json
 
 def check_no_lambda_leak(out_dir: Path, split: str, scored: list[Sample]) -> None:
     """Refuse to score users whose prompts tuned the run's λ (`mix/lambda.json`), e.g. after the
-    mix stage ran with another `selection.lambda_users` or seed than this evaluation."""
+    mix stage ran with another `selection.lambda_users` or seed than this evaluation.
+
+    Called for every non-transductive evaluation, whatever the mix recorded: a mix that ran
+    transductively still tuned on its `tuning_users`, and scoring them here would be the leak
+    the setting exists to prevent."""
     lam = Path(out_dir) / "mix" / "lambda.json"
     if not lam.exists():
         return
     info = read_json(lam)
-    if info.get("transductive") or info.get("tuning_split", LAMBDA_SPLIT) != split:
+    if info.get("tuning_split", LAMBDA_SPLIT) != split:
         return
     leak = sorted(set(info.get("tuning_users") or []) & {s.user for s in scored})
     if leak:
+        how = ("ran transductively (selection.transductive=true)" if info.get("transductive")
+               else "ran with another selection (selection.lambda_users, seed)")
         raise ValueError(
             f"{lam}: λ was tuned on {len(leak)} user(s) that this evaluation would score "
-            f"({leak[:5]}); the mix stage ran with another selection (selection.lambda_users, "
-            "seed): rerun the mix stage with this config, or set selection.transductive=true "
-            "on purpose")
+            f"({leak[:5]}); the mix stage {how}: rerun the mix stage with this config, or set "
+            "selection.transductive=true on purpose")
 
 
 def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str, Any]]:
