@@ -662,6 +662,20 @@ SCORERS = {"likelihood": LikelihoodScorer, "naive": NaiveLikelihoodScorer,
            "generate": GenerateMatchScorer, "beam": BeamScorer}
 
 
+def normalize_errors(scorers: Sequence[str] | str, normalize: bool, search: str) -> list[str]:
+    """`eval.normalize=true` beside the beam scorer (either `eval.search`), one message (empty:
+    fine). Beam and exact search rank by the summed log-probability of the answer (the exact
+    search's bound needs a sum: a per-token mean is not monotone along a prefix), so they would
+    ignore the flag and sit in one table beside normalised likelihood rows, unlabelled; the
+    combination is refused before any stage runs."""
+    names = [scorers] if isinstance(scorers, str) else [str(x) for x in scorers or []]
+    if not normalize or "beam" not in names:
+        return []
+    return [f"eval.normalize=true with eval.scorer={names} (eval.search={search}): beam and "
+            "exact search rank by the sum of the answer's log-probs and ignore eval.normalize; "
+            "set eval.normalize=false, or score beam in a run of its own"]
+
+
 def build_scorer(name: str, model: Any, prompt_builder: PromptBuilder, ec: EvalConfig):
     """A scorer from its name and the parsed `eval` block (`evaluation.stage.eval_config`)."""
     if name in ("likelihood", "naive"):

@@ -89,10 +89,13 @@ def eval_config(cfg: DictConfig) -> EvalConfig:
         raise ValueError("eval.scorer: empty; choose likelihood, generate or naive")
     if not isinstance(ec.adapters, dict):
         raise ValueError(f"eval.adapters: expected a map name -> adapter folder, got {ec.adapters!r}")
-    from reccocktail.evaluation.scorers import SEARCHES
+    from reccocktail.evaluation.scorers import SEARCHES, normalize_errors
 
     if ec.search not in SEARCHES:
         raise ValueError(f"eval.search={ec.search!r}: not one of {list(SEARCHES)}")
+    bad = normalize_errors(ec.scorer, ec.normalize, ec.search)
+    if bad:
+        raise ValueError(bad[0])
     return ec
 
 
@@ -219,7 +222,8 @@ def _full_reference_rows(out_dir: Path, cat: Any, samples: list, info: dict) -> 
 def _search_fields(scorer: Any, beam_size: int, approximate: int) -> dict[str, Any]:
     """What a beam-scorer row records: the list length and the search, so a table can tell
     `exact top-k` rows from beam rows (and count searches cut by `max_expansions`)."""
-    out: dict[str, Any] = {"beam_size": beam_size, "search": scorer.search_mode}
+    out: dict[str, Any] = {"beam_size": beam_size, "search": scorer.search_mode,
+                           "normalize": False}  # the searches rank by summed log-probs
     if scorer.search_mode == "exact":
         out["search_note"] = f"exact top-{beam_size} (best-first over the title trie)"
         out["approximate_searches"] = approximate
