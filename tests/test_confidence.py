@@ -225,6 +225,47 @@ def test_paired_refuses_different_sample_sets(tmp_path):
     assert paired_block(data, tmp_path / "predictions") == ({}, {})
 
 
+def test_paired_refuses_rows_with_other_candidates_or_data(tmp_path):
+    """Same sample ids are not enough: a row whose predictions hold another candidate list or
+    target for an id, or whose results row names another data hash, is refused naming both
+    rows and files; the same questions in another file order pair."""
+    users = [f"u{i}" for i in range(6)]
+    _record(tmp_path, "cocktail", [1] * 6, users, data_hash="h1")
+    _record(tmp_path, "zero_shot", [3] * 6, users, data_hash="h1")
+    cands = {f"s{i}": [f"t{i}", *(f"n{i}_{j}" for j in range(4))] for i in range(6)}
+
+    def with_questions(name: str, change: dict[str, dict] | None = None) -> None:
+        path = tmp_path / "predictions" / f"{name}.jsonl"
+        rows = read_jsonl(path)
+        for r in rows:
+            r.update({"target": cands[r["id"]][0], "candidates": cands[r["id"]],
+                      **(change or {}).get(r["id"], {})})
+        write_jsonl(path, rows)
+
+    with_questions("cocktail")
+    with_questions("zero_shot")
+    assert update_paired(tmp_path)["paired"]["cocktail_vs_zero_shot"]["hr@1"]["diff"] == 1.0
+    other = [*cands["s2"][:1], "elsewhere", *cands["s2"][2:]]
+    with_questions("zero_shot", {"s2": {"candidates": other}, "s4": {"candidates": other}})
+    with pytest.raises(ValueError, match=r"cocktail vs zero_shot: same sample ids, different "
+                                         r"questions \(candidates differs on 2 sample\(s\) "
+                                         r"\['s2', 's4'\]\).*cocktail.jsonl.*zero_shot.jsonl"):
+        update_paired(tmp_path)
+    # the same candidates in another order: another prompt for an instruction-format LLM
+    with_questions("zero_shot", {"s0": {"candidates": cands["s0"][::-1]}})
+    with pytest.raises(ValueError, match=r"candidates differs on 1 sample\(s\) \['s0'\]"):
+        update_paired(tmp_path)
+    with_questions("zero_shot", {"s5": {"target": "n5_1"}})
+    with pytest.raises(ValueError, match=r"target differs on 1 sample\(s\) \['s5'\]"):
+        update_paired(tmp_path)
+    with_questions("zero_shot")
+    data = load_results(tmp_path)
+    data["variants"]["zero_shot"]["data_hash"] = "h2"
+    with pytest.raises(ValueError, match=r"cocktail vs zero_shot: rows built from different "
+                                         r"data \(data_hash h1 .* vs h2"):
+        paired_block(data, tmp_path / "predictions")
+
+
 # --------------------------------------------------------------------------- eval stage
 def test_eval_stage_writes_ci_and_paired_block(tmp_path, tiny_llama_cfg, monkeypatch):
     """The stage with injected scorers (no adapter is loaded): cocktail ranks every positive

@@ -10,7 +10,7 @@ import torch
 from conftest import experiment_script
 
 from reccocktail.evaluation.metrics import metrics_from_ranks
-from reccocktail.utils.io import write_json, write_jsonl
+from reccocktail.utils.io import read_jsonl, write_json, write_jsonl
 
 
 def test_command_runs_the_chosen_dataset_stages_and_omfa_budget():
@@ -72,3 +72,21 @@ def test_paired_across_runs_compares_rows_on_the_same_samples(tmp_path):
     _run(tmp_path / "other2", {"specific": [1, 1, 1, 1, 1]})  # one sample fewer
     with pytest.raises(ValueError, match="not the same samples"):
         mod.paired_across(mine, tmp_path / "other2")
+
+
+def test_paired_across_runs_refuses_rows_with_other_candidates(tmp_path):
+    """Two run folders with the same sample ids but other candidate lists (another data
+    seed) are not paired: the error names the rows and the other run's predictions file."""
+    mod = experiment_script("cpu_quality")
+    mine = _run(tmp_path / "mine", {"p5": [1, 1, 2, 1, 1, 3]})
+    other = _run(tmp_path / "other", {"specific": [2, 1, 2, 2, 2, 3]})
+    for folder, tag in ((mine, "a"), (other, "b")):
+        name = "p5" if folder == mine else "specific"
+        path = folder / "predictions" / f"{name}.jsonl"
+        rows = [{**r, "target": "t", "candidates": ["t", f"{tag}{r['id']}"]}
+                for r in read_jsonl(path)]
+        write_jsonl(path, rows)
+    with pytest.raises(ValueError, match=r"specific vs p5: same sample ids, different questions "
+                                         r"\(candidates differs on 6 sample.*other/predictions/"
+                                         r"specific.jsonl.*mine/predictions/p5.jsonl"):
+        mod.paired_across(mine, other)

@@ -189,3 +189,14 @@ def test_a_missing_stage_key_fails_naming_it():
     module.model = torch.nn.Linear(2, 2)
     with pytest.raises(KeyError, match="tuning.lr"):
         module.configure_optimizers()
+
+
+def test_eval_samples_record_the_data_hash(tmp_path):
+    """Every scored row records the run's data hash (paired tests refuse rows of other data)."""
+    from reccocktail.evaluation.samples import eval_samples
+
+    out = _data(tmp_path)
+    cfg = run_config({"paths": {"output_dir": str(out)}})
+    assert eval_samples(cfg, out)[1]["data_hash"] is None  # no data manifest: nothing to record
+    write_json(out / "data" / "manifest.json", {"data_hash": "abc123"})
+    assert eval_samples(cfg, out)[1]["data_hash"] == "abc123"

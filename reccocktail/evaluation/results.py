@@ -9,7 +9,8 @@ Uncertainty (see `evaluation/confidence.py`): a scored row may carry `"ci": {met
 (95 % percentile bootstrap over users) with `ci_method`, `ci_level`, `n_boot`; the random row is
 a closed-form expectation and has none. `update_paired` adds a top-level `"paired"` block,
 `{"cocktail_vs_<other>": {metric: {"diff", "ci", "p", ...}}}`, recomputed from the per-sample
-ranks in `predictions/<variant>.jsonl` (matched by sample id), and `"paired_info"` (how).
+ranks in `predictions/<variant>.jsonl` (matched by sample id; refused when the two files hold
+other targets or candidates for an id, or the rows another `data_hash`), and `"paired_info"`.
 """
 
 from __future__ import annotations
@@ -179,21 +180,59 @@ def record_results(out_dir: str | os.PathLike, variant: str, metrics: dict[str, 
     return data
 
 
-def _read_ranks(path: Path) -> tuple[list[str], list[Any], list[int]]:
-    """(ids, users, ranks) of a predictions file; a row without `user` is its own user."""
-    ids, users, ranks = [], [], []
+# What makes two predictions rows the same question: the positive, the candidates shown (in
+# order: an instruction prompt lists them) and, on the full catalogue, how many items remained.
+QUESTION_FIELDS = ("target", "candidates", "num_ranked")
+
+
+def _read_ranks(path: Path) -> tuple[list[str], list[Any], list[int], list[dict[str, Any]]]:
+    """(ids, users, ranks, questions) of a predictions file; a row without `user` is its own
+    user; `questions[i]` holds the row's `QUESTION_FIELDS` that it records."""
+    ids, users, ranks, questions = [], [], [], []
     for r in read_jsonl(path):
         if "id" not in r or "rank" not in r:
             raise ValueError(f"{path}: every row needs 'id' and 'rank'")
         ids.append(str(r["id"]))
         users.append(r.get("user", f"sample:{r['id']}"))
         ranks.append(int(r["rank"]))
+        questions.append({k: r[k] for k in QUESTION_FIELDS if k in r})
     dup = len(ids) - len(set(ids))
     if dup:
         raise ValueError(f"{path}: {dup} duplicate sample id(s)")
     if not ids:
         raise ValueError(f"{path}: no predictions")
-    return ids, users, ranks
+    return ids, users, ranks, questions
+
+
+def check_same_questions(reference: str, other: str, ref_path: Path, path: Path,
+                         ref_rows: dict[str, Any], rows: dict[str, Any],
+                         ref_q: dict[str, dict[str, Any]], q: dict[str, dict[str, Any]]) -> None:
+    """Refuse to pair two rows that answered different questions under the same sample ids:
+    another data hash on their results rows, or a sample whose target, candidate list or
+    number of ranked items differs between the two predictions files. Pairing by id alone
+    would compare rankings of different candidates (e.g. predictions left from a run with
+    another `data.seed` or `data.num_candidates`)."""
+    h_ref, h = ref_rows.get("data_hash"), rows.get("data_hash")
+    if h_ref and h and h_ref != h:
+        raise ValueError(
+            f"paired test {reference} vs {other}: rows built from different data (data_hash "
+            f"{h_ref} in {ref_path.resolve()} vs {h} in {path.resolve()}): rerun {other} on "
+            f"this run's data, or remove its row and predictions")
+    bad: dict[str, list[str]] = {}
+    for i, mine in q.items():
+        theirs = ref_q[i]
+        for k in QUESTION_FIELDS:
+            if k in mine and k in theirs and mine[k] != theirs[k]:
+                bad.setdefault(k, []).append(i)
+    if bad:
+        what = "; ".join(f"{k} differs on {len(v)} sample(s) {sorted(v)[:3]}"
+                         for k, v in bad.items())
+        raise ValueError(
+            f"paired test {reference} vs {other}: same sample ids, different questions "
+            f"({what}) between {ref_path.resolve()} and {path.resolve()}. The two rows were "
+            f"scored on other candidates (another data build, data.seed or "
+            f"data.num_candidates): rerun {other} with the current data, or remove its row and "
+            f"predictions/{other}.jsonl")
 
 
 def _ks_of(names: Any) -> list[int]:
@@ -207,7 +246,8 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
     """(`paired`, `paired_info`): `reference` against every other row that has a predictions
     file, per metric both rows report, from the per-sample ranks matched by sample id.
     Empty when `reference` has no row or no predictions. Raises ValueError when two variants
-    were not scored on the same samples (a paired test would be meaningless)."""
+    were not scored on the same samples, or the same ids hold other targets, candidates or data
+    (`check_same_questions`): a paired test would be meaningless."""
     import torch
 
     from reccocktail.evaluation import confidence
@@ -218,7 +258,8 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
     ref_path = pred_dir / f"{reference}.jsonl"
     if reference not in variants or not ref_path.exists():
         return {}, {}
-    ids, users, ref_ranks = _read_ranks(ref_path)
+    ids, users, ref_ranks, ref_questions = _read_ranks(ref_path)
+    ref_q = dict(zip(ids, ref_questions))
     pos = {i: n for n, i in enumerate(ids)}
     names = metric_names(_ks_of(variants[reference].get("metrics", {})))
     ref_vals = metrics_from_ranks(torch.tensor(ref_ranks), _ks_of(names))
@@ -229,7 +270,7 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
             continue  # the random expectation (closed form) has no per-sample ranks
         if variants[other].get("candidates") != variants[reference].get("candidates"):
             continue  # sampled candidates against the full catalogue: not the same question
-        o_ids, _, o_ranks = _read_ranks(path)
+        o_ids, _, o_ranks, o_questions = _read_ranks(path)
         if set(o_ids) != set(ids):
             only_o = sorted(set(o_ids) - set(pos))
             only_r = sorted(set(pos) - set(o_ids))
@@ -239,6 +280,8 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
                 f"{only_o[:3]}, {len(only_r)} only in {reference} {only_r[:3]}). Every variant "
                 f"must be scored on the same samples: rerun {other} with the current eval "
                 f"settings, or remove its row and predictions/{other}.jsonl")
+        check_same_questions(reference, other, ref_path, path, variants[reference],
+                             variants[other], ref_q, dict(zip(o_ids, o_questions)))
         ranks = [0] * len(ids)
         for i, r in zip(o_ids, o_ranks):
             ranks[pos[i]] = r

@@ -45,6 +45,16 @@ def check_no_lambda_leak(out_dir: Path, split: str, scored: list[Sample]) -> Non
             "selection.transductive=true on purpose")
 
 
+def run_data_hash(out_dir: Path) -> str | None:
+    """The data stage's `data_hash` of this run folder (data/manifest.json), recorded on every
+    scored row so that a paired test across rows (or run folders) can refuse other data."""
+    path = Path(out_dir) / "data" / "manifest.json"
+    if not path.exists():
+        return None
+    value = read_json(path).get("data_hash")
+    return value if isinstance(value, str) else None
+
+
 def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str, Any]]:
     """The samples every method is scored on, and how they were chosen (for the results)."""
     data_dir = Path(out_dir) / "data"
@@ -60,7 +70,7 @@ def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str
     chosen = select_users(samples, selection_config(cfg), int(need(cfg, "seed")))
     if not chosen.selection.transductive:
         check_no_lambda_leak(Path(out_dir), split, chosen.scored)
-    return chosen.scored, {"split": split, **chosen.info()}
+    return chosen.scored, {"split": split, **chosen.info(), "data_hash": run_data_hash(out_dir)}
 
 
 def prediction_rows(samples: list[Sample], scores: torch.Tensor, scorer: Any = None,
