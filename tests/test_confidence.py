@@ -14,6 +14,7 @@ from reccocktail.evaluation.confidence import (
     bootstrap_ci,
     bootstrap_cis,
     ci_fields,
+    holm,
     paired_test,
     paired_tests,
     rank_metric_values,
@@ -193,7 +194,9 @@ def test_paired_block_from_predictions(tmp_path, capsys):
     assert on_disk["paired"] == data["paired"]
     md = (tmp_path / "results.md").read_text()
     assert "## Paired tests (RecCocktail vs …)" in md
-    assert "| Zero-shot backbone | NDCG@1 | +1.0000 | [+1.000, +1.000] | 0.0078 |" in md
+    # zero-shot and the best (only) baseline on NDCG@1/3: a family of 4, Holm-adjusted
+    assert "| Zero-shot backbone | NDCG@1 | +1.0000 | [+1.000, +1.000] | 0.0078 | 0.0312 |" in md
+    assert "| Zero-shot backbone | MRR | " in md and md.count("| 0.0078 | – |") == 1  # MRR
     assert "| SASRec | MRR |" in md and "| SASRec | HR@3 |" not in md  # md: ndcg@1/3, mrr
     print_results(data)
     out = capsys.readouterr().out
@@ -205,6 +208,64 @@ def test_paired_block_from_predictions(tmp_path, capsys):
     assert "paired" not in load_results(tmp_path)
     assert "Paired tests" not in (tmp_path / "results.md").read_text()
     assert set(update_paired(tmp_path)["paired"]) == {"cocktail_vs_zero_shot", "cocktail_vs_sasrec"}
+
+
+def test_holm_equals_a_hand_computation():
+    """Holm (1979) by hand: sorted p 0.005, 0.01, 0.03, 0.04 of m = 4 tests are multiplied by
+    4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04, made non-decreasing -> 0.02, 0.03, 0.06, 0.06, and
+    returned in the input order; products above 1 are cut at 1."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # 2 * 0.5 = 1.0; 0.6 lifted to the running max
+    assert holm([0.04]) == [0.04] and holm([]) == []
+    assert holm([0.01, 0.01, 0.2]) == pytest.approx([0.03, 0.03, 0.2])  # ties: 3p, max(3p, 2p)
+    # never below the raw p, never above 1, and stricter than Bonferroni only where it may be
+    ps = [0.001, 0.2, 0.012, 0.03, 0.5, 0.04]
+    adj = holm(ps)
+    assert all(p <= a <= min(1.0, len(ps) * p) for p, a in zip(ps, adj))
+    for bad in ([0.1, -0.01], [1.2], [float("nan")]):
+        with pytest.raises(ValueError, match="holm"):
+            holm(bad)
+
+
+def test_paired_block_holm_adjusts_the_primary_comparisons(tmp_path):
+    """The family: cocktail vs G, S, WA, zero-shot, popularity and the best baseline (here
+    sasrec, above gru4rec), on NDCG@1 and NDCG@3; p_holm equals Holm over exactly those raw p;
+    other baselines, scorer variants and metrics keep their raw p only. Re-recording a row
+    removes the adjusted values until the block is recomputed."""
+    users = [f"u{i}" for i in range(20)]
+    _record(tmp_path, "cocktail", [1] * 10 + [2] * 10, users, scorer="likelihood")
+    for name, ranks, meta in (
+            ("general", [2] * 20, {}), ("specific", [1] * 14 + [3] * 6, {}),
+            ("wa", [1] * 9 + [2] * 11, {}), ("zero_shot", [C] * 20, {}),
+            ("popularity", [4] * 20, {"scorer": "popularity"}),
+            ("sasrec", [1] * 8 + [3] * 12, {"kind": "baseline"}),
+            ("gru4rec", [3] * 20, {"kind": "baseline"}),
+            ("pop", [1] * 20, {"kind": "baseline"}),  # the popularity repeat: never "best"
+            ("cocktail.beam", [2] * 20, {"scorer": "beam"})):
+        _record(tmp_path, name, ranks, users, **meta)
+    data = update_paired(tmp_path)
+    primary = data["paired_info"]["primary"]
+    assert primary["comparisons"] == ["general", "specific", "wa", "zero_shot", "popularity",
+                                      "sasrec"]
+    assert primary["best_baseline"] == "sasrec" and primary["metrics"] == ["ndcg@1", "ndcg@3"]
+    assert primary["family_size"] == 12
+    paired = data["paired"]
+    family = [(f"cocktail_vs_{r}", m) for r in primary["comparisons"] for m in ("ndcg@1", "ndcg@3")]
+    expected = holm([paired[k][m]["p"] for k, m in family])
+    assert [paired[k][m]["p_holm"] for k, m in family] == pytest.approx(expected)
+    assert any(paired[k][m]["p_holm"] > paired[k][m]["p"] for k, m in family)
+    for k, tests in paired.items():
+        for m, t in tests.items():
+            assert ("p_holm" in t) == ((k, m) in family), (k, m)
+    md = (tmp_path / "results.md").read_text()
+    assert "p (Holm)" in md and "12 tests" in md and "SASRec (best baseline)" in md
+    gru = [ln for ln in md.splitlines() if ln.startswith("| GRU4Rec | NDCG@1 |")]
+    assert len(gru) == 1 and gru[0].endswith("| – |")
+    _record(tmp_path, "gru4rec", [1] * 20, users, kind="baseline")  # now the best baseline
+    stale = load_results(tmp_path)
+    assert "primary" not in stale["paired_info"]
+    assert not any("p_holm" in t for tests in stale["paired"].values() for t in tests.values())
+    assert update_paired(tmp_path)["paired_info"]["primary"]["best_baseline"] == "gru4rec"
 
 
 def test_paired_refuses_different_sample_sets(tmp_path):

@@ -41,6 +41,13 @@ ROW_LABELS = {"zero_shot": "Zero-shot backbone", "general": "RecCocktail-G (gene
            "omfa": "One-Model-for-All-style (LoRA)"}
 PAIRED_REFERENCE = "cocktail"
 PAIRED_SHOWN = ("ndcg@1", "ndcg@3", "mrr")  # in results.md; results.json holds every metric
+# The primary comparisons, fixed before any result: the reference against its ingredients and
+# their plain average, the bare backbone, popularity and the best baseline row, on these
+# metrics. Their p-values are Holm-adjusted as one family (`p_holm`); every other comparison
+# (other scorers, other baselines, other metrics) is exploratory and keeps its raw p only.
+PRIMARY_ROWS = ("general", "specific", "wa", "zero_shot", "popularity")
+PRIMARY_METRICS = ("ndcg@1", "ndcg@3")
+CORRECTION = "Holm step-down over the primary comparisons x primary metrics"
 
 
 @contextlib.contextmanager
@@ -102,6 +109,13 @@ def _drop_stale_paired(data: dict[str, Any], variant: str) -> None:
         paired.clear()
     else:
         paired.pop(f"{ref}_vs_{variant}", None)
+    # the family changed (a member or the best baseline may be another): no adjusted p until
+    # `update_paired` recomputes the block
+    for tests in paired.values():
+        for t in tests.values():
+            if isinstance(t, dict):
+                t.pop("p_holm", None)
+    (data.get("paired_info") or {}).pop("primary", None)
     if not paired:
         data.pop("paired", None)
         data.pop("paired_info", None)
@@ -240,6 +254,45 @@ def _ks_of(names: Any) -> list[int]:
                    if "@" in m and m.split("@")[1].isdigit()}) or list(DEFAULT_KS)
 
 
+def best_baseline(paired: dict[str, Any], variants: dict[str, Any],
+                  reference: str = PAIRED_REFERENCE) -> str | None:
+    """The baseline row (recorded with `kind: baseline`, the `pop` repeat of popularity aside)
+    with the highest mean of the first primary metric among those compared with `reference`;
+    ties go to the row listed first in the table. The strongest competitor is the conservative
+    choice for a primary comparison."""
+    prefix, metric = f"{reference}_vs_", PRIMARY_METRICS[0]
+    compared = {k[len(prefix):] for k in paired if k.startswith(prefix)}
+    order = ordered_variants(variants)
+    rows = [n for n in order if n in compared and n != "pop"
+            and variants[n].get("kind") == "baseline" and metric in variants[n].get("metrics", {})]
+    if not rows:
+        return None
+    return max(rows, key=lambda n: (variants[n]["metrics"][metric], -order.index(n)))
+
+
+def add_holm(paired: dict[str, Any], variants: dict[str, Any],
+             reference: str = PAIRED_REFERENCE) -> dict[str, Any]:
+    """Set `p_holm` on the primary tests of a `paired` block (in place) and return what the
+    family is: `{"comparisons", "best_baseline", "metrics", "family_size", "correction"}`.
+    The family is `reference` against each present row of `PRIMARY_ROWS` and the best baseline,
+    on each present `PRIMARY_METRICS`; any earlier `p_holm` is replaced."""
+    from reccocktail.evaluation.confidence import holm
+
+    for tests in paired.values():
+        for t in tests.values():
+            if isinstance(t, dict):
+                t.pop("p_holm", None)
+    best = best_baseline(paired, variants, reference)
+    rows = [r for r in (*PRIMARY_ROWS, best) if r and f"{reference}_vs_{r}" in paired]
+    family = [(f"{reference}_vs_{r}", m) for r in rows for m in PRIMARY_METRICS
+              if m in paired[f"{reference}_vs_{r}"]]
+    for (key, m), adj in zip(family, holm([paired[key][m]["p"] for key, m in family])):
+        paired[key][m]["p_holm"] = adj
+    return {"comparisons": rows, "best_baseline": best,
+            "metrics": [m for m in PRIMARY_METRICS if any(fm == m for _, fm in family)],
+            "family_size": len(family), "correction": CORRECTION}
+
+
 def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
                  reference: str = PAIRED_REFERENCE, **test_kw: Any
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -304,6 +357,8 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
             "n_draws": test_kw.get("n_draws", confidence.N_DRAWS),
             "exact_max_users": test_kw.get("exact_max", confidence.EXACT_MAX_USERS),
             "seed": test_kw.get("seed", confidence.SEED)}
+    if block:
+        info["primary"] = add_holm(block, variants, reference)
     return block, info
 
 
@@ -455,8 +510,9 @@ def _fmt_p(p: float) -> str:
 
 
 def paired_rows(data: dict[str, Any], metrics: tuple[str, ...] = PAIRED_SHOWN
-                ) -> list[tuple[str, str, float, list[float], float]]:
-    """(other variant, metric, diff, [lo, hi], p) of the `paired` block, in table order."""
+                ) -> list[tuple[str, str, float, list[float], float, float | None]]:
+    """(other variant, metric, diff, [lo, hi], p, Holm-adjusted p or None outside the primary
+    family) of the `paired` block, in table order."""
     paired = data.get("paired") or {}
     ref = (data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE)
     prefix = f"{ref}_vs_"
@@ -468,7 +524,9 @@ def paired_rows(data: dict[str, Any], metrics: tuple[str, ...] = PAIRED_SHOWN
         for m in metrics:
             if m in by_other[other]:
                 t = by_other[other][m]
-                rows.append((other, m, float(t["diff"]), list(t["ci"]), float(t["p"])))
+                holm_p = t.get("p_holm")
+                rows.append((other, m, float(t["diff"]), list(t["ci"]), float(t["p"]),
+                             None if holm_p is None else float(holm_p)))
     return rows
 
 
@@ -480,7 +538,20 @@ def _paired_note(data: dict[str, Any]) -> str:
             f"users), its {level:.0%} bootstrap CI over users ({info.get('n_boot', '?')} "
             f"resamples), and the two-sided p of a sign-flip randomisation test over users (exact "
             f"when at most {info.get('exact_max_users', 16)} users differ, else "
-            f"{info.get('n_draws', '?')} Monte Carlo draws).")
+            f"{info.get('n_draws', '?')} Monte Carlo draws)." + _primary_note(info))
+
+
+def _primary_note(info: dict[str, Any]) -> str:
+    """Which tests form the Holm family, or nothing when the block has none."""
+    primary = info.get("primary") or {}
+    if not primary.get("family_size"):
+        return ""
+    rows = ", ".join(_label(r) + (" (best baseline)" if r == primary.get("best_baseline") else "")
+                     for r in primary["comparisons"])
+    metrics = ", ".join(_header(m) for m in primary["metrics"])
+    return (f" Primary comparisons: {rows}, on {metrics}; p (Holm) is adjusted over these "
+            f"{primary['family_size']} tests (Holm step-down, family-wise error). The other rows "
+            "are exploratory: raw p only.")
 
 
 _SCORER_TEXT = {"likelihood": "likelihood ranking", "naive": "likelihood ranking (naive)",
@@ -550,10 +621,12 @@ def render_markdown(data: dict[str, Any]) -> str:
     if paired:
         ref = _label((data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE))
         lines += ["", f"## Paired tests ({ref} vs …)", "", _paired_note(data), "",
-                  "| vs | Metric | Δ | 95 % CI | p |", "|:---|:---|---:|---:|---:|"]
-        for other, m, diff, (lo, hi), p in paired:
+                  "| vs | Metric | Δ | 95 % CI | p | p (Holm) |",
+                  "|:---|:---|---:|---:|---:|---:|"]
+        for other, m, diff, (lo, hi), p, holm_p in paired:
             lines.append(f"| {_label(other)} | {_header(m)} | {diff:+.4f} | "
-                         f"[{lo:+.3f}, {hi:+.3f}] | {_fmt_p(p)} |")
+                         f"[{lo:+.3f}, {hi:+.3f}] | {_fmt_p(p)} | "
+                         f"{'–' if holm_p is None else _fmt_p(holm_p)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -579,9 +652,10 @@ def print_results(data: dict[str, Any]) -> None:
     if paired:
         ref = (data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE)
         pt = Table(title=f"Paired tests ({ref} vs …)")
-        for c in ("vs", "metric", "Δ", "95 % CI", "p"):
+        for c in ("vs", "metric", "Δ", "95 % CI", "p", "p (Holm)"):
             pt.add_column(c, no_wrap=True, justify="left" if c in ("vs", "metric") else "right")
-        for other, m, diff, (lo, hi), p in paired:
-            pt.add_row(other, _header(m), f"{diff:+.4f}", f"[{lo:+.3f}, {hi:+.3f}]", _fmt_p(p))
+        for other, m, diff, (lo, hi), p, holm_p in paired:
+            pt.add_row(other, _header(m), f"{diff:+.4f}", f"[{lo:+.3f}, {hi:+.3f}]", _fmt_p(p),
+                       "–" if holm_p is None else _fmt_p(holm_p))
         console.print(pt)
         console.print(_paired_note(data), soft_wrap=True)
