@@ -160,7 +160,10 @@ def paired_across(run: Path, other: Path, references=("specific", "cocktail")) -
                 name = key.removeprefix(f"{ref}_vs_")
                 if name in mine["variants"] and name != "pop":
                     out[f"{name}_vs_{ref}"] = {
-                        m: {"diff": -r["diff"], "ci": [-r["ci"][1], -r["ci"][0]], "p": r["p"]}
+                        m: {"diff": -r["diff"], "ci": [-r["ci"][1], -r["ci"][0]], "p": r["p"],
+                            # how many users the two rows rank differently: with Δ = 0 the
+                            # p is 1 whatever this count, so it tells equal from identical
+                            "n_nonzero": r["n_nonzero"], "n_users": r["n_users"]}
                         for m, r in metrics.items()}
     return out
 

@@ -210,6 +210,30 @@ def test_paired_block_from_predictions(tmp_path, capsys):
     assert set(update_paired(tmp_path)["paired"]) == {"cocktail_vs_zero_shot", "cocktail_vs_sasrec"}
 
 
+def test_paired_block_flags_rows_with_the_reference_s_very_scores(tmp_path):
+    """Two rows with the same per-sample scores are the same model or a shared or stale
+    predictions file: the block says so (and results.md); equal ranks from other scores
+    (a coincidence of hit counts) are not flagged."""
+    users = [f"u{i}" for i in range(4)]
+    for name in ("cocktail", "specific", "p5"):
+        _record(tmp_path, name, [1, 2, 1, 3], users)
+
+    def scores(name: str, rows: list[list[float]]) -> None:
+        path = tmp_path / "predictions" / f"{name}.jsonl"
+        write_jsonl(path, [{**r, "scores": sc} for r, sc in zip(read_jsonl(path), rows)])
+
+    same = [[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.1, 0.5]]
+    scores("cocktail", same)
+    scores("specific", same)
+    scores("p5", [[0.8, 0.1], [0.2, 0.9], [0.6, 0.3], [0.2, 0.5]])
+    data = update_paired(tmp_path)
+    assert data["paired_info"]["identical_scores"] == ["specific"]
+    assert data["paired"]["cocktail_vs_p5"]["ndcg@1"]["p"] == 1.0  # Δ = 0 exactly: p = 1
+    assert "**Identical per-sample scores:** specific" in (tmp_path / "results.md").read_text()
+    scores("specific", [[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.1, 0.6]])
+    assert "identical_scores" not in update_paired(tmp_path)["paired_info"]
+
+
 def test_holm_equals_a_hand_computation():
     """Holm (1979) by hand: sorted p 0.005, 0.01, 0.03, 0.04 of m = 4 tests are multiplied by
     4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04, made non-decreasing -> 0.02, 0.03, 0.06, 0.06, and

@@ -70,6 +70,9 @@ def test_paired_across_runs_compares_rows_on_the_same_samples(tmp_path):
     assert abs(got["p5_vs_specific"]["ndcg@1"]["diff"] - 3 / 6) < 1e-9  # row minus reference
     assert got["p5_vs_specific"]["ndcg@1"]["ci"][0] > 0
     assert got["p5_vs_cocktail"]["ndcg@1"]["diff"] == 0.0
+    assert got["p5_vs_cocktail"]["ndcg@1"]["n_nonzero"] == 0  # the same ranks for every user
+    assert got["p5_vs_specific"]["ndcg@1"]["n_nonzero"] == 3
+    assert got["p5_vs_specific"]["ndcg@1"]["n_users"] == 6
     _run(tmp_path / "other2", {"specific": [1, 1, 1, 1, 1]})  # one sample fewer
     with pytest.raises(ValueError, match="not the same samples"):
         mod.paired_across(mine, tmp_path / "other2")

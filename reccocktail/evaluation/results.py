@@ -218,6 +218,16 @@ def _read_ranks(path: Path) -> tuple[list[str], list[Any], list[int], list[dict[
     return ids, users, ranks, questions
 
 
+def _answers(path: Path) -> dict[str, Any]:
+    """Per sample id, what the row answered: its scores (and, on the full catalogue, its ranked
+    list); empty when the file records no scores."""
+    out = {}
+    for r in read_jsonl(path):
+        if "scores" in r:
+            out[str(r["id"])] = (r["scores"], r.get("ranked"))
+    return out
+
+
 def check_same_questions(reference: str, other: str, ref_path: Path, path: Path,
                          ref_rows: dict[str, Any], rows: dict[str, Any],
                          ref_q: dict[str, dict[str, Any]], q: dict[str, dict[str, Any]]) -> None:
@@ -317,6 +327,8 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
     names = metric_names(_ks_of(variants[reference].get("metrics", {})))
     ref_vals = metrics_from_ranks(torch.tensor(ref_ranks), _ks_of(names))
     block: dict[str, Any] = {}
+    identical: list[str] = []
+    ref_answers: dict[str, Any] | None = None
     for other in ordered_variants(variants):
         path = pred_dir / f"{other}.jsonl"
         if other == reference or not path.exists():
@@ -335,6 +347,13 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
                 f"settings, or remove its row and predictions/{other}.jsonl")
         check_same_questions(reference, other, ref_path, path, variants[reference],
                              variants[other], ref_q, dict(zip(o_ids, o_questions)))
+        if ref_answers is None:
+            ref_answers = _answers(ref_path)
+        if ref_answers and _answers(path) == ref_answers:  # same scores for every sample
+            identical.append(other)
+            log.warning("paired test %s vs %s: identical per-sample scores in %s and %s (the "
+                        "same model, or a shared or stale predictions file?)", reference, other,
+                        ref_path.resolve(), path.resolve())
         ranks = [0] * len(ids)
         for i, r in zip(o_ids, o_ranks):
             ranks[pos[i]] = r
@@ -359,6 +378,8 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
             "seed": test_kw.get("seed", confidence.SEED)}
     if block:
         info["primary"] = add_holm(block, variants, reference)
+    if identical:
+        info["identical_scores"] = identical
     return block, info
 
 
@@ -538,7 +559,10 @@ def _paired_note(data: dict[str, Any]) -> str:
             f"users), its {level:.0%} bootstrap CI over users ({info.get('n_boot', '?')} "
             f"resamples), and the two-sided p of a sign-flip randomisation test over users (exact "
             f"when at most {info.get('exact_max_users', 16)} users differ, else "
-            f"{info.get('n_draws', '?')} Monte Carlo draws)." + _primary_note(info))
+            f"{info.get('n_draws', '?')} Monte Carlo draws)." + _primary_note(info)
+            + (f" **Identical per-sample scores:** {', '.join(info['identical_scores'])} (the "
+               "same model, or a shared or stale predictions file)."
+               if info.get("identical_scores") else ""))
 
 
 def _primary_note(info: dict[str, Any]) -> str:
