@@ -6,7 +6,8 @@ entropy cocktail (λ learned on `--lambda-users` test users that are then NOT sc
 zero-shot, popularity, random and the ID/text baselines, all scored on the same `--users` test
 users and 30 candidates. G is trained once and reused by the second scenario (same general
 pool). Then one table: NDCG@1 / NDCG@3 with 95 % bootstrap CIs over users, the paired tests of
-the cocktail against every other row, the training budget in seconds, and the issue's targets
+the cocktail against every other row (raw p, and Holm-adjusted p over the primary comparisons:
+G, S, WA, zero-shot, popularity, the best baseline), the training budget in seconds, and the issue's targets
 (warm: S and the cocktail at or above popularity; cold: the cocktail above S and above every ID
 baseline; the cocktail never below max(G, S) by more than the CI) checked, misses included.
 
@@ -34,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from reccocktail.evaluation.results import ROW_LABELS, paired_block, shown_variants
+from reccocktail.evaluation.results import ROW_LABELS, add_holm, paired_block, shown_variants
 from reccocktail.reporting.launch import run_logged
 from reccocktail.utils.io import read_json, write_json, write_text
 
@@ -159,14 +160,23 @@ def paired_across(run: Path, other: Path, references=("specific", "cocktail")) -
                 name = key.removeprefix(f"{ref}_vs_")
                 if name in mine["variants"] and name != "pop":
                     out[f"{name}_vs_{ref}"] = {
-                        m: {"diff": -r["diff"], "ci": [-r["ci"][1], -r["ci"][0]], "p": r["p"]}
+                        m: {"diff": -r["diff"], "ci": [-r["ci"][1], -r["ci"][0]], "p": r["p"],
+                            # how many users the two rows rank differently: with Δ = 0 the
+                            # p is 1 whatever this count, so it tells equal from identical
+                            "n_nonzero": r["n_nonzero"], "n_users": r["n_users"]}
                         for m, r in metrics.items()}
     return out
 
 
-def _paired_line(label: str, m: dict) -> str:
-    c = [f"{m[x]['diff']:+.3f} [{m[x]['ci'][0]:+.3f}, {m[x]['ci'][1]:+.3f}] | "
-         + ("<0.001" if m[x]["p"] < 0.001 else f"{m[x]['p']:.3f}") for x in ("ndcg@1", "ndcg@3")]
+def _p(p: float | None) -> str:
+    return "–" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _paired_line(label: str, m: dict, holm: bool = False) -> str:
+    """One comparison: Δ [CI] and p per metric, and the Holm-adjusted p when `holm`
+    ("–" outside the primary family)."""
+    c = [f"{m[x]['diff']:+.3f} [{m[x]['ci'][0]:+.3f}, {m[x]['ci'][1]:+.3f}] | {_p(m[x]['p'])}"
+         + (f" | {_p(m[x].get('p_holm'))}" if holm else "") for x in ("ndcg@1", "ndcg@3")]
     return f"| {label} | " + " | ".join(c) + " |"
 
 
@@ -209,20 +219,33 @@ def report(args: argparse.Namespace) -> str:
                       f"user; {row.get('scored_on')}).", ""]
         paired = r.get("paired") or {}
         if paired:
-            lines += ["| cocktail vs | Δ NDCG@1 [95 % CI] | p | Δ NDCG@3 [95 % CI] | p |",
-                      "|:---|---:|---:|---:|---:|"]
+            # the primary family and its Holm-adjusted p (recomputed: older results lack it)
+            primary = add_holm(paired, v, "cocktail")
+            r.setdefault("paired_info", {})["primary"] = primary
+            lines += ["| cocktail vs | Δ NDCG@1 [95 % CI] | p | p (Holm) | Δ NDCG@3 [95 % CI] "
+                      "| p | p (Holm) |", "|:---|---:|---:|---:|---:|---:|---:|"]
             shown = shown_variants(v)
             for key, m in paired.items():
                 other = key.removeprefix("cocktail_vs_")
                 if other not in shown:  # e.g. the `pop` baseline repeating popularity
                     continue
-                lines.append(_paired_line(LABELS.get(other, other), m))
+                label = LABELS.get(other, other)
+                if other == primary["best_baseline"]:
+                    label += " (best baseline)"
+                lines.append(_paired_line(label, m, holm=True))
+            if primary["family_size"]:
+                lines += ["", f"p (Holm): adjusted over the {primary['family_size']} primary "
+                          "tests (cocktail vs " + ", ".join(
+                              LABELS.get(x, x) for x in primary["comparisons"])
+                          + ", on " + " and ".join(m.upper() for m in primary["metrics"])
+                          + "); the other rows are exploratory (raw p only)."]
         other_run = Path(args.paired_with) / s if getattr(args, "paired_with", None) else None
         if other_run is not None and (other_run / "results.json").exists():
             across = paired_across(runs[s], other_run)
             r.setdefault("paired_across", {"run": str(other_run), **across})
             if across:
-                lines += ["", f"Paired on the same samples with the rows of {other_run}:", "",
+                lines += ["", f"Paired on the same samples with the rows of {other_run} "
+                          "(exploratory: raw p, no correction):", "",
                           "| row − reference | Δ NDCG@1 [95 % CI] | p | Δ NDCG@3 [95 % CI] | p |",
                           "|:---|---:|---:|---:|---:|"]
                 for key, m in across.items():

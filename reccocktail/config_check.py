@@ -457,6 +457,13 @@ def config_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:
         selection_config(cfg)
     except (KeyError, ValueError) as err:
         errors.append(str(err.args[0]))
+    from reccocktail.evaluation.config import normalize_errors
+
+    def value(key: str, default: Any) -> Any:
+        return OmegaConf.select(cfg, key, default=default, throw_on_resolution_failure=False)
+
+    errors += normalize_errors(value("eval.scorer", None), bool(value("eval.normalize", False)),
+                               str(value("eval.search", "beam")))
     for key, allowed in _choices().items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         values = list(value) if OmegaConf.is_list(value) or isinstance(value, list) else [value]

@@ -14,6 +14,7 @@ from reccocktail.evaluation.confidence import (
     bootstrap_ci,
     bootstrap_cis,
     ci_fields,
+    holm,
     paired_test,
     paired_tests,
     rank_metric_values,
@@ -193,7 +194,9 @@ def test_paired_block_from_predictions(tmp_path, capsys):
     assert on_disk["paired"] == data["paired"]
     md = (tmp_path / "results.md").read_text()
     assert "## Paired tests (RecCocktail vs …)" in md
-    assert "| Zero-shot backbone | NDCG@1 | +1.0000 | [+1.000, +1.000] | 0.0078 |" in md
+    # zero-shot and the best (only) baseline on NDCG@1/3: a family of 4, Holm-adjusted
+    assert "| Zero-shot backbone | NDCG@1 | +1.0000 | [+1.000, +1.000] | 0.0078 | 0.0312 |" in md
+    assert "| Zero-shot backbone | MRR | " in md and md.count("| 0.0078 | – |") == 1  # MRR
     assert "| SASRec | MRR |" in md and "| SASRec | HR@3 |" not in md  # md: ndcg@1/3, mrr
     print_results(data)
     out = capsys.readouterr().out
@@ -205,6 +208,88 @@ def test_paired_block_from_predictions(tmp_path, capsys):
     assert "paired" not in load_results(tmp_path)
     assert "Paired tests" not in (tmp_path / "results.md").read_text()
     assert set(update_paired(tmp_path)["paired"]) == {"cocktail_vs_zero_shot", "cocktail_vs_sasrec"}
+
+
+def test_paired_block_flags_rows_with_the_reference_s_very_scores(tmp_path):
+    """Two rows with the same per-sample scores are the same model or a shared or stale
+    predictions file: the block says so (and results.md); equal ranks from other scores
+    (a coincidence of hit counts) are not flagged."""
+    users = [f"u{i}" for i in range(4)]
+    for name in ("cocktail", "specific", "p5"):
+        _record(tmp_path, name, [1, 2, 1, 3], users)
+
+    def scores(name: str, rows: list[list[float]]) -> None:
+        path = tmp_path / "predictions" / f"{name}.jsonl"
+        write_jsonl(path, [{**r, "scores": sc} for r, sc in zip(read_jsonl(path), rows)])
+
+    same = [[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.1, 0.5]]
+    scores("cocktail", same)
+    scores("specific", same)
+    scores("p5", [[0.8, 0.1], [0.2, 0.9], [0.6, 0.3], [0.2, 0.5]])
+    data = update_paired(tmp_path)
+    assert data["paired_info"]["identical_scores"] == ["specific"]
+    assert data["paired"]["cocktail_vs_p5"]["ndcg@1"]["p"] == 1.0  # Δ = 0 exactly: p = 1
+    assert "**Identical per-sample scores:** specific" in (tmp_path / "results.md").read_text()
+    scores("specific", [[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.1, 0.6]])
+    assert "identical_scores" not in update_paired(tmp_path)["paired_info"]
+
+
+def test_holm_equals_a_hand_computation():
+    """Holm (1979) by hand: sorted p 0.005, 0.01, 0.03, 0.04 of m = 4 tests are multiplied by
+    4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04, made non-decreasing -> 0.02, 0.03, 0.06, 0.06, and
+    returned in the input order; products above 1 are cut at 1."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # 2 * 0.5 = 1.0; 0.6 lifted to the running max
+    assert holm([0.04]) == [0.04] and holm([]) == []
+    assert holm([0.01, 0.01, 0.2]) == pytest.approx([0.03, 0.03, 0.2])  # ties: 3p, max(3p, 2p)
+    # never below the raw p, never above 1, and stricter than Bonferroni only where it may be
+    ps = [0.001, 0.2, 0.012, 0.03, 0.5, 0.04]
+    adj = holm(ps)
+    assert all(p <= a <= min(1.0, len(ps) * p) for p, a in zip(ps, adj))
+    for bad in ([0.1, -0.01], [1.2], [float("nan")]):
+        with pytest.raises(ValueError, match="holm"):
+            holm(bad)
+
+
+def test_paired_block_holm_adjusts_the_primary_comparisons(tmp_path):
+    """The family: cocktail vs G, S, WA, zero-shot, popularity and the best baseline (here
+    sasrec, above gru4rec), on NDCG@1 and NDCG@3; p_holm equals Holm over exactly those raw p;
+    other baselines, scorer variants and metrics keep their raw p only. Re-recording a row
+    removes the adjusted values until the block is recomputed."""
+    users = [f"u{i}" for i in range(20)]
+    _record(tmp_path, "cocktail", [1] * 10 + [2] * 10, users, scorer="likelihood")
+    for name, ranks, meta in (
+            ("general", [2] * 20, {}), ("specific", [1] * 14 + [3] * 6, {}),
+            ("wa", [1] * 9 + [2] * 11, {}), ("zero_shot", [C] * 20, {}),
+            ("popularity", [4] * 20, {"scorer": "popularity"}),
+            ("sasrec", [1] * 8 + [3] * 12, {"kind": "baseline"}),
+            ("gru4rec", [3] * 20, {"kind": "baseline"}),
+            ("pop", [1] * 20, {"kind": "baseline"}),  # the popularity repeat: never "best"
+            ("cocktail.beam", [2] * 20, {"scorer": "beam"})):
+        _record(tmp_path, name, ranks, users, **meta)
+    data = update_paired(tmp_path)
+    primary = data["paired_info"]["primary"]
+    assert primary["comparisons"] == ["general", "specific", "wa", "zero_shot", "popularity",
+                                      "sasrec"]
+    assert primary["best_baseline"] == "sasrec" and primary["metrics"] == ["ndcg@1", "ndcg@3"]
+    assert primary["family_size"] == 12
+    paired = data["paired"]
+    family = [(f"cocktail_vs_{r}", m) for r in primary["comparisons"] for m in ("ndcg@1", "ndcg@3")]
+    expected = holm([paired[k][m]["p"] for k, m in family])
+    assert [paired[k][m]["p_holm"] for k, m in family] == pytest.approx(expected)
+    assert any(paired[k][m]["p_holm"] > paired[k][m]["p"] for k, m in family)
+    for k, tests in paired.items():
+        for m, t in tests.items():
+            assert ("p_holm" in t) == ((k, m) in family), (k, m)
+    md = (tmp_path / "results.md").read_text()
+    assert "p (Holm)" in md and "12 tests" in md and "SASRec (best baseline)" in md
+    gru = [ln for ln in md.splitlines() if ln.startswith("| GRU4Rec | NDCG@1 |")]
+    assert len(gru) == 1 and gru[0].endswith("| – |")
+    _record(tmp_path, "gru4rec", [1] * 20, users, kind="baseline")  # now the best baseline
+    stale = load_results(tmp_path)
+    assert "primary" not in stale["paired_info"]
+    assert not any("p_holm" in t for tests in stale["paired"].values() for t in tests.values())
+    assert update_paired(tmp_path)["paired_info"]["primary"]["best_baseline"] == "gru4rec"
 
 
 def test_paired_refuses_different_sample_sets(tmp_path):
@@ -223,6 +308,47 @@ def test_paired_refuses_different_sample_sets(tmp_path):
     # no cocktail row (or no predictions of it): no block
     data = {"variants": {"zero_shot": load_results(tmp_path)["variants"]["zero_shot"]}}
     assert paired_block(data, tmp_path / "predictions") == ({}, {})
+
+
+def test_paired_refuses_rows_with_other_candidates_or_data(tmp_path):
+    """Same sample ids are not enough: a row whose predictions hold another candidate list or
+    target for an id, or whose results row names another data hash, is refused naming both
+    rows and files; the same questions in another file order pair."""
+    users = [f"u{i}" for i in range(6)]
+    _record(tmp_path, "cocktail", [1] * 6, users, data_hash="h1")
+    _record(tmp_path, "zero_shot", [3] * 6, users, data_hash="h1")
+    cands = {f"s{i}": [f"t{i}", *(f"n{i}_{j}" for j in range(4))] for i in range(6)}
+
+    def with_questions(name: str, change: dict[str, dict] | None = None) -> None:
+        path = tmp_path / "predictions" / f"{name}.jsonl"
+        rows = read_jsonl(path)
+        for r in rows:
+            r.update({"target": cands[r["id"]][0], "candidates": cands[r["id"]],
+                      **(change or {}).get(r["id"], {})})
+        write_jsonl(path, rows)
+
+    with_questions("cocktail")
+    with_questions("zero_shot")
+    assert update_paired(tmp_path)["paired"]["cocktail_vs_zero_shot"]["hr@1"]["diff"] == 1.0
+    other = [*cands["s2"][:1], "elsewhere", *cands["s2"][2:]]
+    with_questions("zero_shot", {"s2": {"candidates": other}, "s4": {"candidates": other}})
+    with pytest.raises(ValueError, match=r"cocktail vs zero_shot: same sample ids, different "
+                                         r"questions \(candidates differs on 2 sample\(s\) "
+                                         r"\['s2', 's4'\]\).*cocktail.jsonl.*zero_shot.jsonl"):
+        update_paired(tmp_path)
+    # the same candidates in another order: another prompt for an instruction-format LLM
+    with_questions("zero_shot", {"s0": {"candidates": cands["s0"][::-1]}})
+    with pytest.raises(ValueError, match=r"candidates differs on 1 sample\(s\) \['s0'\]"):
+        update_paired(tmp_path)
+    with_questions("zero_shot", {"s5": {"target": "n5_1"}})
+    with pytest.raises(ValueError, match=r"target differs on 1 sample\(s\) \['s5'\]"):
+        update_paired(tmp_path)
+    with_questions("zero_shot")
+    data = load_results(tmp_path)
+    data["variants"]["zero_shot"]["data_hash"] = "h2"
+    with pytest.raises(ValueError, match=r"cocktail vs zero_shot: rows built from different "
+                                         r"data \(data_hash h1 .* vs h2"):
+        paired_block(data, tmp_path / "predictions")
 
 
 # --------------------------------------------------------------------------- eval stage

@@ -66,3 +66,27 @@ def test_bad_choice_values_fail_before_any_stage(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="mix.mode=abx"):
         pipeline.run(cfg)
     assert ran == []  # no stage started
+
+
+@pytest.mark.parametrize("search", ["beam", "exact"])
+def test_beam_with_normalize_is_refused_naming_the_keys(search, tmp_path, monkeypatch):
+    """Beam and exact search rank by summed log-probs: `eval.normalize=true` beside them would
+    be ignored silently, so the config check refuses it before any stage (and the eval stage's
+    own parse does too); normalised likelihood alone passes."""
+    from reccocktail import pipeline
+    from reccocktail.evaluation.stage import eval_config
+
+    bad = cfg_of("eval=beam", "eval.normalize=true", f"eval.search={search}")
+    errors = "; ".join(config_errors(bad))
+    assert "eval.normalize=true" in errors and "eval.scorer=" in errors
+    assert f"eval.search={search}" in errors
+    with pytest.raises(ValueError, match="eval.normalize"):
+        eval_config(bad)
+    assert config_errors(cfg_of("eval.normalize=true")) == []
+    assert config_errors(cfg_of("eval=beam", f"eval.search={search}")) == []
+    ran = []
+    monkeypatch.setattr(pipeline, "_resolve", lambda target: ran.append(target))
+    bad = cfg_of("eval=beam", "eval.normalize=true", f"paths.output_dir={tmp_path}", "logger=none")
+    with pytest.raises(ValueError, match="eval.normalize=true"):
+        pipeline.run(bad)
+    assert ran == []  # no stage started

@@ -3,6 +3,7 @@ finished runs (here hand-written results.json files, so no training is needed)."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from conftest import experiment_script
 
 from reccocktail.evaluation.metrics import metrics_from_ranks
-from reccocktail.utils.io import write_json, write_jsonl
+from reccocktail.utils.io import read_jsonl, write_json, write_jsonl
 
 
 def test_command_runs_the_chosen_dataset_stages_and_omfa_budget():
@@ -69,6 +70,66 @@ def test_paired_across_runs_compares_rows_on_the_same_samples(tmp_path):
     assert abs(got["p5_vs_specific"]["ndcg@1"]["diff"] - 3 / 6) < 1e-9  # row minus reference
     assert got["p5_vs_specific"]["ndcg@1"]["ci"][0] > 0
     assert got["p5_vs_cocktail"]["ndcg@1"]["diff"] == 0.0
+    assert got["p5_vs_cocktail"]["ndcg@1"]["n_nonzero"] == 0  # the same ranks for every user
+    assert got["p5_vs_specific"]["ndcg@1"]["n_nonzero"] == 3
+    assert got["p5_vs_specific"]["ndcg@1"]["n_users"] == 6
     _run(tmp_path / "other2", {"specific": [1, 1, 1, 1, 1]})  # one sample fewer
     with pytest.raises(ValueError, match="not the same samples"):
         mod.paired_across(mine, tmp_path / "other2")
+
+
+def test_paired_across_runs_refuses_rows_with_other_candidates(tmp_path):
+    """Two run folders with the same sample ids but other candidate lists (another data
+    seed) are not paired: the error names the rows and the other run's predictions file."""
+    mod = experiment_script("cpu_quality")
+    mine = _run(tmp_path / "mine", {"p5": [1, 1, 2, 1, 1, 3]})
+    other = _run(tmp_path / "other", {"specific": [2, 1, 2, 2, 2, 3]})
+    for folder, tag in ((mine, "a"), (other, "b")):
+        name = "p5" if folder == mine else "specific"
+        path = folder / "predictions" / f"{name}.jsonl"
+        rows = [{**r, "target": "t", "candidates": ["t", f"{tag}{r['id']}"]}
+                for r in read_jsonl(path)]
+        write_jsonl(path, rows)
+    with pytest.raises(ValueError, match=r"specific vs p5: same sample ids, different questions "
+                                         r"\(candidates differs on 6 sample.*other/predictions/"
+                                         r"specific.jsonl.*mine/predictions/p5.jsonl"):
+        mod.paired_across(mine, other)
+
+
+def test_report_gives_holm_adjusted_p_for_the_primary_comparisons(tmp_path):
+    """A results.json from before the adjustment (no p_holm): the report computes the family
+    (G, S and the best baseline present here, on NDCG@1/3) and prints raw and Holm p side by
+    side; the weaker baseline is exploratory ("–")."""
+    from reccocktail.evaluation.confidence import holm
+
+    mod = experiment_script("cpu_quality")
+
+    def row(n1: float, **meta) -> dict:
+        return {"metrics": {"ndcg@1": n1, "ndcg@3": n1 + 0.1}, **meta}
+
+    def test(p1: float, p3: float) -> dict:
+        return {"ndcg@1": {"diff": 0.1, "ci": [0.01, 0.2], "p": p1},
+                "ndcg@3": {"diff": 0.1, "ci": [0.01, 0.2], "p": p3}}
+
+    variants = {"general": row(0.1), "specific": row(0.2), "cocktail": row(0.3),
+                "sasrec": row(0.25, kind="baseline"), "gru4rec": row(0.05, kind="baseline")}
+    raw = {"general": (0.004, 0.01), "specific": (0.03, 0.2), "sasrec": (0.02, 0.3),
+           "gru4rec": (0.001, 0.001)}
+    paired = {f"cocktail_vs_{k}": test(*ps) for k, ps in raw.items()}
+    write_json(tmp_path / "warm" / "results.json", {"variants": variants, "paired": paired})
+    args = type("A", (), {"out": str(tmp_path), "scenarios": ["warm"], "dataset": "ml1m",
+                          "machine": "test"})()
+    md = mod.report(args)
+    family = [raw["general"][0], raw["general"][1], raw["specific"][0], raw["specific"][1],
+              raw["sasrec"][0], raw["sasrec"][1]]
+    adj = holm(family)
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in md.splitlines() if ln.startswith("| ")}
+    assert lines["RecCocktail-G"].endswith(f"| 0.004 | {adj[0]:.3f} | +0.100 [+0.010, +0.200] "
+                                           f"| 0.010 | {adj[1]:.3f} |")
+    assert f"| 0.030 | {adj[2]:.3f} |" in lines["RecCocktail-S"]
+    assert lines["SASRec (best baseline)"].endswith(f"| 0.300 | {adj[5]:.3f} |")
+    assert lines["GRU4Rec"].endswith("| 0.001 | – |")
+    assert "adjusted over the 6 primary tests" in md
+    saved = json.loads((tmp_path / "cpu_quality.json").read_text())
+    assert saved["warm"]["results"]["paired"]["cocktail_vs_sasrec"]["ndcg@1"]["p_holm"] == \
+        pytest.approx(adj[4])

@@ -168,6 +168,7 @@ def test_eval_stage_full_catalogue_rows(tmp_path, tiny_llama_cfg):
         assert row["exclude_seen"] is True and row["cutoff"] == 20
         assert set(row["metrics"]) == {"ndcg@1", "ndcg@5", "ndcg@10", "ndcg@20", "hr@1",
                                        "hr@5", "hr@10", "hr@20", "mrr@20"}
+    assert data["variants"]["zero_shot.beam"]["normalize"] is False  # what the search ranks by
     for name in ("popularity", "zero_shot.beam"):
         preds = read_jsonl(tmp_path / "predictions" / f"{name}.jsonl")
         for p in preds:

@@ -94,6 +94,27 @@ def test_eval_refuses_users_that_tuned_lambda(tmp_path):
     assert len(eval_samples(cfg, out)[0]) == N_USERS
 
 
+def test_eval_refuses_lambda_users_after_a_transductive_mix(tmp_path):
+    """A mix that ran transductively still tuned on its λ users: a non-transductive evaluation
+    with another selection must refuse to score them; the same selection scores the rest."""
+    from reccocktail.evaluation.samples import eval_samples
+
+    out = _data(tmp_path)
+    mix_cfg = run_config({"paths": {"output_dir": str(out)}}, "selection.lambda_users=4",
+                         "selection.transductive=true")
+    tuned = sorted(_lambda_users(mix_cfg, out))
+    write_json(out / "mix" / "lambda.json", {"tuning_users": tuned, "transductive": True,
+                                             "tuning_split": "test"})
+    cfg = run_config({"paths": {"output_dir": str(out)}}, "selection.lambda_users=0")
+    with pytest.raises(ValueError, match=r"4 user\(s\).*ran transductively"):
+        eval_samples(cfg, out)
+    cfg = run_config({"paths": {"output_dir": str(out)}}, "selection.lambda_users=4")
+    scored = {s.user for s in eval_samples(cfg, out)[0]}
+    assert len(scored) == N_USERS - 4 and not scored & set(tuned)
+    cfg.selection.transductive = True  # scoring the λ users on purpose
+    assert len(eval_samples(cfg, out)[0]) == N_USERS
+
+
 @pytest.mark.parametrize("old,new,value,expected", [
     ("mix.num_prompts", "lambda_users", "7", 7),
     ("mix.transductive", "transductive", "true", True),
@@ -200,3 +221,14 @@ def test_the_ingredient_never_trains_on_the_cold_validation_split(scenario, tmp_
     else:  # warm: the recipe, minus the grid's users
         held = set(extra["held_out_valid_users"])
         assert held and {s.user for s in trained_valid} == {f"u{u}" for u in range(N_USERS)} - held
+
+
+def test_eval_samples_record_the_data_hash(tmp_path):
+    """Every scored row records the run's data hash (paired tests refuse rows of other data)."""
+    from reccocktail.evaluation.samples import eval_samples
+
+    out = _data(tmp_path)
+    cfg = run_config({"paths": {"output_dir": str(out)}})
+    assert eval_samples(cfg, out)[1]["data_hash"] is None  # no data manifest: nothing to record
+    write_json(out / "data" / "manifest.json", {"data_hash": "abc123"})
+    assert eval_samples(cfg, out)[1]["data_hash"] == "abc123"

@@ -208,7 +208,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
         start_rows,
         update_paired,
     )
-    from reccocktail.evaluation.samples import prediction_rows
+    from reccocktail.evaluation.samples import prediction_rows, run_data_hash
     from reccocktail.runtime import make_trainer
 
     out_dir = Path(out_dir)
@@ -224,6 +224,7 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     seed = int(cfg.seed)
     summary: dict[str, Any] = {"baselines": names, "scored_samples": len(samples),
                                "scored_on": how, "metrics": {}}
+    data_hash = run_data_hash(out_dir)  # on every row: paired tests refuse other data
     from reccocktail.evaluation import full_catalogue as fc
 
     bad = fc.check_config(cfg)
@@ -269,7 +270,8 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
             ranks, lists = cat.ranks_from_scores(
                 scores[:, torch.tensor([vocab[i] for i in cat.items])], samples)
             metrics = fc.record_row(out_dir, name, cat, samples, ranks, lists, kind="baseline",
-                                    num_samples=len(samples), scored_on=how, **info)
+                                    num_samples=len(samples), scored_on=how,
+                                    data_hash=data_hash, **info)
             summary["metrics"][name] = {**metrics, **info}
             log.info("baseline %s (full catalogue): %s", name, metrics)
             continue
@@ -280,7 +282,8 @@ def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
         record_results(out_dir, name, metrics,
                        **ci_fields(target_ranks(scores, targets), [s.user for s in samples],
                                    DEFAULT_KS),
-                       kind="baseline", num_samples=len(samples), scored_on=how, **info)
+                       kind="baseline", num_samples=len(samples), scored_on=how,
+                       data_hash=data_hash, **info)
         summary["metrics"][name] = {**metrics, **info}
         log.info("baseline %s: ndcg@1=%.4f ndcg@3=%.4f (%.0fs training)", name,
                  metrics["ndcg@1"], metrics["ndcg@3"], info["train_seconds"])

@@ -7,6 +7,7 @@ importing a stage module (and without an import cycle through the stage).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from omegaconf import DictConfig
@@ -58,6 +59,23 @@ def eval_config(cfg: DictConfig) -> EvalConfig:
         raise ValueError(f"eval.adapters: expected a map name -> adapter folder, got {ec.adapters!r}")
     if ec.search not in SEARCHES:
         raise ValueError(f"eval.search={ec.search!r}: not one of {list(SEARCHES)}")
+    bad = normalize_errors(ec.scorer, ec.normalize, ec.search)
+    if bad:
+        raise ValueError(bad[0])
     if ec.beam_size is None:  # max(full_ks) with candidates=all, else max(ks): defaults compose
         ec = replace(ec, beam_size=max(ec.full_ks if ec.candidates == "all" else ec.ks))
     return ec
+
+
+def normalize_errors(scorers: Sequence[str] | str, normalize: bool, search: str) -> list[str]:
+    """`eval.normalize=true` beside the beam scorer (either `eval.search`), one message (empty:
+    fine). Beam and exact search rank by the summed log-probability of the answer (the exact
+    search's bound needs a sum: a per-token mean is not monotone along a prefix), so they would
+    ignore the flag and sit in one table beside normalised likelihood rows, unlabelled; the
+    combination is refused before any stage runs."""
+    names = [scorers] if isinstance(scorers, str) else [str(x) for x in scorers or []]
+    if not normalize or "beam" not in names:
+        return []
+    return [f"eval.normalize=true with eval.scorer={names} (eval.search={search}): beam and "
+            "exact search rank by the sum of the answer's log-probs and ignore eval.normalize; "
+            "set eval.normalize=false, or score beam in a run of its own"]

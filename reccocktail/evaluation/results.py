@@ -9,7 +9,8 @@ Uncertainty (see `evaluation/confidence.py`): a scored row may carry `"ci": {met
 (95 % percentile bootstrap over users) with `ci_method`, `ci_level`, `n_boot`; the random row is
 a closed-form expectation and has none. `update_paired` adds a top-level `"paired"` block,
 `{"cocktail_vs_<other>": {metric: {"diff", "ci", "p", ...}}}`, recomputed from the per-sample
-ranks in `predictions/<variant>.jsonl` (matched by sample id), and `"paired_info"` (how).
+ranks in `predictions/<variant>.jsonl` (matched by sample id; refused when the two files hold
+other targets or candidates for an id, or the rows another `data_hash`), and `"paired_info"`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ ROW_LABELS = {"zero_shot": "Zero-shot backbone", "general": "RecCocktail-G (gene
            "omfa": "One-Model-for-All-style (LoRA)"}
 PAIRED_REFERENCE = "cocktail"
 PAIRED_SHOWN = ("ndcg@1", "ndcg@3", "mrr")  # in results.md; results.json holds every metric
+# The primary comparisons, fixed before any result: the reference against its ingredients and
+# their plain average, the bare backbone, popularity and the best baseline row, on these
+# metrics. Their p-values are Holm-adjusted as one family (`p_holm`); every other comparison
+# (other scorers, other baselines, other metrics) is exploratory and keeps its raw p only.
+PRIMARY_ROWS = ("general", "specific", "wa", "zero_shot", "popularity")
+PRIMARY_METRICS = ("ndcg@1", "ndcg@3")
+CORRECTION = "Holm step-down over the primary comparisons x primary metrics"
 
 
 @contextlib.contextmanager
@@ -101,6 +109,13 @@ def _drop_stale_paired(data: dict[str, Any], variant: str) -> None:
         paired.clear()
     else:
         paired.pop(f"{ref}_vs_{variant}", None)
+    # the family changed (a member or the best baseline may be another): no adjusted p until
+    # `update_paired` recomputes the block
+    for tests in paired.values():
+        for t in tests.values():
+            if isinstance(t, dict):
+                t.pop("p_holm", None)
+    (data.get("paired_info") or {}).pop("primary", None)
     if not paired:
         data.pop("paired", None)
         data.pop("paired_info", None)
@@ -179,26 +194,113 @@ def record_results(out_dir: str | os.PathLike, variant: str, metrics: dict[str, 
     return data
 
 
-def _read_ranks(path: Path) -> tuple[list[str], list[Any], list[int]]:
-    """(ids, users, ranks) of a predictions file; a row without `user` is its own user."""
-    ids, users, ranks = [], [], []
+# What makes two predictions rows the same question: the positive, the candidates shown (in
+# order: an instruction prompt lists them) and, on the full catalogue, how many items remained.
+QUESTION_FIELDS = ("target", "candidates", "num_ranked")
+
+
+def _read_ranks(path: Path) -> tuple[list[str], list[Any], list[int], list[dict[str, Any]]]:
+    """(ids, users, ranks, questions) of a predictions file; a row without `user` is its own
+    user; `questions[i]` holds the row's `QUESTION_FIELDS` that it records."""
+    ids, users, ranks, questions = [], [], [], []
     for r in read_jsonl(path):
         if "id" not in r or "rank" not in r:
             raise ValueError(f"{path}: every row needs 'id' and 'rank'")
         ids.append(str(r["id"]))
         users.append(r.get("user", f"sample:{r['id']}"))
         ranks.append(int(r["rank"]))
+        questions.append({k: r[k] for k in QUESTION_FIELDS if k in r})
     dup = len(ids) - len(set(ids))
     if dup:
         raise ValueError(f"{path}: {dup} duplicate sample id(s)")
     if not ids:
         raise ValueError(f"{path}: no predictions")
-    return ids, users, ranks
+    return ids, users, ranks, questions
+
+
+def _answers(path: Path) -> dict[str, Any]:
+    """Per sample id, what the row answered: its scores (and, on the full catalogue, its ranked
+    list); empty when the file records no scores."""
+    out = {}
+    for r in read_jsonl(path):
+        if "scores" in r:
+            out[str(r["id"])] = (r["scores"], r.get("ranked"))
+    return out
+
+
+def check_same_questions(reference: str, other: str, ref_path: Path, path: Path,
+                         ref_rows: dict[str, Any], rows: dict[str, Any],
+                         ref_q: dict[str, dict[str, Any]], q: dict[str, dict[str, Any]]) -> None:
+    """Refuse to pair two rows that answered different questions under the same sample ids:
+    another data hash on their results rows, or a sample whose target, candidate list or
+    number of ranked items differs between the two predictions files. Pairing by id alone
+    would compare rankings of different candidates (e.g. predictions left from a run with
+    another `data.seed` or `data.num_candidates`)."""
+    h_ref, h = ref_rows.get("data_hash"), rows.get("data_hash")
+    if h_ref and h and h_ref != h:
+        raise ValueError(
+            f"paired test {reference} vs {other}: rows built from different data (data_hash "
+            f"{h_ref} in {ref_path.resolve()} vs {h} in {path.resolve()}): rerun {other} on "
+            f"this run's data, or remove its row and predictions")
+    bad: dict[str, list[str]] = {}
+    for i, mine in q.items():
+        theirs = ref_q[i]
+        for k in QUESTION_FIELDS:
+            if k in mine and k in theirs and mine[k] != theirs[k]:
+                bad.setdefault(k, []).append(i)
+    if bad:
+        what = "; ".join(f"{k} differs on {len(v)} sample(s) {sorted(v)[:3]}"
+                         for k, v in bad.items())
+        raise ValueError(
+            f"paired test {reference} vs {other}: same sample ids, different questions "
+            f"({what}) between {ref_path.resolve()} and {path.resolve()}. The two rows were "
+            f"scored on other candidates (another data build, data.seed or "
+            f"data.num_candidates): rerun {other} with the current data, or remove its row and "
+            f"predictions/{other}.jsonl")
 
 
 def _ks_of(names: Any) -> list[int]:
     return sorted({int(m.split("@")[1]) for m in names
                    if "@" in m and m.split("@")[1].isdigit()}) or list(DEFAULT_KS)
+
+
+def best_baseline(paired: dict[str, Any], variants: dict[str, Any],
+                  reference: str = PAIRED_REFERENCE) -> str | None:
+    """The baseline row (recorded with `kind: baseline`, the `pop` repeat of popularity aside)
+    with the highest mean of the first primary metric among those compared with `reference`;
+    ties go to the row listed first in the table. The strongest competitor is the conservative
+    choice for a primary comparison."""
+    prefix, metric = f"{reference}_vs_", PRIMARY_METRICS[0]
+    compared = {k[len(prefix):] for k in paired if k.startswith(prefix)}
+    order = ordered_variants(variants)
+    rows = [n for n in order if n in compared and n != "pop"
+            and variants[n].get("kind") == "baseline" and metric in variants[n].get("metrics", {})]
+    if not rows:
+        return None
+    return max(rows, key=lambda n: (variants[n]["metrics"][metric], -order.index(n)))
+
+
+def add_holm(paired: dict[str, Any], variants: dict[str, Any],
+             reference: str = PAIRED_REFERENCE) -> dict[str, Any]:
+    """Set `p_holm` on the primary tests of a `paired` block (in place) and return what the
+    family is: `{"comparisons", "best_baseline", "metrics", "family_size", "correction"}`.
+    The family is `reference` against each present row of `PRIMARY_ROWS` and the best baseline,
+    on each present `PRIMARY_METRICS`; any earlier `p_holm` is replaced."""
+    from reccocktail.evaluation.confidence import holm
+
+    for tests in paired.values():
+        for t in tests.values():
+            if isinstance(t, dict):
+                t.pop("p_holm", None)
+    best = best_baseline(paired, variants, reference)
+    rows = [r for r in (*PRIMARY_ROWS, best) if r and f"{reference}_vs_{r}" in paired]
+    family = [(f"{reference}_vs_{r}", m) for r in rows for m in PRIMARY_METRICS
+              if m in paired[f"{reference}_vs_{r}"]]
+    for (key, m), adj in zip(family, holm([paired[key][m]["p"] for key, m in family])):
+        paired[key][m]["p_holm"] = adj
+    return {"comparisons": rows, "best_baseline": best,
+            "metrics": [m for m in PRIMARY_METRICS if any(fm == m for _, fm in family)],
+            "family_size": len(family), "correction": CORRECTION}
 
 
 def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
@@ -207,7 +309,8 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
     """(`paired`, `paired_info`): `reference` against every other row that has a predictions
     file, per metric both rows report, from the per-sample ranks matched by sample id.
     Empty when `reference` has no row or no predictions. Raises ValueError when two variants
-    were not scored on the same samples (a paired test would be meaningless)."""
+    were not scored on the same samples, or the same ids hold other targets, candidates or data
+    (`check_same_questions`): a paired test would be meaningless."""
     import torch
 
     from reccocktail.evaluation import confidence
@@ -218,18 +321,21 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
     ref_path = pred_dir / f"{reference}.jsonl"
     if reference not in variants or not ref_path.exists():
         return {}, {}
-    ids, users, ref_ranks = _read_ranks(ref_path)
+    ids, users, ref_ranks, ref_questions = _read_ranks(ref_path)
+    ref_q = dict(zip(ids, ref_questions))
     pos = {i: n for n, i in enumerate(ids)}
     names = metric_names(_ks_of(variants[reference].get("metrics", {})))
     ref_vals = metrics_from_ranks(torch.tensor(ref_ranks), _ks_of(names))
     block: dict[str, Any] = {}
+    identical: list[str] = []
+    ref_answers: dict[str, Any] | None = None
     for other in ordered_variants(variants):
         path = pred_dir / f"{other}.jsonl"
         if other == reference or not path.exists():
             continue  # the random expectation (closed form) has no per-sample ranks
         if variants[other].get("candidates") != variants[reference].get("candidates"):
             continue  # sampled candidates against the full catalogue: not the same question
-        o_ids, _, o_ranks = _read_ranks(path)
+        o_ids, _, o_ranks, o_questions = _read_ranks(path)
         if set(o_ids) != set(ids):
             only_o = sorted(set(o_ids) - set(pos))
             only_r = sorted(set(pos) - set(o_ids))
@@ -239,6 +345,15 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
                 f"{only_o[:3]}, {len(only_r)} only in {reference} {only_r[:3]}). Every variant "
                 f"must be scored on the same samples: rerun {other} with the current eval "
                 f"settings, or remove its row and predictions/{other}.jsonl")
+        check_same_questions(reference, other, ref_path, path, variants[reference],
+                             variants[other], ref_q, dict(zip(o_ids, o_questions)))
+        if ref_answers is None:
+            ref_answers = _answers(ref_path)
+        if ref_answers and _answers(path) == ref_answers:  # same scores for every sample
+            identical.append(other)
+            log.warning("paired test %s vs %s: identical per-sample scores in %s and %s (the "
+                        "same model, or a shared or stale predictions file?)", reference, other,
+                        ref_path.resolve(), path.resolve())
         ranks = [0] * len(ids)
         for i, r in zip(o_ids, o_ranks):
             ranks[pos[i]] = r
@@ -261,6 +376,10 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
             "n_draws": test_kw.get("n_draws", confidence.N_DRAWS),
             "exact_max_users": test_kw.get("exact_max", confidence.EXACT_MAX_USERS),
             "seed": test_kw.get("seed", confidence.SEED)}
+    if block:
+        info["primary"] = add_holm(block, variants, reference)
+    if identical:
+        info["identical_scores"] = identical
     return block, info
 
 
@@ -412,8 +531,9 @@ def _fmt_p(p: float) -> str:
 
 
 def paired_rows(data: dict[str, Any], metrics: tuple[str, ...] = PAIRED_SHOWN
-                ) -> list[tuple[str, str, float, list[float], float]]:
-    """(other variant, metric, diff, [lo, hi], p) of the `paired` block, in table order."""
+                ) -> list[tuple[str, str, float, list[float], float, float | None]]:
+    """(other variant, metric, diff, [lo, hi], p, Holm-adjusted p or None outside the primary
+    family) of the `paired` block, in table order."""
     paired = data.get("paired") or {}
     ref = (data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE)
     prefix = f"{ref}_vs_"
@@ -425,7 +545,9 @@ def paired_rows(data: dict[str, Any], metrics: tuple[str, ...] = PAIRED_SHOWN
         for m in metrics:
             if m in by_other[other]:
                 t = by_other[other][m]
-                rows.append((other, m, float(t["diff"]), list(t["ci"]), float(t["p"])))
+                holm_p = t.get("p_holm")
+                rows.append((other, m, float(t["diff"]), list(t["ci"]), float(t["p"]),
+                             None if holm_p is None else float(holm_p)))
     return rows
 
 
@@ -437,7 +559,23 @@ def _paired_note(data: dict[str, Any]) -> str:
             f"users), its {level:.0%} bootstrap CI over users ({info.get('n_boot', '?')} "
             f"resamples), and the two-sided p of a sign-flip randomisation test over users (exact "
             f"when at most {info.get('exact_max_users', 16)} users differ, else "
-            f"{info.get('n_draws', '?')} Monte Carlo draws).")
+            f"{info.get('n_draws', '?')} Monte Carlo draws)." + _primary_note(info)
+            + (f" **Identical per-sample scores:** {', '.join(info['identical_scores'])} (the "
+               "same model, or a shared or stale predictions file)."
+               if info.get("identical_scores") else ""))
+
+
+def _primary_note(info: dict[str, Any]) -> str:
+    """Which tests form the Holm family, or nothing when the block has none."""
+    primary = info.get("primary") or {}
+    if not primary.get("family_size"):
+        return ""
+    rows = ", ".join(_label(r) + (" (best baseline)" if r == primary.get("best_baseline") else "")
+                     for r in primary["comparisons"])
+    metrics = ", ".join(_header(m) for m in primary["metrics"])
+    return (f" Primary comparisons: {rows}, on {metrics}; p (Holm) is adjusted over these "
+            f"{primary['family_size']} tests (Holm step-down, family-wise error). The other rows "
+            "are exploratory: raw p only.")
 
 
 _SCORER_TEXT = {"likelihood": "likelihood ranking", "naive": "likelihood ranking (naive)",
@@ -516,10 +654,12 @@ def render_markdown(data: dict[str, Any]) -> str:
     if paired:
         ref = _label((data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE))
         lines += ["", f"## Paired tests ({ref} vs …)", "", _paired_note(data), "",
-                  "| vs | Metric | Δ | 95 % CI | p |", "|:---|:---|---:|---:|---:|"]
-        for other, m, diff, (lo, hi), p in paired:
+                  "| vs | Metric | Δ | 95 % CI | p | p (Holm) |",
+                  "|:---|:---|---:|---:|---:|---:|"]
+        for other, m, diff, (lo, hi), p, holm_p in paired:
             lines.append(f"| {_label(other)} | {_header(m)} | {diff:+.4f} | "
-                         f"[{lo:+.3f}, {hi:+.3f}] | {_fmt_p(p)} |")
+                         f"[{lo:+.3f}, {hi:+.3f}] | {_fmt_p(p)} | "
+                         f"{'–' if holm_p is None else _fmt_p(holm_p)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -545,9 +685,10 @@ def print_results(data: dict[str, Any]) -> None:
     if paired:
         ref = (data.get("paired_info") or {}).get("reference", PAIRED_REFERENCE)
         pt = Table(title=f"Paired tests ({ref} vs …)")
-        for c in ("vs", "metric", "Δ", "95 % CI", "p"):
+        for c in ("vs", "metric", "Δ", "95 % CI", "p", "p (Holm)"):
             pt.add_column(c, no_wrap=True, justify="left" if c in ("vs", "metric") else "right")
-        for other, m, diff, (lo, hi), p in paired:
-            pt.add_row(other, _header(m), f"{diff:+.4f}", f"[{lo:+.3f}, {hi:+.3f}]", _fmt_p(p))
+        for other, m, diff, (lo, hi), p, holm_p in paired:
+            pt.add_row(other, _header(m), f"{diff:+.4f}", f"[{lo:+.3f}, {hi:+.3f}]", _fmt_p(p),
+                       "–" if holm_p is None else _fmt_p(holm_p))
         console.print(pt)
         console.print(_paired_note(data), soft_wrap=True)

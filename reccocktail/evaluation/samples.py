@@ -24,20 +24,35 @@ from reccocktail.utils.io import read_json
 
 def check_no_lambda_leak(out_dir: Path, split: str, scored: list[Sample]) -> None:
     """Refuse to score users whose prompts tuned the run's λ (`mix/lambda.json`), e.g. after the
-    mix stage ran with another `selection.lambda_users` or seed than this evaluation."""
+    mix stage ran with another `selection.lambda_users` or seed than this evaluation.
+
+    Called for every non-transductive evaluation, whatever the mix recorded: a mix that ran
+    transductively still tuned on its `tuning_users`, and scoring them here would be the leak
+    the setting exists to prevent."""
     lam = Path(out_dir) / "mix" / "lambda.json"
     if not lam.exists():
         return
     info = read_json(lam)
-    if info.get("transductive") or info.get("tuning_split", LAMBDA_SPLIT) != split:
+    if info.get("tuning_split", LAMBDA_SPLIT) != split:
         return
     leak = sorted(set(info.get("tuning_users") or []) & {s.user for s in scored})
     if leak:
+        how = ("ran transductively (selection.transductive=true)" if info.get("transductive")
+               else "ran with another selection (selection.lambda_users, seed)")
         raise ValueError(
             f"{lam}: λ was tuned on {len(leak)} user(s) that this evaluation would score "
-            f"({leak[:5]}); the mix stage ran with another selection (selection.lambda_users, "
-            "seed): rerun the mix stage with this config, or set selection.transductive=true "
-            "on purpose")
+            f"({leak[:5]}); the mix stage {how}: rerun the mix stage with this config, or set "
+            "selection.transductive=true on purpose")
+
+
+def run_data_hash(out_dir: Path) -> str | None:
+    """The data stage's `data_hash` of this run folder (data/manifest.json), recorded on every
+    scored row so that a paired test across rows (or run folders) can refuse other data."""
+    path = Path(out_dir) / "data" / "manifest.json"
+    if not path.exists():
+        return None
+    value = read_json(path).get("data_hash")
+    return value if isinstance(value, str) else None
 
 
 def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str, Any]]:
@@ -55,7 +70,7 @@ def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str
     chosen = select_users(samples, selection_config(cfg), int(need(cfg, "seed")))
     if not chosen.selection.transductive:
         check_no_lambda_leak(Path(out_dir), split, chosen.scored)
-    return chosen.scored, {"split": split, **chosen.info()}
+    return chosen.scored, {"split": split, **chosen.info(), "data_hash": run_data_hash(out_dir)}
 
 
 def prediction_rows(samples: list[Sample], scores: torch.Tensor, scorer: Any = None,

@@ -171,7 +171,8 @@ def _full_reference_rows(out_dir: Path, cat: Any, samples: list, info: dict) -> 
 def _search_fields(scorer: Any, beam_size: int, approximate: int) -> dict[str, Any]:
     """What a beam-scorer row records: the list length and the search, so a table can tell
     `exact top-k` rows from beam rows (and count searches cut by `max_expansions`)."""
-    out: dict[str, Any] = {"beam_size": beam_size, "search": scorer.search_mode}
+    out: dict[str, Any] = {"beam_size": beam_size, "search": scorer.search_mode,
+                           "normalize": False}  # the searches rank by summed log-probs
     if scorer.search_mode == "exact":
         out["search_note"] = f"exact top-{beam_size} (best-first over the title trie)"
         out["approximate_searches"] = approximate
