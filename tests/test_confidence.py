@@ -356,16 +356,14 @@ def test_eval_stage_writes_ci_and_paired_block(tmp_path, tiny_llama_cfg, monkeyp
     """The stage with injected scorers (no adapter is loaded): cocktail ranks every positive
     first, the zero-shot backbone scores every candidate alike (rank 30)."""
     from test_eval_stage import N_CAND, FakeSwitcher, _write_data, make_cfg
+    from test_stale_results import fake_adapter
 
     import reccocktail.evaluation.scorers as scorers
     from reccocktail.evaluation import stage
-    from reccocktail.utils.io import write_json
 
     _write_data(tmp_path / "data")
     for name in ("cocktail", "specific"):
-        folder = tmp_path / "adapters" / name
-        write_json(folder / "adapter_config.json", {})
-        write_json(folder / "manifest.json", {"kind": name, "backbone": "tiny_llama"})
+        fake_adapter(tmp_path / "adapters" / name, name)
 
     class Scorer:
         def __init__(self, variant):
