@@ -7,7 +7,7 @@ stored 30 candidates and training time on this machine.
 
 Data: by default this script builds the data stage's contract files itself (`build_contract`,
 below: 5-core, chronological leave-one-out, 10 % new items for cold, 29 uniform negatives per
-sample), so it runs without the data stage; `--data-root-runs DIR` instead reads
+sample; cold uses the pipeline's own split, `--cold-train-part` as `scenario.cold_train_part`), so it runs without the data stage; `--data-root-runs DIR` instead reads
 `DIR/<dataset>_<scenario>/data/` written by `run.py stages=[data]`.
 Caps (to fit a shared 2-core CPU in ~20 min): `--max-users` users per dataset (seeded; ML-1M
 1500, Beauty 3000), one training window of `max_len` items per user (ML-1M 50, Beauty 20),
@@ -28,7 +28,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
+from reccocktail.data.filtering import Sequences
 from reccocktail.data.samples import write_items
+from reccocktail.data.splits import Split, candidate_pools, cold_split
 from reccocktail.utils.io import read_json, stable_hash, write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,11 +103,19 @@ def cpu_trainer(callbacks=None, **overrides):
 
 def build_contract(folder: Path, out: Path, scenario: str, max_users: int | None = None,
                    seed: int = 42, history_len: int = 10, cold_fraction: float = 0.1,
-                   num_candidates: int = 30, min_core: int = 5) -> Path:
+                   num_candidates: int = 30, min_core: int = 5,
+                   cold_train_part: str = "before_test",
+                   valid_new_item_fraction: float = 0.05) -> Path:
     """Write items.tsv, sequences.jsonl, valid.jsonl, test.jsonl (the data stage's contract) for a
-    RecBole dataset under `out/data`; cached by the arguments' hash. Returns the data folder."""
+    RecBole dataset under `out/data`; cached by the arguments' hash. Returns the data folder.
+
+    Cold uses the pipeline's own new-item split (`reccocktail.data.splits.cold_split`, the same
+    `cold_train_part` rule and validation-new items) with mixed negatives, so a baseline here
+    sees exactly what it would see in a cold run of the pipeline."""
     args = [str(folder), scenario, max_users, seed, history_len, cold_fraction, num_candidates,
             min_core]
+    if scenario == "cold":  # the key of a warm contract is unchanged
+        args += [cold_train_part, valid_new_item_fraction, "pipeline-split"]
     data = out / "data"
     stamp = data / "contract.json"
     key = stable_hash(args)
@@ -119,37 +131,45 @@ def build_contract(folder: Path, out: Path, scenario: str, max_users: int | None
     if max_users is not None and len(users) > max_users:
         users = sorted(random.Random(seed).sample(users, max_users))
     items = sorted({i for s in seqs.values() for i in s}, key=lambda x: (len(x), x))
-    new_items: set[str] = set()
-    if scenario == "cold":
-        new_items = set(random.Random(seed + 1).sample(items, int(cold_fraction * len(items))))
-    elif scenario != "warm":
+    if scenario not in ("warm", "cold"):
         raise ValueError(f"scenario: unknown value {scenario!r}; choose warm or cold")
 
-    def sample(u: str, split: str, history: list[str], target: str, touched: set[str]) -> dict:
+    def sample(u: str, split: str, history: list[str], target: str, touched: set[str],
+               allowed: set[str] | None = None) -> dict:
         rng = random.Random(stable_hash(seed, u, split))
-        pool = [i for i in items if i not in touched]
+        pool = [i for i in items if i not in touched and (allowed is None or i in allowed)]
         cands = rng.sample(pool, num_candidates - 1) + [target]
         rng.shuffle(cands)
         return {"id": f"{u}:{split}", "user": u, "history": history[-history_len:],
                 "target": target, "candidates": cands}
 
     sequences, valid, test = [], [], []
-    for u in users:
-        seq, touched = seqs[u], set(seqs[u])
-        if scenario == "warm":
+    new_items: set[str] = set()
+    if scenario == "warm":
+        for u in users:
+            seq, touched = seqs[u], set(seqs[u])
             train = seq[:-2]
             valid.append(sample(u, "valid", train, seq[-2], touched))
             test.append(sample(u, "test", seq[:-1], seq[-1], touched))
-        else:
-            old = [i for i in seq if i not in new_items]
-            if len(old) < 3:
-                continue
-            train = old[:-1]
-            valid.append(sample(u, "valid", train, old[-1], touched))
-            first_new = next((p for p, i in enumerate(seq) if i in new_items), None)
-            if first_new is not None and first_new > 0:
-                test.append(sample(u, "test", seq[:first_new], seq[first_new], touched))
-        sequences.append({"user": u, "items": train})
+            sequences.append({"user": u, "items": train})
+    else:
+        split = _cold_split(seqs, users, items, cold_fraction, seed, cold_train_part,
+                                   valid_new_item_fraction)
+        new_items = {items[c] for c in np.flatnonzero(split.new_test)}
+        pools = {k: None if v is None else {items[c] for c in np.flatnonzero(v)}
+                 for k, v in candidate_pools(split, "mixed").items()}
+        for name, out_rows in (("valid", valid), ("test", test)):
+            rows = split.rows[name]
+            for r in range(len(rows)):
+                u = users[int(rows.user[r])]
+                hist = [items[c] for c in rows.history(r, history_len)]
+                out_rows.append(sample(u, name, hist, items[int(rows.targets[r])], set(seqs[u]),
+                                       pools[name]))
+        off, flat = split.train_offsets, split.train_flat
+        for k, u in enumerate(users):
+            train = [items[c] for c in flat[off[k]:off[k + 1]]]
+            if len(train) >= 2:
+                sequences.append({"user": u, "items": train})
     write_items(data / "items.tsv", {i: titles[i] for i in items})
     write_jsonl(data / "sequences.jsonl", sequences)
     write_jsonl(data / "valid.jsonl", valid)
@@ -158,6 +178,18 @@ def build_contract(folder: Path, out: Path, scenario: str, max_users: int | None
     write_json(stamp, {"key": key, "args": args, "users": len(sequences), "items": len(items),
                        "new_items": len(new_items), "valid": len(valid), "test": len(test)})
     return data
+
+
+def _cold_split(seqs: dict[str, list[str]], users: list[str], items: list[str], fraction: float,
+                seed: int, train_part: str, valid_fraction: float) -> Split:
+    """The pipeline's cold split over these sequences (item codes = positions in `items`)."""
+    code = {i: c for c, i in enumerate(items)}
+    lengths = np.array([len(seqs[u]) for u in users], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.array([code[i] for u in users for i in seqs[u]], dtype=np.int64)
+    base = Sequences("baselines_table", list(users), list(items), list(items), offsets, flat)
+    return cold_split(base, fraction, seed, valid_new_item_fraction=valid_fraction,
+                      train_part=train_part)
 
 
 # ------------------------------------------------------------------ the table
@@ -181,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-windows", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cold-train-part", default="before_test", choices=["before_test", "all_non_new"],
+                   help="where a cold user's training part ends (scenario.cold_train_part)")
     p.add_argument("--dry-run", action="store_true", help="print the cells of the table, run nothing")
     args = p.parse_args(argv)
     if args.dry_run:
@@ -215,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
                 data = Path(args.data_root_runs) / f"{ds}_{sc}" / "data"
             else:
                 data = build_contract(Path(args.data_root) / ds, out / f"{ds}_{sc}", sc,
-                                      max_users=caps["max_users"], seed=args.seed)
+                                      max_users=caps["max_users"], seed=args.seed,
+                                      cold_train_part=args.cold_train_part)
             for name in args.baselines:
                 settings = capped_settings(name, caps["max_len"], args.max_epochs, args.patience,
                                            args.max_windows, args.num_negatives or None)

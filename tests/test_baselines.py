@@ -321,3 +321,47 @@ def test_sasrec_ml1m_warm_in_plausible_range(shared_data, tmp_path):
     score = ndcg1(score_loader(module, dm.samples_dataloader(dm.test_samples)), dm.test_samples)
     print(f"SASRec ml-1m warm NDCG@1 = {score:.4f}")
     assert 0.15 < score < 0.60
+
+
+def _tiny_recbole(folder: Path, users: int = 40, items: int = 30, per_user: int = 12) -> None:
+    import random as _random
+
+    rng = _random.Random(0)
+    folder.mkdir(parents=True)
+    name = folder.name
+    rows = ["item_id:token\ttitle:token_seq"] + [f"i{i}\tMovie {i}" for i in range(items)]
+    (folder / f"{name}.item").write_text("\n".join(rows) + "\n")
+    inter = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(users):
+        for t, i in enumerate(rng.sample(range(items), per_user)):
+            inter.append(f"u{u}\ti{i}\t{t}")
+    (folder / f"{name}.inter").write_text("\n".join(inter) + "\n")
+
+
+def test_baselines_table_cold_contract_follows_the_pipeline_split(tmp_path):
+    """The table's cold data ends each training part at the user's test event by default (the
+    pipeline's rule) and `all_non_new` restores the longer part; no new item ever trains."""
+    table = experiment_script("baselines_table")
+    src = tmp_path / "tiny"
+    _tiny_recbole(src)
+    parts = {}
+    for rule in ("before_test", "all_non_new"):
+        data = table.build_contract(src, tmp_path / rule, "cold", seed=3, cold_fraction=0.2,
+                                    num_candidates=5, cold_train_part=rule)
+        seqs = {r["user"]: r["items"] for r in map(json.loads, open(data / "sequences.jsonl"))}
+        test = [json.loads(line) for line in open(data / "test.jsonl")]
+        valid = [json.loads(line) for line in open(data / "valid.jsonl")]
+        assert test and valid
+        new = {t["target"] for t in test} | {v["target"] for v in valid}
+        assert not new & {i for s in seqs.values() for i in s}   # no new item trains
+        assert not {t["target"] for t in test} & {v["target"] for v in valid}
+        parts[rule] = (seqs, test)
+    seqs, test = parts["before_test"]
+    for t in test:  # the training part is exactly the history before the test event
+        if t["user"] in seqs:
+            part, hist = seqs[t["user"]], t["history"]
+            k = min(len(part), len(hist))
+            assert part[-k:] == hist[-k:]
+            assert len(part) == len(hist) or len(hist) == 10
+    longer = sum(len(s) for s in parts["all_non_new"][0].values())
+    assert longer > sum(len(s) for s in seqs.values())
