@@ -115,6 +115,29 @@ def objective_config(cfg: DictConfig, objective: str, ws: Path) -> DictConfig:
     return out
 
 
+def fixed_config(cfg: DictConfig, lam_g: float, ws: Path) -> DictConfig:
+    """`cfg` with mix=fixed at λ = (λ_G, 1 − λ_G), rooted at the workspace `ws` (one point of
+    the validation grid)."""
+    mix = OmegaConf.load(ROOT / "conf" / "mix" / "fixed.yaml")
+    mix.mode = cfg.mix.get("mode", mix.mode)
+    mix.lambdas = [lam_g, round(1.0 - lam_g, 10)]
+    out = OmegaConf.merge(cfg, {"paths": {"output_dir": str(ws)}})
+    out.mix = mix
+    return out
+
+
+def grid_points(step: float) -> list[float]:
+    """λ_G = 0, step, 2·step, …, 1 (`step` must divide 1)."""
+    n = round(1.0 / step) if step > 0 else 0
+    if n < 1 or abs(n * step - 1.0) > 1e-9:
+        raise SystemExit(f"--grid-step {step}: must divide 1 (e.g. 0.1, 0.25, 0.5)")
+    return [round(i / n, 10) for i in range(n + 1)]
+
+
+# λ_G points that are rows of their own (G, S and WA are scored on validation anyway)
+GRID_ROWS = {1.0: "general", 0.0: "specific", 0.5: "wa"}
+
+
 def workspace(run: Path, objective: str) -> Path:
     """`<run>/objectives/<objective>/` with relative links to the run's data and adapters."""
     ws = run / "objectives" / objective
@@ -249,12 +272,17 @@ def choose(rows: dict[str, Any], names: list[str]) -> str:
                                      rows[n]["metrics"].get("ndcg@3", 0.0), -names.index(n)))
 
 
-def summarise(scores: Scores, objectives: list[str], lambdas: dict[str, Any]) -> dict[str, Any]:
+def summarise(scores: Scores, objectives: list[str], lambdas: dict[str, Any],
+              grid: bool = False) -> dict[str, Any]:
     """Chosen objective, the references max(G, S) on test and on validation, and per row the
-    metrics with CIs and the paired tests against both references."""
+    metrics with CIs and the paired tests against both references. The validation grid's row
+    (label-based λ) is reported beside the objectives but is not a candidate of the choice,
+    which stays among λ learned without labels."""
     valid, test = scores.rows("valid"), scores.rows("test")
     cocktails = [f"cocktail.{o}" for o in objectives]
     chosen = choose(valid, cocktails)
+    if grid:
+        cocktails.append("cocktail.grid")
     best_test, best_valid = choose(test, list(INGREDIENTS)), choose(valid, list(INGREDIENTS))
     out_rows = []
     for name in [*COPIED, *cocktails]:
@@ -306,6 +334,8 @@ def render(summary: dict[str, Any]) -> str:
         name = r["row"]
         label = f"cocktail, {name.split('.', 1)[1]}" if name.startswith("cocktail.") \
             else LABELS.get(name, name)
+        if name == "cocktail.grid":
+            label = "cocktail, λ_G by validation grid (labels)"
         lam = "–" if r["lambda_g"] is None else f"{r['lambda_g']:.2f}"
         cells = [label, lam, _cell(r.get("valid", {}).get("ndcg@1"), r.get("valid_ci", {}).get("ndcg@1")),
                  _cell(r["test"]["ndcg@1"], r["test_ci"]["ndcg@1"]),
@@ -332,8 +362,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                     help=f"comma-separated, of {', '.join(OBJECTIVES)}")
     ap.add_argument("--valid-users", type=int, default=200,
                     help="at most this many validation users (seeded); 0 = all")
+    ap.add_argument("--grid-step", type=float, default=0.25,
+                    help="also a cocktail whose λ_G is chosen on the validation users over "
+                         "0, step, …, 1 (mix=grid's rule; 0 = no grid row)")
     ap.add_argument("--dry-run", action="store_true", help="print what would be done")
     args = ap.parse_args(argv)
+    args.grid = grid_points(args.grid_step) if args.grid_step else []
     args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
     bad = [o for o in args.objectives if o not in OBJECTIVES]
     if bad or not args.objectives:
@@ -358,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
           f"validation users; scorer {ec.scorer[0]}")
     for o in args.objectives:
         print(f"  λ by mix.objective={o} -> {root / o}/mix/lambda.json")
+    if args.grid:
+        print(f"  λ_G by validation NDCG@1 over {args.grid} -> {root}/fixed_<λ_G>/")
     for n in COPIED:
         what = "from the run" if reuse[n] else ("scored" if n != "zero_shot" else "left out")
         print(f"  test row {n}: {what}")
@@ -398,12 +434,33 @@ def main(argv: list[str] | None = None) -> int:
                        run / "predictions" / f"{name}.jsonl")
         elif name != "zero_shot":
             jobs.append(("test", name, adapters[name], test))
+    grid_names: list[str] = []
+    for g in args.grid:
+        name = GRID_ROWS.get(g)
+        if name is None:
+            ws = workspace(run, f"fixed_{g:.2f}")
+            run_mix_stage(fixed_config(cfg, g, ws), ws)
+            name = f"grid.{g:.2f}"
+            jobs.append(("valid", name, ws / "adapters" / "cocktail", valid))
+            lambdas[name] = [g, round(1.0 - g, 10)]
+        grid_names.append(name)
     score_all(cfg, jobs, scores, info)
+    if grid_names:
+        # mix=grid's rule on the validation users: NDCG@1, ties NDCG@3, then the first λ_G
+        best = choose(scores.rows("valid"), grid_names)
+        folder = adapters.get(best) or root / f"fixed_{lambdas[best][0]:.2f}" / "adapters" / "cocktail"
+        if best not in scores.rows("test"):
+            score_all(cfg, [("test", best, folder, test)], scores, info)
+        for split in ("valid", "test"):
+            scores.put(split, "cocktail.grid", {**scores.rows(split)[best], "grid_choice": best},
+                       scores.pred(split, best))
+        lambdas["cocktail.grid"] = lambdas[best]
+        print(f"  grid: λ_G {lambdas[best][0]:.2f} ({best}) chosen on validation")
 
-    summary = summarise(scores, args.objectives, lambdas)
+    summary = summarise(scores, args.objectives, lambdas, grid=bool(grid_names))
     summary.update(run=str(run), objectives=args.objectives, scorer=ec.scorer[0],
                    num_valid_users=vinfo["num_users"], num_test_users=test_info["num_users"],
-                   overrides=extra, seconds=round(time.time() - t0, 1),
+                   overrides=extra, seconds=round(time.time() - t0, 1), grid=args.grid,
                    lambda_files={o: str(root / o / "mix" / "lambda.json") for o in args.objectives})
     write_json(root / "summary.json", summary)
     table = render(summary)

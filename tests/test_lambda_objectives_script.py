@@ -54,7 +54,7 @@ def test_dry_run_changes_nothing_and_bad_input_is_named(debug_run, capsys):
 def test_objectives_learned_scored_and_chosen_on_validation(debug_run, monkeypatch):
     mod = experiment_script("lambda_objectives")
     assert mod.main(["--run", str(debug_run), "--objectives", "entropy,infomax",
-                     "--valid-users", "0"]) == 0
+                     "--valid-users", "0", "--grid-step", "0.5"]) == 0
     root = debug_run / "objectives"
     summary = read_json(root / "summary.json")
     scores = read_json(root / "scores.json")
@@ -73,7 +73,14 @@ def test_objectives_learned_scored_and_chosen_on_validation(debug_run, monkeypat
     run_rows = read_json(debug_run / "results.json")["variants"]
     for name in ("general", "specific", "wa", "zero_shot"):
         assert test[name]["metrics"] == run_rows[name]["metrics"]
-    assert {"general", "specific", "wa", "cocktail.entropy", "cocktail.infomax"} == set(valid)
+    assert {"general", "specific", "wa", "cocktail.entropy", "cocktail.infomax",
+            "cocktail.grid"} == set(valid)
+    # the grid row: λ_G over 0, 0.5, 1 chosen on validation by mix=grid's rule, never a
+    # candidate of the label-free choice
+    grid_best = mod.choose(valid, ["specific", "wa", "general"])
+    assert valid["cocktail.grid"]["grid_choice"] == grid_best
+    assert test["cocktail.grid"]["metrics"] == test[grid_best]["metrics"]
+    assert summary["chosen"] in ("entropy", "infomax")
     n_valid = len({r["user"] for r in read_jsonl(root / "predictions" / "valid" / "general.jsonl")})
     assert n_valid == summary["num_valid_users"] > 0
     assert test["cocktail.infomax"]["num_users"] == run_rows["cocktail"]["num_users"]
@@ -91,7 +98,7 @@ def test_objectives_learned_scored_and_chosen_on_validation(debug_run, monkeypat
     monkeypatch.setattr(mod, "load_backbone", lambda *a, **k: pytest.fail("scored again"))
     monkeypatch.setattr(mod, "run_mix_stage", _reused(mod.run_mix_stage))
     assert mod.main(["--run", str(debug_run), "--objectives", "entropy,infomax",
-                     "--valid-users", "0"]) == 0
+                     "--valid-users", "0", "--grid-step", "0.5"]) == 0
     assert read_json(root / "summary.json")["chosen"] == summary["chosen"]
 
 
@@ -127,3 +134,11 @@ def test_lambda_g_and_choice_rule():
             "y": {"metrics": {"ndcg@1": 0.2, "ndcg@3": 0.4}},
             "z": {"metrics": {"ndcg@1": 0.2, "ndcg@3": 0.4}}}
     assert mod.choose(rows, ["x", "y", "z"]) == "y"  # NDCG@3 breaks the tie, then the order
+
+
+def test_grid_points_divide_one():
+    mod = experiment_script("lambda_objectives")
+    assert mod.grid_points(0.25) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert mod.grid_points(0.1)[3] == pytest.approx(0.3) and len(mod.grid_points(0.1)) == 11
+    with pytest.raises(SystemExit, match="--grid-step"):
+        mod.grid_points(0.3)
