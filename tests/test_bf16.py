@@ -246,3 +246,26 @@ def test_manifest_cache_key_and_results_rows_record_the_resolved_dtype(
     rows = json.loads((tmp_path / "results.json").read_text())["variants"]
     assert rows["zero_shot"]["backbone_dtype"] == "bfloat16"
     assert rows["random"]["backbone_dtype"] is None  # no backbone scored it
+
+
+def test_benchmark_agreement_counts_top1_and_kendall_tau():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "cpu_bf16", ROOT / "experiments" / "benchmarks" / "cpu_bf16.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
+    tau = bench.kendall_tau_b(a, torch.stack([a[0], a[1].flip(0)]))
+    assert tau.tolist() == pytest.approx([1.0, -1.0])
+    from reccocktail.data.samples import Sample
+
+    samples = [Sample("s0", "u0", [], "a", ["a", "b", "c", "d"]),
+               Sample("s1", "u1", [], "h", ["e", "f", "g", "h"])]
+    other = torch.stack([a[0], a[1].flip(0)])  # user 1's top-1 moves from h to e
+    got = bench.agreement(a, other, samples)
+    assert got["top1_equal"] == 0.5 and got["kendall_tau_mean"] == 0.0
+    assert got["ndcg@1_fp32"] == 1.0 and got["ndcg@1_bf16"] == 0.5
+    assert got["ndcg@1_diff"] == -0.5
