@@ -91,8 +91,8 @@ def compose(run_dir: Path, tiny: bool) -> DictConfig:
 
     overrides = ["logger=none", f"paths.output_dir={run_dir}", "data.max_test_users=null",
                  "eval.progress=false"]
-    if tiny:
-        overrides.append("backbone=tiny_llama")
+    if tiny:  # LoRA on the top layer only, as the demo's top 8: the shared trunk runs too
+        overrides += ["backbone=tiny_llama", "backbone.lora.top_layers=1"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose("run", overrides=overrides)
     OmegaConf.set_struct(cfg, False)
