@@ -192,7 +192,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
             "scenario.cold_negatives": COLD_NEGATIVES,
             "scenario.cold_train_part": COLD_TRAIN_PARTS,
             "backbone.source": ("gguf", "hub", "tiny"),
-            "backbone.dtype": ("float32", "bfloat16", "float16"),
+            "backbone.dtype": ("auto", "float32", "bfloat16", "float16"),
             "baselines.common.history": ("full", "sample")}
 
 

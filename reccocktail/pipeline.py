@@ -19,6 +19,7 @@ from reccocktail.preflight import check_preflight
 from reccocktail.runtime import finish_loggers, make_loggers, make_trainer, output_dir  # noqa: F401
 from reccocktail.utils import memory
 from reccocktail.utils.config import need
+from reccocktail.utils.device import resolve_backbone_dtype
 from reccocktail.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from reccocktail.config_check import check_config
 
     check_config(cfg)  # unknown keys and bad choices fail here, before any stage spends time
+    resolve_backbone_dtype(cfg)  # `auto` -> the dtype that runs: keys and rows record it
     task = cfg.task
     if task == "recommend":
         check_preflight(cfg, [])

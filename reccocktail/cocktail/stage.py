@@ -37,7 +37,7 @@ from reccocktail.data.selection import (
 )
 from reccocktail.models.adapters import is_intact, read_lora, run_identity, verify_adapter
 from reccocktail.utils.config import need, one_of, unknown_keys
-from reccocktail.utils.device import place_backbone, resolve_device
+from reccocktail.utils.device import backbone_dtype, place_backbone, resolve_device
 from reccocktail.utils.io import file_sha256, read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
@@ -245,10 +245,13 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     data_hash = read_json(data_manifest).get("data_hash") if data_manifest.exists() else None
     # λ users matter only to mix=entropy: fixed and grid keep their key when they change
     chosen = ([selection.lambda_users, selection.transductive] if name == "entropy" else None)
+    # the dtype the backbone runs in (fp32 keeps the keys of mixes made before it was keyed)
+    dtype = backbone_dtype(cfg.backbone)
     key = stable_hash(mcfg.block, seed, need(cfg, "data.max_title_tokens"),
                       need(cfg, "backbone.name"), data_hash,
                       [file_sha256(p / "adapter_model.safetensors") for p in paths.values()], fmt,
-                      *([chosen] if chosen else []), *([foreign] if foreign else []))
+                      *([chosen] if chosen else []), *([foreign] if foreign else []),
+                      *([dtype] if dtype != "float32" else []))
     cocktail, wa, lam_file = out_dir / "adapters" / "cocktail", out_dir / "adapters" / "wa", \
         out_dir / "mix" / "lambda.json"
     if lam_file.exists() and (cocktail / "manifest.json").exists() and wa.exists():
@@ -260,7 +263,7 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
 
     t0 = time.time()
     info: dict[str, Any] = {"name": name, "mode": mode, "adapters": list(ADAPTERS),
-                            "objective": fmt,
+                            "objective": fmt, "backbone_dtype": dtype,
                             "transductive": selection.transductive,
                             "lambda_users": selection.lambda_users}
     if foreign:  # adapters of another run, used on purpose (allow_foreign_adapters)
@@ -322,7 +325,8 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     info["lambdas"] = describe_lambdas(lambdas)["lambdas"]
     info["seconds"] = round(time.time() - t0, 2)
     if _is_rank_zero():
-        run = {"run": run_identity(cfg, out_dir), **({"foreign_sources": foreign} if foreign else {})}
+        run = {"run": run_identity(cfg, out_dir), "backbone_dtype": dtype,
+               **({"foreign_sources": foreign} if foreign else {})}
         mix_and_save(adapters, [0.5, 0.5], mode, wa, extra={"name": "wa", "objective": fmt, **run})
         metrics = {}
         if info.get("curve"):

@@ -187,6 +187,8 @@ def record_results(out_dir: str | os.PathLike, variant: str, metrics: dict[str, 
         if ci is not None:
             row["ci"] = ci
         row.update(to_plain(meta))
+        # the dtype the backbone scored in; null for a row the backbone did not score
+        row.setdefault("backbone_dtype", None)
         row.setdefault("recorded_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
         data["variants"][variant] = row
         _drop_stale_paired(data, variant)

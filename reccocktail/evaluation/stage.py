@@ -39,7 +39,7 @@ from reccocktail.evaluation.results import (
 )
 from reccocktail.evaluation.samples import eval_samples, prediction_rows  # noqa: F401
 from reccocktail.utils.config import need
-from reccocktail.utils.device import place_backbone, resolve_device
+from reccocktail.utils.device import backbone_dtype, place_backbone, resolve_device
 from reccocktail.utils.io import read_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -289,6 +289,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                              f"run's {fmt!r}: {wrong}; set tuning.objective to match")
 
         device = resolve_device(cfg, "eval.device")
+        dtype = backbone_dtype(cfg.backbone, device)
         model, tokenizer = load_backbone(cfg.backbone, device=device)
         place_backbone(model, device, cfg, "eval")
         items = load_items(out_dir / "data" / "items.tsv")
@@ -303,7 +304,8 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             scorer_names)
         for name, path in variants:
             meta: dict[str, Any] = {"adapter": None if path is None else str(path),
-                                    "backbone": backbone_name, "objective": fmt, **info}
+                                    "backbone": backbone_name, "backbone_dtype": dtype,
+                                    "objective": fmt, **info}
             if path is not None:
                 meta["adapter_kind"] = manifests[name].get("kind")
                 for field in ("foreign", "foreign_sources"):  # used on purpose: recorded

@@ -298,8 +298,13 @@ def copy_adapter(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 
 def backbone_identity(backbone_cfg: Any) -> dict:
-    """The backbone config without machine-specific paths (cache folders), for cache keys."""
+    """The backbone config without machine-specific paths (cache folders), for cache keys;
+    `dtype: auto` is replaced by the dtype it resolves to (keys record what ran)."""
+    from reccocktail.utils.device import resolve_dtype  # torch: loaded when a key is made
+
     plain = to_plain(backbone_cfg)
+    if isinstance(plain, dict) and str(plain.get("dtype")) == "auto":
+        plain = {**plain, "dtype": resolve_dtype("auto")}
 
     def strip(obj):
         if isinstance(obj, dict):

@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from reccocktail.utils.config import need, one_of
+from reccocktail.utils.device import resolve_dtype
 from reccocktail.utils.io import atomic_dir, file_fingerprint, stable_hash
 from reccocktail.utils.packages import distribution
 
@@ -32,9 +33,12 @@ def _set(cfg: Any, key: str) -> Any:
     return cfg[key] if key in cfg else None
 
 
-def torch_dtype(name: str | None) -> torch.dtype:
+def torch_dtype(name: str | None, device: str | torch.device | None = None) -> torch.dtype:
+    """The torch dtype of `backbone.dtype`; `auto` resolves for `device` (utils/device.py)."""
     if name is None:
         return torch.float32
+    if str(name) == "auto":
+        name = resolve_dtype(name, device)
     return _DTYPES[one_of(name, sorted(_DTYPES), "backbone.dtype")]
 
 
@@ -238,7 +242,7 @@ def load_backbone(cfg: Any, device: str | torch.device | None = None):
 
     tokenizer = load_tokenizer(cfg)
     source = need(cfg, "source", "backbone")
-    dtype = torch_dtype(need(cfg, "dtype", "backbone"))
+    dtype = torch_dtype(need(cfg, "dtype", "backbone"), device)
     if source == "tiny":
         model = build_tiny_model(cfg, vocab_size=len(tokenizer)).to(dtype)
     else:

@@ -22,6 +22,7 @@ from reccocktail.models.datamodule import InstructionDataModule, padding_fractio
 from reccocktail.models.early_stopping import RankingEarlyStopping, early_stopping_config
 from reccocktail.models.tuning import loss_normalization
 from reccocktail.utils.config import need, one_of
+from reccocktail.utils.device import backbone_dtype
 from reccocktail.utils.io import to_plain
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,8 @@ def adapter_manifest(cfg: DictConfig, kind: str, t: dict, data_hash: str, key: s
         "kind": kind,
         "backbone": str(cfg.backbone.name),
         "backbone_identity": ad.weights_identity(cfg.backbone),
+        # the dtype the frozen weights ran in (the LoRA and its optimizer state are fp32)
+        "backbone_dtype": backbone_dtype(cfg.backbone),
         "objective": objective(t),
         "init_seed": int(t["init_seed"]),
         "data_hash": data_hash,

@@ -10,15 +10,24 @@ is an error, never a quiet CPU run; only `auto` may resolve to the CPU.
 parameters are elsewhere to the configured device, logs where it lives and refuses a backbone
 of more than `placement.large_params` parameters on the CPU unless
 `placement.allow_cpu_large=true` (a 7B model there takes hours per stage).
+
+`backbone.dtype: auto` is resolved here too (`resolve_dtype`): bfloat16 on a CPU whose flags
+(/proc/cpuinfo) show native bf16 arithmetic (`avx512_bf16` or `amx_bf16`), else float32 (with a
+log line saying why); on a GPU float32, the dtype the GPU path always loaded the small backbone
+in (the trainer's `precision: bf16-mixed` adds the bf16 arithmetic there). The run resolves it
+once (`resolve_backbone_dtype`), so cache keys, manifests and results rows record the dtype
+that ran, never `auto`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from reccocktail.utils.config import need
 
@@ -121,3 +130,90 @@ def place_backbone(model: torch.nn.Module, device: torch.device | str, cfg: Any,
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     log.info("%s: backbone on %s (%.3gB parameters, %s)", where, device, n / 1e9, "/".join(dtypes))
     return model
+
+
+# CPU flags that mean native bf16 arithmetic (AVX-512 BF16 dot products, AMX tiles)
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.lru_cache(maxsize=1)
+def _read_cpuinfo() -> str:
+    try:
+        return CPUINFO.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The `flags` of the first processor in /proc/cpuinfo (or of the text `cpuinfo`); empty
+    where there is no such file (not Linux)."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_model(cpuinfo: str | None = None) -> str | None:
+    """The processor's `model name` in /proc/cpuinfo (or in `cpuinfo`), None when absent."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "model name":
+            return value.strip()
+    return None
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bf16 natively (one of `BF16_CPU_FLAGS`)."""
+    return bool(cpu_flags(cpuinfo) & set(BF16_CPU_FLAGS))
+
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: Any, device: torch.device | str | None = None,
+                  cpuinfo: str | None = None) -> str:
+    """The backbone dtype `backbone.dtype` asks for on `device` (default: cuda when visible,
+    else the CPU): the name itself, or for `auto` the rule of this module's docstring. `cpuinfo`
+    replaces /proc/cpuinfo's text (tests)."""
+    value = "float32" if name is None else str(name)
+    if value != "auto":
+        if value not in DTYPE_NAMES:
+            raise ValueError(f"backbone.dtype: unknown value {value!r}; choose auto or one of "
+                             f"{list(DTYPE_NAMES)}")
+        return value
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device).type
+    if kind != "cpu":
+        return "float32"
+    if cpu_has_bf16(cpuinfo):
+        return "bfloat16"
+    log.info("backbone.dtype=auto: float32, because the CPU flags show no native bf16 (none of "
+             "%s in /proc/cpuinfo); bf16 would be emulated and slower", ", ".join(BF16_CPU_FLAGS))
+    return "float32"
+
+
+def backbone_dtype(backbone_cfg: Any, device: torch.device | str | None = None) -> str:
+    """The resolved dtype name of a backbone config (`dtype`, `auto` resolved)."""
+    value = backbone_cfg.get("dtype") if hasattr(backbone_cfg, "get") else None
+    return resolve_dtype(value, device)
+
+
+def resolve_backbone_dtype(cfg: Any) -> str | None:
+    """Replace `backbone.dtype: auto` in the run config by the dtype it resolves to on the
+    run's device, once at the run's start (cache keys, manifests and rows then record it);
+    returns the dtype, None for a config without a backbone block."""
+    bb = cfg.get("backbone") if hasattr(cfg, "get") else None
+    if bb is None:
+        return None
+    if str(bb.get("dtype")) != "auto":
+        return resolve_dtype(bb.get("dtype"))
+    resolved = resolve_dtype("auto", resolve_device(cfg))
+    with open_dict(cfg):
+        cfg.backbone.dtype = resolved
+    log.info("backbone.dtype=auto resolved to %s", resolved)
+    return resolved
