@@ -53,7 +53,8 @@ CHECKED = ("data", "selection", "mix", "eval", "tuning", "scenario", "recommend"
            "baselines", "domain", "paths", "placement")
 # Blocks that are free-form below a level: maps of user-chosen names, keyword arguments of a
 # class the config names.
-FREE = ("eval.adapters", "backbone.config")
+FREE = ("eval.adapters", "backbone.config",
+        "mix.lambdas", "mix.init_lambdas")  # λ by ingredient name (`ingredients`)
 # `<prefix>.<any name>.<key>`: a map of user-chosen names whose entries are configs of a group
 # (their keys: `_source_keys`).
 NAMED_SOURCES = ("domain.general.sources",)
@@ -381,7 +382,7 @@ def _ingredient_errors(cfg: DictConfig) -> list[str]:
 def _mix_errors(cfg: DictConfig) -> list[str]:
     """The mix option's own constraints, as its stage would find them (it parses with the same
     function), for the run's ingredients (one weight each)."""
-    from reccocktail.cocktail.stage import check_lambdas, grid_points, mix_config
+    from reccocktail.cocktail.stage import grid_points, mix_config
 
     if OmegaConf.select(cfg, "mix", default=None) is None:
         return []
@@ -394,11 +395,6 @@ def _mix_errors(cfg: DictConfig) -> list[str]:
     except ValueError:
         return []  # said by _ingredient_errors
     errors = []
-    if mcfg.name == "fixed":  # one weight per ingredient
-        try:
-            check_lambdas(mcfg.lambdas, len(names), names=names)
-        except ValueError as err:
-            errors.append(str(err.args[0]))
     if mcfg.name == "grid":
         grid = mcfg.grid
         if mcfg.grid_step is None and (not isinstance(grid, list) or not grid or not all(
@@ -468,14 +464,14 @@ def key_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:
             errors.append(_unknown(key, top, "unknown top-level key"))
     known = known_keys(conf_dir)
     source = {f"domain.source.{k}" for k in _source_keys(conf_dir)}
-    named = _named_blocks(cfg)
+    own_blocks = _named_blocks(cfg)
     for block in CHECKED:
         have = _flat_keys(plain.get(block) or {}, f"{block}.")
         for key in sorted(have - known[block]):
             if any(key.startswith(f + ".") for f in FREE):
                 continue
             parts = key.split(".", 2)
-            if block == "tuning" and parts[1] in named and (
+            if block == "tuning" and parts[1] in own_blocks and (
                     len(parts) == 2 or f"tuning.general.{parts[2]}" in known[block]):
                 continue  # a general source's own block: the general block's keys
             named = next((p for p in NAMED_SOURCES if key.startswith(p + ".")), None)

@@ -108,6 +108,13 @@ def mix_config(cfg: DictConfig) -> MixConfig:
         one_of(own["objective"], OBJECTIVES, "mix.objective")
     if "measure_entropy" in own:
         own["measure_entropy"] = bool(own["measure_entropy"])
+    if name == "fixed":  # one weight per ingredient, in `ingredients` order
+        names = ingredient_names(cfg)
+        given = own["lambdas"]
+        own["lambdas"] = check_lambdas([1.0 / len(names)] * len(names) if given is None else given,
+                                       len(names), names=names)
+        if not isinstance(given, list):  # null (uniform) or a mapping: keyed as the list it is
+            block = {**block, "lambdas": own["lambdas"]}
     key_block = {k: v for k, v in block.items() if k not in _DEPRECATED
                  # β changes nothing but the anchored objective: it keys only that one
                  and not (k == "anchor_beta" and block.get("objective") != "anchored")
@@ -297,9 +304,9 @@ class MixRun:
 
 
 def fixed_lambdas(run: MixRun) -> tuple[Any, dict[str, Any]]:
-    """`mix.lambdas` as given (a list in ingredient order or a mapping name -> weight)."""
-    return check_lambdas(run.mcfg.lambdas, len(run.names), names=run.names), \
-        {"granularity": "model"}
+    """`mix.lambdas` as given (a list in ingredient order or a mapping name -> weight; null:
+    uniform), checked and put in ingredient order by `mix_config`."""
+    return list(run.mcfg.lambdas), {"granularity": "model"}
 
 
 def grid_lambdas(run: MixRun) -> tuple[Any, dict[str, Any]]:
