@@ -195,6 +195,25 @@ def test_bad_ingredients_and_lambdas_fail_naming_the_key(overrides, match):
     assert any(__import__("re").search(match, e) for e in errors), errors
 
 
+def test_a_source_trains_with_the_general_block_and_its_own_over_it():
+    from reccocktail.models.training import tuning_config
+
+    plain = compose_cfg("ingredients=[general,specific,ml100k_rest]")
+    own = compose_cfg("ingredients=[general,specific,ml100k_rest]",
+                      "+tuning.ml100k_rest.max_samples=5", "+tuning.ml100k_rest.lr=0.001")
+    assert config_errors(own) == []
+    assert tuning_config(plain, "ml100k_rest") == tuning_config(plain, "general")
+    t = tuning_config(own, "ml100k_rest")
+    assert (t["max_samples"], t["lr"]) == (5, 0.001)
+    # G (and so its key) does not see the source's block
+    assert tuning_config(own, "general") == tuning_config(plain, "general")
+    bad = compose_cfg("ingredients=[general,specific,ml100k_rest]", "+tuning.ml100k_rest.lr=-1",
+                      "+tuning.ml100k_rest.nope=1")
+    errors = config_errors(bad)
+    assert any(e.startswith("tuning.ml100k_rest.lr=-1") for e in errors), errors
+    assert any(e.startswith("tuning.ml100k_rest.nope: unknown key") for e in errors), errors
+
+
 def test_lambdas_by_name_or_in_order_are_the_same_weights():
     names = ["general", "specific", "games"]
     as_map = resolve_weights({"games": 0.3, "general": 0.2, "specific": 0.5}, names, "mix.lambdas")
@@ -249,7 +268,7 @@ def test_three_ingredients_train_mix_and_score_each(shared_data, tmp_path, train
     out, cache = tmp_path / "run", tmp_path / "cache"
     lam = {"general": 0.2, "specific": 0.5, EXTRA: 0.3}
     cfg = make_cfg(shared_data, out, cache, THREE, "mix=fixed",
-                   "mix.lambdas={general:0.2,specific:0.5,%s:0.3}" % EXTRA)
+                   f"mix.lambdas={{general:0.2,specific:0.5,{EXTRA}:0.3}}")
     summaries = run(cfg)
     names = ["general", "specific", EXTRA]
     assert list(summaries) == ["data", *names, "mix", "eval"]
