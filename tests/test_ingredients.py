@@ -111,6 +111,19 @@ def test_the_default_is_the_paper_pair_with_the_old_stages_and_variants():
         expand(cfg.stages, names)
 
 
+def test_stages_and_stale_rules_follow_the_list():
+    names = ["general", "specific", "games"]
+    assert expand(["data", "ingredients", "mix", "eval"], names) == ["data", *names, "mix", "eval"]
+    d = downstream(names)
+    assert d["data"] == (*names, "mix", "eval", "baselines")
+    assert d["games"] == ("mix", "eval") and d["general"] == ("specific", "mix", "eval")
+    assert downstream(["specific", "games"])["specific"] == ("mix", "eval")
+    from reccocktail.evaluation.stage import adapter_stages
+
+    assert adapter_stages(names) == {"general": "general", "specific": "specific",
+                                     "games": "games", "wa": "mix", "cocktail": "mix"}
+
+
 def test_grid_points_for_two_ingredients_are_the_old_grid():
     old = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     pairs = [[g, 1.0 - g] for g in old]  # the two-ingredient grid_search's points
