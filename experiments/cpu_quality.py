@@ -206,13 +206,16 @@ def report(args: argparse.Namespace) -> str:
     for s, r in results.items():
         v = r["variants"]
         info = next((v[k] for k in ("cocktail", "specific", "zero_shot") if k in v), {})
-        lam = ((info.get("lambda") or {}).get("lambdas") if isinstance(info.get("lambda"), dict)
-               else None)
+        lam_info = info.get("lambda") if isinstance(info.get("lambda"), dict) else {}
+        lam = lam_info.get("lambdas")
+        by_name = lam_info.get("lambda_by_name")  # runs of more ingredients: λ named
+        lam_text = (f"λ (G, S): {lam}" if not isinstance(by_name, dict)
+                    or set(by_name) == {"general", "specific"} else f"λ by ingredient: {by_name}")
         if info:
             lines += ["", f"## {s}", "",
                       f"Scored users: {info.get('num_users')} (test users; the "
                       f"{info.get('num_tuning_users')} users whose unlabeled prompts tuned λ are not "
-                      f"among them). λ (G, S): {lam}.", ""]
+                      f"among them). {lam_text}.", ""]
         else:  # a baselines-only run (`--stages data,baselines`)
             row = next(iter(v.values()))
             lines += ["", f"## {s}", "", f"Scored samples: {row.get('num_samples')} (one per test "

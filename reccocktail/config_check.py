@@ -37,6 +37,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.ingredients import (
+    DEFAULT,
+    GENERAL,
+    KEY,
+    SPECIFIC,
+    ingredient_errors,
+    raw_names,
+    resolve_weights,
+)
 from reccocktail.utils.paths import CONF_DIR
 
 # Blocks whose keys are checked against their group's files (and conf/run.yaml's own blocks).
@@ -44,7 +53,8 @@ CHECKED = ("data", "selection", "mix", "eval", "tuning", "scenario", "recommend"
            "baselines", "domain", "paths", "placement")
 # Blocks that are free-form below a level: maps of user-chosen names, keyword arguments of a
 # class the config names.
-FREE = ("eval.adapters", "backbone.config")
+FREE = ("eval.adapters", "backbone.config",
+        "mix.lambdas", "mix.init_lambdas")  # λ by ingredient name (`ingredients`)
 # `<prefix>.<any name>.<key>`: a map of user-chosen names whose entries are configs of a group
 # (their keys: `_source_keys`).
 NAMED_SOURCES = ("domain.general.sources",)
@@ -317,7 +327,7 @@ def _rule_keys(cfg: DictConfig) -> list[tuple[str, str]]:
     stage block and model that overrides them."""
     out = [(k, k) for k in RULES]
     tuning = OmegaConf.select(cfg, "tuning", default=None)
-    for stage in STAGE_BLOCKS["tuning"]:
+    for stage in (*STAGE_BLOCKS["tuning"], *_named_blocks(cfg)):
         if tuning is not None and stage in tuning and OmegaConf.is_dict(tuning[stage]):
             out += [(f"tuning.{stage}.{k}", f"tuning.{k}") for k in _TUNING
                     if f"tuning.{stage}.{k}" not in RULES]
@@ -326,6 +336,16 @@ def _rule_keys(cfg: DictConfig) -> list[tuple[str, str]]:
         if name != "common" and OmegaConf.is_dict(baselines[name]):
             out += [(f"baselines.{name}.{k}", f"baselines.common.{k}") for k in _BASELINE]
     return out
+
+
+def _named_blocks(cfg: DictConfig) -> list[str]:
+    """The general-source ingredients of `cfg`: each may have a `tuning.<name>` block (the
+    general block's keys, laid over it)."""
+    try:
+        names = raw_names(cfg)
+    except ValueError:
+        return []
+    return [n for n in names if n not in DEFAULT and n not in STAGE_BLOCKS["tuning"]]
 
 
 def value_errors(cfg: DictConfig) -> list[str]:
@@ -345,10 +365,24 @@ def value_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
+def _ingredient_errors(cfg: DictConfig) -> list[str]:
+    """`ingredients` (known, distinct names; `reccocktail.ingredients`) and what depends on the
+    list: S starting from G needs G first."""
+    errors = ingredient_errors(cfg)
+    if errors:
+        return errors
+    names = raw_names(cfg)
+    if _value(cfg, "tuning.specific.init_from") == "general" and SPECIFIC in names and (
+            GENERAL not in names or names.index(GENERAL) > names.index(SPECIFIC)):
+        errors.append(f"tuning.specific.init_from=general: S starts from G, so {KEY}={names} "
+                      "must list general before specific")
+    return errors
+
+
 def _mix_errors(cfg: DictConfig) -> list[str]:
     """The mix option's own constraints, as its stage would find them (it parses with the same
-    function)."""
-    from reccocktail.cocktail.stage import check_lambdas, mix_config
+    function), for the run's ingredients (one weight each)."""
+    from reccocktail.cocktail.stage import grid_points, mix_config
 
     if OmegaConf.select(cfg, "mix", default=None) is None:
         return []
@@ -356,25 +390,33 @@ def _mix_errors(cfg: DictConfig) -> list[str]:
         mcfg = mix_config(cfg)
     except (KeyError, ValueError) as err:
         return [str(err.args[0])]
+    try:
+        names = raw_names(cfg)
+    except ValueError:
+        return []  # said by _ingredient_errors
     errors = []
-    if mcfg.name == "fixed":  # G and S: two weights
-        try:
-            check_lambdas(mcfg.lambdas, 2)
-        except ValueError as err:
-            errors.append(str(err.args[0]))
     if mcfg.name == "grid":
         grid = mcfg.grid
-        if not isinstance(grid, list) or not grid or not all(
-                _is_num(g) and 0 <= float(g) <= 1 for g in grid):
+        if mcfg.grid_step is None and (not isinstance(grid, list) or not grid or not all(
+                _is_num(g) and 0 <= float(g) <= 1 for g in grid)):
             errors.append(f"mix.grid={grid!r}: expected a non-empty list of numbers in [0, 1]")
+        else:
+            try:
+                grid_points(grid, mcfg.grid_step, len(names))
+            except ValueError as err:
+                errors.append(str(err.args[0]))
         ok, desc = _int(1, True)
         if not ok(mcfg.grid_max_users):
             errors.append(f"mix.grid_max_users={mcfg.grid_max_users!r}: expected {desc}")
     if mcfg.name == "entropy":
-        init = mcfg.init_lambdas
-        if init is not None and not (isinstance(init, list) and len(init) == 2 and all(
-                _is_num(x) and x > 0 for x in init)):
-            errors.append(f"mix.init_lambdas={init!r}: expected null or two positive numbers")
+        try:
+            init = resolve_weights(mcfg.init_lambdas, names, "mix.init_lambdas")
+        except ValueError as err:
+            errors.append(str(err.args[0]))
+        else:
+            if init is not None and not all(_is_num(x) and x > 0 for x in init):
+                errors.append(f"mix.init_lambdas={mcfg.init_lambdas!r}: expected null or "
+                              f"{len(names)} positive numbers (one per ingredient)")
         for key, value, (ok, desc) in (
                 ("mix.k", mcfg.k, _int(1)), ("mix.lr", mcfg.lr, _num(0, lo_open=True)),
                 ("mix.steps", mcfg.steps, _int(1)), ("mix.batch_size", mcfg.batch_size, _int(1)),
@@ -422,11 +464,16 @@ def key_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:
             errors.append(_unknown(key, top, "unknown top-level key"))
     known = known_keys(conf_dir)
     source = {f"domain.source.{k}" for k in _source_keys(conf_dir)}
+    own_blocks = _named_blocks(cfg)
     for block in CHECKED:
         have = _flat_keys(plain.get(block) or {}, f"{block}.")
         for key in sorted(have - known[block]):
             if any(key.startswith(f + ".") for f in FREE):
                 continue
+            parts = key.split(".", 2)
+            if block == "tuning" and parts[1] in own_blocks and (
+                    len(parts) == 2 or f"tuning.general.{parts[2]}" in known[block]):
+                continue  # a general source's own block: the general block's keys
             named = next((p for p in NAMED_SOURCES if key.startswith(p + ".")), None)
             if named is not None:
                 rest = key[len(named) + 1:].split(".", 1)
@@ -470,6 +517,7 @@ def config_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:
         for v in values:
             if v is not None and str(v) not in allowed:
                 errors.append(f"{key}={v}: not one of {list(allowed)}")
+    errors += _ingredient_errors(cfg)
     errors += value_errors(cfg)
     errors += _mix_errors(cfg)
     errors += _eval_errors(cfg)

@@ -7,14 +7,25 @@ caches, the base spirit) are keyed by content hashes under `paths.cache_dir` and
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.ingredients import (
+    DEFAULT,
+    GENERAL,
+    KEY,
+    SPECIFIC,
+    downstream,
+    expand,
+    ingredient_names,
+)
 from reccocktail.preflight import check_preflight
 from reccocktail.runtime import finish_loggers, make_loggers, make_trainer, output_dir  # noqa: F401
 from reccocktail.utils import memory
@@ -24,43 +35,55 @@ from reccocktail.utils.io import write_json
 
 log = logging.getLogger(__name__)
 
-# stage name -> "module:function"; each function is `f(cfg, out_dir) -> dict` (a summary).
-STAGES: dict[str, str] = {
+# stage name -> "module:function"; each function is `f(cfg, out_dir) -> dict` (a summary). The
+# ingredient stages (G, S, a general source) come from the run's `ingredients` list
+# (`stage_targets`); these are the stages of the default list.
+FIXED_STAGES: dict[str, str] = {
     "data": "reccocktail.data.stage:run_data_stage",
-    "general": "reccocktail.models.stage:run_general_stage",
-    "specific": "reccocktail.models.stage:run_specific_stage",
     "mix": "reccocktail.cocktail.stage:run_mix_stage",
     "eval": "reccocktail.evaluation.stage:run_eval_stage",
     "baselines": "reccocktail.baselines.stage:run_baselines_stage",
 }
+INGREDIENT_STAGES = {GENERAL: "reccocktail.models.stage:run_general_stage",
+                     SPECIFIC: "reccocktail.models.stage:run_specific_stage"}
+SOURCE_STAGE = "reccocktail.models.stage:run_source_stage"  # f(cfg, out_dir, name)
+
+
+def stage_targets(names: Sequence[str]) -> dict[str, str]:
+    """Stage name -> "module:function" for the ingredient list `names` (in pipeline order); a
+    general source's stage is `run_source_stage` called with its name."""
+    return {"data": FIXED_STAGES["data"],
+            **{n: INGREDIENT_STAGES.get(n, f"{SOURCE_STAGE}@{n}") for n in names},
+            **{k: v for k, v in FIXED_STAGES.items() if k != "data"}}
+
+
+STAGES: dict[str, str] = stage_targets(DEFAULT)
 
 
 def _resolve(target: str):
+    target, _, name = target.partition("@")
     module, fn = target.split(":")
-    return getattr(importlib.import_module(module), fn)
+    f = getattr(importlib.import_module(module), fn)
+    return functools.partial(f, name=name) if name else f
 
 
 # What each stage's outputs are derived from: a stage that starts makes its own summary and
-# those of every stage downstream of it out of date.
-DOWNSTREAM: dict[str, tuple[str, ...]] = {
-    "data": ("general", "specific", "mix", "eval", "baselines"),
-    "general": ("specific", "mix", "eval"),
-    "specific": ("mix", "eval"),
-    "mix": ("eval",),
-    "eval": (),
-    "baselines": (),
-}
+# those of every stage downstream of it out of date (`ingredients.downstream` for another list).
+DOWNSTREAM: dict[str, tuple[str, ...]] = downstream(DEFAULT)
 
 
-def invalidate(out_dir: Path, stage: str) -> None:
-    """Before `stage` runs: remove its summary and those of the stages derived from it, and
-    mark results.json stale when rows derive from it (the eval stage lifts the mark when it
+def invalidate(out_dir: Path, stage: str,
+               derived: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Before `stage` runs: remove its summary and those of the stages derived from it
+    (`derived`: the run's `ingredients.downstream`, default the two-ingredient one), and mark
+    results.json stale when rows derive from it (the eval stage lifts the mark when it
     completes), so nothing half-updated passes for a finished run."""
     from reccocktail.evaluation.results import mark_stale
 
-    for s in (stage, *DOWNSTREAM.get(stage, ())):
+    derived = DOWNSTREAM if derived is None else derived
+    for s in (stage, *derived.get(stage, ())):
         (out_dir / "stages" / f"{s}.json").unlink(missing_ok=True)
-    if DOWNSTREAM.get(stage):
+    if derived.get(stage):
         mark_stale(out_dir, stage)
 
 
@@ -81,13 +104,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from reccocktail.baselines.stage import baseline_names
 
-    stages = list(cfg.stages)
+    names = ingredient_names(cfg)  # checked by check_config above
+    targets, derived = stage_targets(names), downstream(names)
+    stages = expand(cfg.stages, names)  # `ingredients` -> the list, in order
     # validated here, so that a misspelt baseline fails before hours of training, not after
     if baseline_names(need(cfg, "baseline")) and "baselines" not in stages:
         stages.append("baselines")  # `baseline=sasrec` alone asks for their rows too
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in targets]
     if unknown:
-        raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+        raise ValueError(f"stages: unknown stage(s) {unknown}; choose from "
+                         f"{[*targets, KEY]} (ingredient stages follow `{KEY}`={names})")
     if {"eval", "baselines"} & set(stages):  # eval.candidates=all: beam wide enough, etc.
         from reccocktail.evaluation.full_catalogue import check_config as check_full
 
@@ -109,9 +135,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for stage in stages:
             t0 = time.time()
             log.info("stage %s: starting", stage)
-            invalidate(out_dir, stage)
+            invalidate(out_dir, stage, derived)
             memory.reset_peaks()
-            summary = _resolve(STAGES[stage])(cfg, out_dir) or {}
+            summary = _resolve(targets[stage])(cfg, out_dir) or {}
             summary["seconds"] = round(time.time() - t0, 2)
             summary["memory"] = memory.peaks()
             summaries[stage] = summary

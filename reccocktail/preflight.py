@@ -29,8 +29,10 @@ from reccocktail.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
-# Stages that load the backbone (eval and baselines only for some settings, see needs_backbone).
+# Stages that load the backbone (eval and baselines only for some settings, see needs_backbone):
+# every ingredient stage (`ingredients`) and the mix.
 BACKBONE_STAGES = ("general", "specific", "mix")
+NO_BACKBONE_STAGES = ("data", "eval", "baselines")
 # Baseline kinds (conf/baselines/<name>.yaml `kind`) that train or score on the backbone.
 BACKBONE_BASELINES = ("llm_full", "llm_embed")
 READER_PATH_KEYS = ("path", "reviews", "meta")  # what reccocktail.data.readers read from disk
@@ -134,7 +136,7 @@ def _baselines_use_backbone(cfg: DictConfig, names: Iterable[str]) -> bool:
 
 def needs_backbone(cfg: DictConfig, stages: list[str], baselines: Iterable[str] = ()) -> bool:
     """Whether any of `stages` (of `task=train`) loads the backbone."""
-    return (any(s in BACKBONE_STAGES for s in stages)
+    return (any(s in BACKBONE_STAGES or s not in NO_BACKBONE_STAGES for s in stages)
             or ("eval" in stages and _eval_uses_backbone(cfg))
             or ("baselines" in stages and _baselines_use_backbone(cfg, baselines)))
 

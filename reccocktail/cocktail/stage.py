@@ -1,19 +1,24 @@
-"""Stage `mix`: blend the base spirit (G) and the ingredient (S) into the cocktail adapter.
+"""Stage `mix`: blend the ingredients (`ingredients`, default the base spirit G and the
+ingredient S, in list order) into the cocktail adapter.
 
-`mix.name` picks how λ is chosen: `entropy` (learned on unlabeled test-time prompts, the
-paper's RecCocktail; `mix.objective` picks what is minimised, the paper's entropy by default),
-`fixed` (`mix.lambdas`; 0.5/0.5 is RecCocktail-WA) or `grid` (λ_G over
-`mix.grid`, chosen by validation NDCG@1). Writes `adapters/cocktail`, `adapters/wa` (always the
-0.5/0.5 mix, for the WA ablation) and `mix/lambda.json`. A rerun with the same adapters and mix
-config reuses what is there.
+`mix.name` picks how λ is chosen, one strategy each (`STRATEGIES`): `entropy` (learned on
+unlabeled test-time prompts, the paper's RecCocktail; `mix.objective` picks what is minimised,
+the paper's entropy by default), `fixed` (`mix.lambdas`, a list in ingredient order or a
+mapping name -> weight; 0.5/0.5 is RecCocktail-WA) or `grid` (the points of the simplex with
+step `mix.grid_step`, or for two ingredients λ of the first over `mix.grid`, chosen by
+validation NDCG@1). Writes `adapters/cocktail`, `adapters/wa` (always the uniform average of
+the ingredients, for the WA ablation) and `mix/lambda.json`, which names the ingredients. A
+rerun with the same adapters and mix config reuses what is there.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from reccocktail.data.selection import (
     selection_config,
     selection_samples,
 )
+from reccocktail.ingredients import KEY, by_name, ingredient_names, resolve_weights
 from reccocktail.models.adapters import is_intact, read_lora, run_identity, verify_adapter
 from reccocktail.utils.config import need, one_of, unknown_keys
 from reccocktail.utils.device import backbone_dtype, place_backbone, resolve_device
@@ -43,11 +49,10 @@ from reccocktail.utils.io import file_sha256, read_json, stable_hash, write_json
 log = logging.getLogger(__name__)
 
 NAMES = ("entropy", "fixed", "grid")
-ADAPTERS = ("general", "specific")
 
 
 # The keys each mix option must set (its YAML in conf/mix/ holds their one default).
-_KEYS = {"fixed": ("lambdas",), "grid": ("grid", "grid_max_users"),
+_KEYS = {"fixed": ("lambdas",), "grid": ("grid", "grid_step", "grid_max_users"),
          "entropy": ("objective", "anchor_beta", "init_lambdas", "k", "lr", "steps",
                      "batch_size", "measure_entropy", "micro_batch_size")}
 _DEPRECATED = ("num_prompts", "transductive")  # now selection.* (reccocktail/data/selection.py)
@@ -64,6 +69,7 @@ class MixConfig:
     block: dict[str, Any]
     lambdas: Any = None
     grid: Any = None
+    grid_step: float | None = None
     grid_max_users: int | None = None
     init_lambdas: Any = None
     k: int = 0
@@ -102,14 +108,27 @@ def mix_config(cfg: DictConfig) -> MixConfig:
         one_of(own["objective"], OBJECTIVES, "mix.objective")
     if "measure_entropy" in own:
         own["measure_entropy"] = bool(own["measure_entropy"])
+    if name == "fixed":  # one weight per ingredient, in `ingredients` order
+        names = ingredient_names(cfg)
+        given = own["lambdas"]
+        own["lambdas"] = check_lambdas([1.0 / len(names)] * len(names) if given is None else given,
+                                       len(names), names=names)
+        if not isinstance(given, list):  # null (uniform) or a mapping: keyed as the list it is
+            block = {**block, "lambdas": own["lambdas"]}
     key_block = {k: v for k, v in block.items() if k not in _DEPRECATED
                  # β changes nothing but the anchored objective: it keys only that one
-                 and not (k == "anchor_beta" and block.get("objective") != "anchored")}
+                 and not (k == "anchor_beta" and block.get("objective") != "anchored")
+                 # no step: the `grid` list, as before the key existed
+                 and not (k == "grid_step" and v is None)}
     return MixConfig(name=name, mode=mode, granularity=granularity, block=key_block, **own)
 
 
-def check_lambdas(lambdas: Sequence[float], n: int, key: str = "mix.lambdas") -> list[float]:
-    """λ must be n non-negative weights summing to 1 (the paper's constraint)."""
+def check_lambdas(lambdas: Any, n: int, key: str = "mix.lambdas",
+                  names: Sequence[str] | None = None) -> list[float]:
+    """λ must be n non-negative weights summing to 1 (the paper's constraint); with `names`
+    (the ingredients), also a mapping name -> weight, returned in ingredient order."""
+    if names is not None:
+        lambdas = resolve_weights(lambdas, names, key)
     try:
         lam = [float(x) for x in lambdas]
     except (TypeError, ValueError) as err:
@@ -145,30 +164,66 @@ def check_formats(paths: dict[str, Path], fmt: str) -> None:
 
 # -- λ by validation grid ------------------------------------------------------------------
 
+def simplex_grid(k: int, step: float) -> list[list[float]]:
+    """Every λ of k weights that are multiples of `step` summing to 1, in lexicographic order
+    of the first k-1 weights (the last is 1 minus their sum, so two ingredients give
+    [g, 1 - g] for g = 0, step, ..., 1, the `mix.grid` list's points)."""
+    n = round(1.0 / float(step)) if step and float(step) > 0 else 0
+    if n < 1 or abs(n * float(step) - 1.0) > 1e-9:
+        raise ValueError(f"mix.grid_step={step!r}: expected 1/n for a whole n >= 1 (e.g. 0.1, "
+                         "0.25, 0.5)")
+    if k < 2:
+        raise ValueError(f"mix=grid: {k} ingredient(s); a grid mixes at least 2")
+    out = []
+    for counts in itertools.product(range(n + 1), repeat=k - 1):
+        if sum(counts) > n:
+            continue
+        head = [c / n for c in counts]
+        out.append([*head, 0.0 if sum(counts) == n else 1.0 - math.fsum(head)])
+    return out
+
+
+def grid_points(grid: Sequence[float] | None, step: float | None, k: int) -> list[list[float]]:
+    """The λ vectors `mix=grid` scores: the simplex of `mix.grid_step` when set, else, for two
+    ingredients, [g, 1 - g] for g in `mix.grid` (λ of the first ingredient)."""
+    if step is not None:
+        return simplex_grid(k, step)
+    if k != 2:
+        raise ValueError(f"mix.grid lists λ of the first of two ingredients, and {KEY} holds "
+                         f"{k}: set mix.grid_step (e.g. mix.grid_step=0.1) to search the simplex")
+    values = [float(g) for g in grid or []]
+    if not values or any(not 0.0 <= g <= 1.0 for g in values):
+        raise ValueError(f"mix.grid: expected values in [0, 1], got {grid}")
+    return [[g, 1.0 - g] for g in values]
+
+
 def grid_search(model: Any, mixer: Any, builder: Any, samples: Sequence[Sample],
-                grid: Sequence[float], batch_size: int = 8,
+                grid: Sequence[float] | Sequence[Sequence[float]], batch_size: int = 8,
                 scorer_factory: Callable[..., Any] | None = None,
                 metrics_fn: Callable[..., dict] | None = None) -> tuple[list[float], list[dict]]:
-    """λ = (λ_G, 1-λ_G) over `grid`, chosen by NDCG@1 (ties: NDCG@3, then the first in grid)."""
+    """λ over `grid` (λ vectors, or numbers g for the pair (g, 1-g)), chosen by NDCG@1 (ties:
+    NDCG@3, then the first in grid)."""
     if scorer_factory is None:
         from reccocktail.evaluation.scorers import LikelihoodScorer as scorer_factory
     if metrics_fn is None:
         from reccocktail.evaluation.metrics import ranking_metrics as metrics_fn
     if not samples:
         raise ValueError("mix=grid: no validation samples to choose λ on")
-    grid = [float(g) for g in grid]
-    if not grid or any(not 0.0 <= g <= 1.0 for g in grid):
-        raise ValueError(f"mix.grid: expected values in [0, 1], got {grid}")
+    points = [[float(x) for x in g] if isinstance(g, Sequence) else [float(g), 1.0 - float(g)]
+              for g in grid]
+    if not points or any(not 0.0 <= x <= 1.0 for p in points for x in p):
+        raise ValueError(f"mix.grid: expected values in [0, 1], got {list(grid)}")
     scorer = scorer_factory(model, builder, batch_size=batch_size, normalize=False)
     target = torch.tensor([s.target_index for s in samples])
     rows = []
-    for g in grid:
-        mixer.set_weights(torch.tensor([g, 1.0 - g]))
+    for lam in points:
+        mixer.set_weights(torch.tensor(lam))
         with torch.no_grad():
             scores = scorer.score(list(samples))
         metrics = {k: float(v) for k, v in metrics_fn(scores, target, ks=(1, 3)).items()}
-        rows.append({"lambda": [g, 1.0 - g], **metrics})
-        log.info("mix grid: λ_G=%.2f ndcg@1=%.4f", g, metrics.get("ndcg@1", float("nan")))
+        rows.append({"lambda": lam, **metrics})
+        log.info("mix grid: λ=%s ndcg@1=%.4f", [round(x, 4) for x in lam],
+                 metrics.get("ndcg@1", float("nan")))
     best = max(range(len(rows)), key=lambda i: (rows[i]["ndcg@1"], rows[i].get("ndcg@3", 0.0), -i))
     return rows[best]["lambda"], rows
 
@@ -217,6 +272,105 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
     return lambdas, module.curve, {"entropy_before": before, "entropy_after": after}
 
 
+# -- one strategy per λ method -------------------------------------------------------------
+
+@dataclass
+class MixRun:
+    """What every λ strategy reads: the run, the parsed mix block, the ingredients (names and
+    LoRA factors, in `ingredients` order) and the prompt format."""
+
+    cfg: DictConfig
+    out_dir: Path
+    mcfg: MixConfig
+    names: list[str]
+    adapters: list[LoraAdapter]
+    fmt: str
+    selection: Any
+    seed: int
+    scorer_factory: Callable[..., Any] | None = None
+    metrics_fn: Callable[..., dict] | None = None
+
+    def backbone(self) -> tuple[Any, Any, Any]:
+        """(model, tokenizer, prompt builder) on the run's device, for grid and entropy."""
+        from reccocktail.data.prompts import prompt_builder_from_config
+        from reccocktail.models.backbone import load_backbone
+
+        device = resolve_device(self.cfg)
+        model, tokenizer = load_backbone(self.cfg.backbone, device=device)
+        place_backbone(model, device, self.cfg, "mix")
+        items = load_items(self.out_dir / "data" / "items.tsv")
+        return model, tokenizer, prompt_builder_from_config(self.cfg, tokenizer, items,
+                                                            fmt=self.fmt)
+
+
+def fixed_lambdas(run: MixRun) -> tuple[Any, dict[str, Any]]:
+    """`mix.lambdas` as given (a list in ingredient order or a mapping name -> weight; null:
+    uniform), checked and put in ingredient order by `mix_config`."""
+    return list(run.mcfg.lambdas), {"granularity": "model"}
+
+
+def grid_lambdas(run: MixRun) -> tuple[Any, dict[str, Any]]:
+    """The grid point with the best validation NDCG@1 (`grid_points`), on validation users
+    that trained no ingredient."""
+    from reccocktail.cocktail.entropy import LoraMixer
+
+    points = grid_points(run.mcfg.grid, run.mcfg.grid_step, len(run.names))
+    valid = selection_samples(load_samples(run.out_dir / "data" / "valid.jsonl"),
+                              run.mcfg.block, run.seed)
+    trained = _specific_users(run.out_dir)
+    if trained & {s.user for s in valid}:
+        raise ValueError(
+            f"mix=grid: validation users {sorted(trained & {s.user for s in valid})[:5]} "
+            "trained the ingredient S; rerun the `specific` stage with this mix config "
+            "(it leaves the grid's users out)")
+    model, _tokenizer, builder = run.backbone()
+    mixer = LoraMixer(model, run.adapters, run.mcfg.mode)
+    lambdas, rows = grid_search(
+        model, mixer, builder, valid, points, batch_size=int(need(run.cfg, "eval.batch_size")),
+        scorer_factory=run.scorer_factory, metrics_fn=run.metrics_fn)
+    mixer.unwrap()
+    return lambdas, {"granularity": "model", "grid": rows, "num_valid": len(valid),
+                     "valid_users": sorted({s.user for s in valid})}
+
+
+def entropy_lambdas(run: MixRun) -> tuple[Any, dict[str, Any]]:
+    """λ learned on the unlabeled prompts of the λ users (`mix.objective`), one weight per
+    ingredient (per module with `granularity=layer`)."""
+    mcfg = run.mcfg
+    init = resolve_weights(mcfg.init_lambdas, run.names, "mix.init_lambdas")
+    if init is not None:
+        mcfg = replace(mcfg, init_lambdas=init)
+    model, tokenizer, builder = run.backbone()
+    test = load_samples(run.out_dir / "data" / f"{LAMBDA_SPLIT}.jsonl")
+    # the users the eval stage leaves out of scoring: one function, one setting
+    chosen_users = select_users(test, run.selection, run.seed)
+    tuning, scored = chosen_users.tuning, chosen_users.scored
+    prompts = [builder.prompt_ids(s.history, s.candidates) for s in tuning]
+    # the answer ends at the builder's end token (end of turn, or the sequence
+    # separator): positions after it are the next turn, not the answer (masked)
+    stop_ids = sorted({int(builder.eos_token_id), int(tokenizer.eos_token_id)})
+    lambdas, curve, whole = learn_entropy_lambdas(run.cfg, run.out_dir, model, tokenizer,
+                                                  run.adapters, prompts, mcfg, stop_ids)
+    info: dict[str, Any] = {"entropy_positions": {
+        "k": mcfg.k, "stop_token_ids": stop_ids,
+        "rule": "the first k greedy answer tokens up to and including the first stop "
+                "token; positions after it are masked"}}
+    info.update(whole)
+    info["lambda_objective"] = mcfg.objective
+    if mcfg.objective == "anchored":
+        info["anchor_beta"] = mcfg.anchor_beta
+    info.update(granularity=mcfg.granularity, k=mcfg.k, lr=mcfg.lr, steps=mcfg.steps,
+                curve=curve, tuning_split=LAMBDA_SPLIT,
+                tuning_users=sorted({s.user for s in tuning}),
+                tuning_sample_ids=[s.id for s in tuning], num_scored=len(scored))
+    return lambdas, info
+
+
+# mix.name -> how λ is chosen: f(run) -> (λ for `mix_adapters`, what lambda.json records)
+STRATEGIES: dict[str, Callable[[MixRun], tuple[Any, dict[str, Any]]]] = {
+    "fixed": fixed_lambdas, "grid": grid_lambdas, "entropy": entropy_lambdas}
+
+
 # -- the stage -----------------------------------------------------------------------------
 
 def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., Any] | None = None,
@@ -228,10 +382,11 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     """
     out_dir = Path(out_dir)
     mcfg = mix_config(cfg)
+    names = ingredient_names(cfg)
     selection = selection_config(cfg)  # the same setting the eval stage scores by
     seed = int(need(cfg, "seed"))
-    name, mode, granularity = mcfg.name, mcfg.mode, mcfg.granularity
-    paths = {a: out_dir / "adapters" / a for a in ADAPTERS}
+    name, mode = mcfg.name, mcfg.mode
+    paths = {a: out_dir / "adapters" / a for a in names}
     # intact, this backbone, this run's data/scenario/domain/objective (or waived: recorded)
     checked = {a: verify_adapter(p, f"mix: adapter {a!r}", cfg, out_dir) for a, p in paths.items()}
     foreign = {a: m["foreign"] for a, m in checked.items() if m.get("foreign")}
@@ -262,72 +417,26 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
             return {"name": name, "mode": mode, "lambdas": prev.get("lambdas"), "reused": True}
 
     t0 = time.time()
-    info: dict[str, Any] = {"name": name, "mode": mode, "adapters": list(ADAPTERS),
+    info: dict[str, Any] = {"name": name, "mode": mode, "adapters": list(names),
                             "objective": fmt, "backbone_dtype": dtype,
                             "transductive": selection.transductive,
                             "lambda_users": selection.lambda_users}
     if foreign:  # adapters of another run, used on purpose (allow_foreign_adapters)
         info["foreign_adapters"] = foreign
-    if name == "fixed":
-        lambdas: Any = check_lambdas(mcfg.lambdas, len(adapters))
-        info["granularity"] = "model"
-    else:
-        from reccocktail.data.prompts import prompt_builder_from_config
-        from reccocktail.models.backbone import load_backbone
-
-        device = resolve_device(cfg)
-        model, tokenizer = load_backbone(cfg.backbone, device=device)
-        place_backbone(model, device, cfg, "mix")
-        items = load_items(out_dir / "data" / "items.tsv")
-        builder = prompt_builder_from_config(cfg, tokenizer, items, fmt=fmt)
-        if name == "grid":
-            from reccocktail.cocktail.entropy import LoraMixer
-
-            valid = selection_samples(load_samples(out_dir / "data" / "valid.jsonl"), mcfg.block,
-                                      seed)
-            trained = _specific_users(out_dir)
-            if trained & {s.user for s in valid}:
-                raise ValueError(
-                    f"mix=grid: validation users {sorted(trained & {s.user for s in valid})[:5]} "
-                    "trained the ingredient S; rerun the `specific` stage with this mix config "
-                    "(it leaves the grid's users out)")
-            mixer = LoraMixer(model, adapters, mode)
-            lambdas, rows = grid_search(
-                model, mixer, builder, valid, mcfg.grid,
-                batch_size=int(need(cfg, "eval.batch_size")),
-                scorer_factory=scorer_factory, metrics_fn=metrics_fn)
-            mixer.unwrap()
-            info.update(granularity="model", grid=rows, num_valid=len(valid),
-                        valid_users=sorted({s.user for s in valid}))
-        else:
-            test = load_samples(out_dir / "data" / f"{LAMBDA_SPLIT}.jsonl")
-            # the users the eval stage leaves out of scoring: one function, one setting
-            chosen_users = select_users(test, selection, seed)
-            tuning, scored = chosen_users.tuning, chosen_users.scored
-            prompts = [builder.prompt_ids(s.history, s.candidates) for s in tuning]
-            # the answer ends at the builder's end token (end of turn, or the sequence
-            # separator): positions after it are the next turn, not the answer (masked)
-            stop_ids = sorted({int(builder.eos_token_id), int(tokenizer.eos_token_id)})
-            lambdas, curve, whole = learn_entropy_lambdas(cfg, out_dir, model, tokenizer,
-                                                          adapters, prompts, mcfg, stop_ids)
-            info["entropy_positions"] = {
-                "k": mcfg.k, "stop_token_ids": stop_ids,
-                "rule": "the first k greedy answer tokens up to and including the first stop "
-                        "token; positions after it are masked"}
-            info.update(whole)
-            info["lambda_objective"] = mcfg.objective
-            if mcfg.objective == "anchored":
-                info["anchor_beta"] = mcfg.anchor_beta
-            info.update(granularity=granularity, k=mcfg.k, lr=mcfg.lr, steps=mcfg.steps,
-                        curve=curve, tuning_split=LAMBDA_SPLIT,
-                        tuning_users=sorted({s.user for s in tuning}),
-                        tuning_sample_ids=[s.id for s in tuning], num_scored=len(scored))
+    run = MixRun(cfg, out_dir, mcfg, names, adapters, fmt, selection, seed,
+                 scorer_factory=scorer_factory, metrics_fn=metrics_fn)
+    lambdas, found = STRATEGIES[name](run)
+    info.update(found)
     info["lambdas"] = describe_lambdas(lambdas)["lambdas"]
+    info["ingredients"] = list(names)  # λ by name: the weight of each ingredient
+    info["lambda_by_name"] = by_name(info["lambdas"], names)
     info["seconds"] = round(time.time() - t0, 2)
     if _is_rank_zero():
-        run = {"run": run_identity(cfg, out_dir), "backbone_dtype": dtype,
-               **({"foreign_sources": foreign} if foreign else {})}
-        mix_and_save(adapters, [0.5, 0.5], mode, wa, extra={"name": "wa", "objective": fmt, **run})
+        run_id = {"run": run_identity(cfg, out_dir), "backbone_dtype": dtype,
+                  **({"foreign_sources": foreign} if foreign else {})}
+        uniform = [1.0 / len(adapters)] * len(adapters)  # WA: [0.5, 0.5] for G and S
+        mix_and_save(adapters, uniform, mode, wa,
+                     extra={"name": "wa", "objective": fmt, "ingredients": list(names), **run_id})
         metrics = {}
         if info.get("curve"):
             metrics = {"entropy_first": info["curve"][0]["entropy"],
@@ -336,10 +445,11 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
                        "loss_last": info["curve"][-1]["loss"]}
         mix_and_save(adapters, lambdas, mode, cocktail,
                      extra={"name": name, "mix_key": key, "metrics": metrics,
-                            "objective": fmt, **run})
+                            "objective": fmt, "ingredients": list(names), **run_id})
         write_json(lam_file, info)
     summary = {k: info[k] for k in ("name", "mode", "granularity", "transductive", "seconds")}
     summary["lambdas"] = lambdas if not isinstance(lambdas, dict) else {
-        "mean": [sum(v[i] for v in lambdas.values()) / len(lambdas) for i in range(len(ADAPTERS))]}
+        "mean": [sum(v[i] for v in lambdas.values()) / len(lambdas) for i in range(len(names))]}
     summary["reused"] = False
+    summary["ingredients"] = list(names)
     return summary

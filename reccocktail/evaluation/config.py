@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from omegaconf import DictConfig
 
 from reccocktail.data.selection import ALIASES
+from reccocktail.ingredients import expand, ingredient_names
 from reccocktail.utils.config import need, typed
 from reccocktail.utils.io import to_plain
 
@@ -51,8 +52,10 @@ class EvalConfig:
 
 
 def eval_config(cfg: DictConfig) -> EvalConfig:
-    """Parse and check `cfg.eval` (a non-empty scorer list; `adapters` a name -> path map)."""
+    """Parse and check `cfg.eval` (a non-empty scorer list; `adapters` a name -> path map);
+    the entry `ingredients` of `eval.variants` becomes the run's ingredients, in order."""
     ec = typed(EvalConfig, to_plain(need(cfg, "eval")), "eval", ignore=_ALIASES)
+    ec = replace(ec, variants=tuple(expand(ec.variants, ingredient_names(cfg))))
     if not ec.scorer:
         raise ValueError("eval.scorer: empty; choose likelihood, generate or naive")
     if not isinstance(ec.adapters, dict):

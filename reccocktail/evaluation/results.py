@@ -30,7 +30,10 @@ from reccocktail.utils.io import read_json, read_jsonl, to_plain, write_json, wr
 log = logging.getLogger(__name__)
 
 REFERENCE_ROWS = ("random", "popularity")
+# The LLM rows: the bare backbone, the ingredients (G, S and any general source's, recorded in
+# the order of `ingredients`), WA, the cocktail.
 LLM_ORDER = ("zero_shot", "general", "specific", "wa", "cocktail")
+INGREDIENT_KIND = "source"  # `adapter_kind` of a general source's ingredient row
 ROW_LABELS = {"zero_shot": "Zero-shot backbone", "general": "RecCocktail-G (general)",
            "specific": "RecCocktail-S (specific)", "wa": "RecCocktail-WA (λ=0.5)",
            "cocktail": "RecCocktail", "random": "Random (expectation)",
@@ -295,7 +298,10 @@ def add_holm(paired: dict[str, Any], variants: dict[str, Any],
             if isinstance(t, dict):
                 t.pop("p_holm", None)
     best = best_baseline(paired, variants, reference)
-    rows = [r for r in (*PRIMARY_ROWS, best) if r and f"{reference}_vs_{r}" in paired]
+    # every ingredient is a primary comparison: a general source's row beside G and S
+    sources = [n for n in ordered_variants(variants) if _is_source_row(variants.get(n))]
+    primary = (*PRIMARY_ROWS[:2], *sources, *PRIMARY_ROWS[2:])
+    rows = [r for r in (*primary, best) if r and f"{reference}_vs_{r}" in paired]
     family = [(f"{reference}_vs_{r}", m) for r in rows for m in PRIMARY_METRICS
               if m in paired[f"{reference}_vs_{r}"]]
     for (key, m), adj in zip(family, holm([paired[key][m]["p"] for key, m in family])):
@@ -403,8 +409,14 @@ def update_paired(out_dir: str | os.PathLike, reference: str = PAIRED_REFERENCE,
     return data
 
 
+def _is_source_row(row: Any) -> bool:
+    return isinstance(row, dict) and row.get("adapter_kind") == INGREDIENT_KIND
+
+
 def ordered_variants(variants: dict[str, Any]) -> list[str]:
-    """Reference rows, then other methods (baselines) as recorded, then the LLM variants."""
+    """Reference rows, then other methods (baselines) as recorded, then the LLM variants:
+    zero-shot, the ingredients (G, S, then the general sources' rows as recorded, i.e. in
+    `ingredients` order), WA, the cocktail."""
     def key(item: tuple[int, str]) -> tuple[int, int]:
         pos, name = item
         base = name.split(".")[0]
@@ -412,6 +424,8 @@ def ordered_variants(variants: dict[str, Any]) -> list[str]:
             return (0, REFERENCE_ROWS.index(base) * 1000 + pos)
         if base in LLM_ORDER:
             return (2, LLM_ORDER.index(base) * 1000 + pos)
+        if _is_source_row(variants[name]):  # after S, before WA
+            return (2, LLM_ORDER.index("specific") * 1000 + 500 + pos)
         return (1, pos)
 
     return [name for _, name in sorted(enumerate(variants), key=key)]
@@ -468,9 +482,13 @@ def results_table(data: dict[str, Any], ci: bool = False) -> tuple[list[str], li
     return columns, rows
 
 
-def _label(name: str) -> str:
+def _label(name: str, variants: dict[str, Any] | None = None) -> str:
     base, _, suffix = name.partition(".")
     label = ROW_LABELS.get(base, base)
+    if base not in ROW_LABELS and _is_source_row((variants or {}).get(name)):
+        label = f"RecCocktail-{base} (ingredient)"
+    elif base == "wa" and any(_is_source_row(r) for r in (variants or {}).values()):
+        label = "RecCocktail-WA (uniform λ)"  # more than two ingredients
     return f"{label} [{suffix}]" if suffix else label
 
 
@@ -513,7 +531,7 @@ def _cells(data: dict[str, Any], markdown: bool) -> tuple[list[str], list[list[s
         cells = []
         for i, (col, v) in enumerate(zip(columns, r)):
             if col == "variant":
-                cells.append(_label(v) if markdown else v)
+                cells.append(_label(v, variants) if markdown else v)
             elif v is None:
                 cells.append("–")
             elif i in best:
@@ -561,18 +579,19 @@ def _paired_note(data: dict[str, Any]) -> str:
             f"users), its {level:.0%} bootstrap CI over users ({info.get('n_boot', '?')} "
             f"resamples), and the two-sided p of a sign-flip randomisation test over users (exact "
             f"when at most {info.get('exact_max_users', 16)} users differ, else "
-            f"{info.get('n_draws', '?')} Monte Carlo draws)." + _primary_note(info)
+            f"{info.get('n_draws', '?')} Monte Carlo draws)."
+            + _primary_note(info, data.get("variants"))
             + (f" **Identical per-sample scores:** {', '.join(info['identical_scores'])} (the "
                "same model, or a shared or stale predictions file)."
                if info.get("identical_scores") else ""))
 
 
-def _primary_note(info: dict[str, Any]) -> str:
+def _primary_note(info: dict[str, Any], variants: dict[str, Any] | None = None) -> str:
     """Which tests form the Holm family, or nothing when the block has none."""
     primary = info.get("primary") or {}
     if not primary.get("family_size"):
         return ""
-    rows = ", ".join(_label(r) + (" (best baseline)" if r == primary.get("best_baseline") else "")
+    rows = ", ".join(_label(r, variants) + (" (best baseline)" if r == primary.get("best_baseline") else "")
                      for r in primary["comparisons"])
     metrics = ", ".join(_header(m) for m in primary["metrics"])
     return (f" Primary comparisons: {rows}, on {metrics}; p (Holm) is adjusted over these "
@@ -659,7 +678,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                   "| vs | Metric | Δ | 95 % CI | p | p (Holm) |",
                   "|:---|:---|---:|---:|---:|---:|"]
         for other, m, diff, (lo, hi), p, holm_p in paired:
-            lines.append(f"| {_label(other)} | {_header(m)} | {diff:+.4f} | "
+            lines.append(f"| {_label(other, data.get('variants'))} | {_header(m)} | {diff:+.4f} | "
                          f"[{lo:+.3f}, {hi:+.3f}] | {_fmt_p(p)} | "
                          f"{'–' if holm_p is None else _fmt_p(holm_p)} |")
     return "\n".join(lines) + "\n"

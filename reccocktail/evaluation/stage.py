@@ -5,7 +5,8 @@ Samples: `data/<eval.split>.jsonl`, minus the users whose unlabeled prompts tune
 file order kept).
 `eval_samples(cfg, out_dir)` is that selection, for any other stage that must score the same
 samples (baselines). Variants: `zero_shot` (the bare backbone), any adapter under
-`adapters/<name>/` (general, specific, wa, cocktail) and `eval.adapters: {name: path}`. The
+`adapters/<name>/` (each ingredient of `ingredients`, wa, cocktail) and
+`eval.adapters: {name: path}`. The
 backbone is loaded once; adapters are loaded and dropped one after another with peft.
 """
 
@@ -38,15 +39,22 @@ from reccocktail.evaluation.results import (
     update_paired,
 )
 from reccocktail.evaluation.samples import eval_samples, prediction_rows  # noqa: F401
+from reccocktail.ingredients import ingredient_names
 from reccocktail.utils.config import need
 from reccocktail.utils.device import backbone_dtype, place_backbone, resolve_device
 from reccocktail.utils.io import read_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
-# Which stage writes each standard adapter (for the "run it first" error).
+# Which stage writes each standard adapter (for the "run it first" error); an ingredient's
+# adapter is written by its own stage (`adapter_stages`).
 ADAPTER_STAGE = {"general": "general", "specific": "specific", "wa": "mix", "cocktail": "mix"}
 ZERO_SHOT = "zero_shot"
+
+
+def adapter_stages(names: list[str]) -> dict[str, str]:
+    """Variant -> the stage that writes its adapter, for the ingredients `names`."""
+    return {**{n: n for n in names}, "wa": "mix", "cocktail": "mix"}
 
 
 def _resolve_path(p: str) -> Path:
@@ -58,8 +66,11 @@ def _resolve_path(p: str) -> Path:
         return Path(p).resolve()
 
 
-def resolve_variants(ec: EvalConfig, out_dir: Path) -> list[tuple[str, Path | None]]:
-    """(name, adapter folder or None for the bare backbone), checked before any model loads."""
+def resolve_variants(ec: EvalConfig, out_dir: Path,
+                     names: list[str] | None = None) -> list[tuple[str, Path | None]]:
+    """(name, adapter folder or None for the bare backbone), checked before any model loads.
+    `names`: the run's ingredients (for the "run its stage first" hint)."""
+    writers = adapter_stages(names) if names is not None else ADAPTER_STAGE
     from reccocktail.utils.config import check_name
 
     for name in (*ec.variants, *ec.adapters):  # names become file names: no `../`
@@ -76,7 +87,7 @@ def resolve_variants(ec: EvalConfig, out_dir: Path) -> list[tuple[str, Path | No
     missing = []
     for name, path in out:
         if path is not None and not (path / "adapter_config.json").exists():
-            stage = ADAPTER_STAGE.get(name)
+            stage = writers.get(name)
             hint = (f"run the `{stage}` stage first (stages=[..., {stage}, eval])" if stage
                     else f"eval.adapters.{name} must point at a PEFT adapter folder")
             missing.append(f"{name}: no adapter at {path} ({hint})")
@@ -238,7 +249,8 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if bad:
         raise ValueError("; ".join(bad))
     full = fc.candidates_mode(cfg) == "all"
-    variants = resolve_variants(ec, out_dir)  # fail on a missing adapter before loading models
+    names = ingredient_names(cfg)
+    variants = resolve_variants(ec, out_dir, names)  # a missing adapter fails before any model
     backbone_name = str(need(cfg, "backbone.name"))
     # every adapter checked before the first is scored (a corrupt one fails here, not later)
     manifests = {n: _check_manifest(n, p, cfg, out_dir) for n, p in variants if p is not None}
@@ -361,7 +373,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     # cocktail against every other row, per sample (all of predictions/, baselines included)
     if keys:
         update_paired(out_dir)
-    clear_stale(out_dir, ("data", "general", "specific", "mix", "eval"))
+    clear_stale(out_dir, ("data", *names, "mix", "eval"))
     data = load_results(out_dir)
     _log_results(cfg, data, keys)
     if ec.print:

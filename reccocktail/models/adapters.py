@@ -44,7 +44,10 @@ log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 MANIFEST = "manifest.json"
-KINDS = ("general", "specific", "mixed")
+# general: the base spirit G; specific: the ingredient S; source: an ingredient trained on one
+# general source's part of the pool (`reccocktail.ingredients`); mixed: a cocktail or WA.
+KINDS = ("general", "specific", "source", "mixed")
+POOL_KINDS = ("general", "source")  # trained on the general pool: shared by domains
 _MANIFEST_KEYS = ("kind", "backbone", "init_seed", "data_hash", "config", "metrics")
 _SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
 FOREIGN_KEY = "allow_foreign_adapters"  # the config key that lets a foreign adapter be used
@@ -457,6 +460,12 @@ def target_data_hash(data_dir: str | os.PathLike) -> str:
     return files_hash(files)
 
 
+def source_data_hash(general_hash: str, prefix: str) -> str:
+    """What a general source's ingredient trains on: the pool `general_hash`, the rows of the
+    users namespaced `<prefix>:` (the rule is fixed, so the pool's hash and the prefix say it)."""
+    return stable_hash(general_hash, {"rows": "users with id prefix", "prefix": f"{prefix}:"})
+
+
 def general_cache_key(backbone_cfg: Any, data_hash: str, tuning_cfg: Any, prompt_cfg: Any = None) -> str:
     """The key of a base spirit: what it was trained from (backbone, general pool, tuning, prompt)."""
     return stable_hash(backbone_identity(backbone_cfg), data_hash, to_plain(tuning_cfg),
@@ -528,7 +537,7 @@ def recorded_identity(manifest: dict) -> dict[str, Any]:
         out.update({k: run.get(k) for k in out})
     out["objective"] = adapter_format(manifest)
     kind = manifest.get("kind")
-    if kind == "general":  # G's own data is the general pool
+    if kind in POOL_KINDS:  # G's own data is the general pool (a source's: a part of it)
         out["general_data_hash"] = manifest.get("data_hash")
     elif kind == "specific":
         out["data_hash"] = manifest.get("data_hash")
@@ -544,9 +553,9 @@ def recorded_identity(manifest: dict) -> dict[str, Any]:
 def identity_differences(manifest: dict, expected: Mapping[str, Any],
                          fields: tuple[str, ...] = IDENTITY_FIELDS) -> list[str]:
     """`field: adapter's vs this run's` for each of `fields` the two both know and disagree on.
-    The base spirit G is shared by domains and scenarios: only its objective and general pool
-    are compared."""
-    if manifest.get("kind") == "general":
+    The base spirit G (and a general source's ingredient) is shared by domains and scenarios:
+    only its objective and general pool are compared."""
+    if manifest.get("kind") in POOL_KINDS:
         fields = tuple(f for f in fields if f == "objective") + (
             ("general_data_hash",) if "data_hash" in fields else ())
     have = recorded_identity(manifest)

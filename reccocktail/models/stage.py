@@ -1,4 +1,5 @@
-"""Stages `general` (the base spirit G) and `specific` (the ingredient S).
+"""The ingredient stages: `general` (the base spirit G), `specific` (the ingredient S) and one
+per general source named in `ingredients` (trained like G on that source's rows of the pool).
 
 G trains on the general pool `data/general/{train,valid}.jsonl`; it is keyed by
 (backbone, general pool, tuning config, prompt) and cached under
@@ -34,6 +35,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample, load_items
+from reccocktail.ingredients import GENERAL, SOURCE, SPECIFIC, Ingredient, ingredient
 from reccocktail.models import adapters as ad
 from reccocktail.models.datamodule import select_subset
 from reccocktail.models.early_stopping import early_stopping_config
@@ -88,7 +90,11 @@ def _wait_for_adapter(path: Path, key: str, timeout_s: float = 600.0) -> None:
 _LABELS = {"general": "base spirit", "specific": "ingredient"}
 
 
-def _from_cache(cache_dir: Path, kind: str, key: str, dest: Path) -> dict | None:
+def _label(name: str) -> str:
+    return _LABELS.get(name, f"ingredient {name}")
+
+
+def _from_cache(cache_dir: Path, kind: str, key: str, dest: Path, name: str) -> dict | None:
     """Copy the cached adapter of `kind` for `key` into the run (rank 0; the other ranks wait
     for it) and return the stage summary, or None when there is none."""
     cached = ad.lookup_cached(cache_dir, key, kind)
@@ -100,7 +106,7 @@ def _from_cache(cache_dir: Path, kind: str, key: str, dest: Path) -> dict | None
         _wait_for_adapter(dest, key)
     trained_in = ad.read_manifest(cached).get("trained_in")
     log.info("%s: reusing cached adapter %s (trained in %s) from %s",
-             _LABELS[kind], key, trained_in, cached)
+             _label(name), key, trained_in, cached)
     return {"adapter": str(dest), "key": key, "reused": "cache", "cache": str(cached),
             "trained_in": trained_in}
 
@@ -109,23 +115,26 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
                     extra: dict, load_data: Callable[[], tuple[dict[str, str], list[Sample],
                                                                list[Sample]]],
                     init_adapter: Path | None = None,
-                    load_ranking: Callable[[dict[str, str]], list[Sample]] | None = None) -> dict:
-    """The adapter of `kind` for `key` into `adapters/<kind>/`: kept when the run already holds
-    it, copied from the cache when there, else trained on `load_data()` (items, train, val),
-    saved and cached. `extra` (with the `prompt`) goes into the manifest. With early stopping,
-    `load_ranking(items)` gives the validation samples it ranks."""
+                    load_ranking: Callable[[dict[str, str]], list[Sample]] | None = None,
+                    name: str | None = None) -> dict:
+    """The adapter of `kind` for `key` into `adapters/<name>/` (`name`: the ingredient, default
+    `kind`): kept when the run already holds it, copied from the cache when there, else
+    trained on `load_data()` (items, train, val), saved and cached under
+    `adapters/<kind>/<key>/`. `extra` (with the `prompt`) goes into the manifest. With early
+    stopping, `load_ranking(items)` gives the validation samples it ranks."""
     from reccocktail.models.tuning import tuning_mode
 
+    name = name or kind
     if tuning_mode(t) != "lora":
-        raise ValueError(f"tuning.mode={tuning_mode(t)}: the {kind} stage trains a LoRA adapter "
-                         "(G and S are mixed in weight space, which a fully fine-tuned model is "
-                         "not); the full fine-tuning row is the P5 baseline: baseline=p5")
-    dest = out_dir / "adapters" / kind
+        raise ValueError(f"tuning.mode={tuning_mode(t)}: the {name} stage trains a LoRA adapter "
+                         "(the ingredients are mixed in weight space, which a fully fine-tuned "
+                         "model is not); the full fine-tuning row is the P5 baseline: baseline=p5")
+    dest = out_dir / "adapters" / name
     if ad.holds_adapter(dest, key):
-        log.info("%s: %s already holds adapter %s; not training again", _LABELS[kind], dest, key)
+        log.info("%s: %s already holds adapter %s; not training again", _label(name), dest, key)
         return {"adapter": str(dest), "key": key, "reused": "run"}
     cache_dir = cache_root(cfg)
-    reused = _from_cache(cache_dir, kind, key, dest) if need(t, "reuse", "tuning") else None
+    reused = _from_cache(cache_dir, kind, key, dest, name) if need(t, "reuse", "tuning") else None
     if reused:
         return reused
 
@@ -137,7 +146,7 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
                              "to rank")
         rank_val = load_ranking(items)
     builder = prompt_builder(cfg, items, extra["prompt"], objective(t))
-    model, metrics, trainer = train_adapter(cfg, out_dir, kind, t, train, val, builder, key,
+    model, metrics, trainer = train_adapter(cfg, out_dir, name, t, train, val, builder, key,
                                             init_adapter=str(init_adapter) if init_adapter else None,
                                             rank_val=rank_val)
     if trainer.is_global_zero:
@@ -150,40 +159,90 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
 
 def run_general_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Train (or reuse) the base spirit G on the general pool; writes `adapters/general/`."""
-    out_dir = Path(out_dir)
-    t = tuning_config(cfg, "general")
+    return _run_pool_stage(cfg, Path(out_dir), Ingredient(GENERAL, GENERAL))
+
+
+def run_source_stage(cfg: DictConfig, out_dir: Path, name: str) -> dict:
+    """Train (or reuse) the ingredient `name`, one source of `domain.general.sources`, like G
+    but on that source's rows of the general pool only; writes `adapters/<name>/`."""
+    ing = ingredient(cfg, name)
+    if ing.kind != SOURCE:
+        raise ValueError(f"run_source_stage: {name!r} is the {ing.kind} ingredient, not a "
+                         "general source")
+    return _run_pool_stage(cfg, Path(out_dir), ing)
+
+
+def run_ingredient_stage(cfg: DictConfig, out_dir: Path, name: str) -> dict:
+    """The stage of ingredient `name` (`ingredients`): G, S or a general source."""
+    if name == GENERAL:
+        return run_general_stage(cfg, out_dir)
+    if name == SPECIFIC:
+        return run_specific_stage(cfg, out_dir)
+    return run_source_stage(cfg, out_dir, name)
+
+
+def _run_pool_stage(cfg: DictConfig, out_dir: Path, ing: Ingredient) -> dict:
+    """An ingredient trained on the general pool `data/general/`: G on all of it, a general
+    source's ingredient on the rows of its users (ids `<prefix>:...`). The key is G's rule over
+    what it trains on: the pool's hash, for a source with the source's namespace folded in."""
+    t = tuning_config(cfg, ing.name)
     data_dir = out_dir / "data"
     gen_dir = data_dir / "general"
     data_hash = ad.general_data_hash(data_dir)
     prompt = prompt_cfg(cfg, general=True)
-    key = ad.general_cache_key(cfg.backbone, data_hash, result_config(t), prompt)
+    extra: dict[str, Any] = {"prompt": prompt}
+    keep_user: Callable[[str], bool] | None = None
+    label = _label(ing.name)
+    key_hash = data_hash
+    if ing.kind == SOURCE:
+        prefix = f"{ing.prefix}:"
+        extra["source"] = {"ingredient": ing.name, "user_prefix": prefix}
+
+        def keep_user(user: str) -> bool:
+            return user.startswith(prefix)
+
+        key_hash = ad.source_data_hash(data_hash, ing.prefix)
+    key = ad.general_cache_key(cfg.backbone, key_hash, result_config(t), prompt)
     if (early_stopping_config(t) is not None and objective(t) == "instruction"
             and need(t, "include_valid", "tuning.general")):
-        raise ValueError("tuning.early_stopping.enabled with tuning.general.include_valid=true: "
-                         "the base spirit would be early-stopped on validation samples it trains "
+        raise ValueError(f"tuning.early_stopping.enabled with tuning.general.include_valid=true: "
+                         f"the {label} would be early-stopped on validation samples it trains "
                          "on; set tuning.general.include_valid=false")
+
+    def mine(samples: list[Sample], what: str) -> list[Sample]:
+        if keep_user is None:
+            return samples
+        kept = [s for s in samples if keep_user(s.user)]
+        if samples and not kept:
+            raise ValueError(f"ingredients: {ing.name!r}: the general pool holds no {what} of "
+                             f"source {ing.prefix!r} (its overlap with the target removed it "
+                             "all?); see data/stats.json general.sources")
+        return kept
 
     def load_data():
         items = load_items(gen_dir / "items.tsv")
         if objective(t) == "sequence":
-            windows = sequence_training_windows(gen_dir / "sequences.jsonl", items, t)
-            log.info("base spirit: training on %d general sequence windows, %d targets (key %s)",
-                     len(windows), sum(w.num_targets for w in windows), key)
+            windows = sequence_training_windows(gen_dir / "sequences.jsonl", items, t,
+                                                keep_user=keep_user)
+            log.info("%s: training on %d general sequence windows, %d targets (key %s)",
+                     label, len(windows), sum(w.num_targets for w in windows), key)
             return items, windows, []
-        train = load_split(gen_dir / "train.jsonl", items)
-        val = load_split(gen_dir / "valid.jsonl", items, required=False)
+        train = mine(load_split(gen_dir / "train.jsonl", items), "training prompt")
+        val = mine(load_split(gen_dir / "valid.jsonl", items, required=False), "validation prompt")
         if need(t, "include_valid", "tuning.general"):
             train, val = train + val, []
         train = select_subset(train, need(t, "fraction", "tuning"),
                               need(t, "max_samples", "tuning"), seed=int(t["seed"]))
         val = (select_subset(val, None, need(t, "val_max_samples", "tuning"), seed=int(t["seed"]))
                if val else [])
-        log.info("base spirit: training on %d general samples (key %s)", len(train), key)
+        log.info("%s: training on %d general samples (key %s)", label, len(train), key)
         return items, train, val
 
-    return _reuse_or_train(cfg, out_dir, "general", t, key, data_hash, {"prompt": prompt}, load_data,
+    kind = GENERAL if ing.kind == GENERAL else SOURCE
+    return _reuse_or_train(cfg, out_dir, kind, t, key, data_hash, extra, load_data,
                            load_ranking=lambda items: early_stopping_samples(
-                               gen_dir / "valid.jsonl", items, t))
+                               gen_dir / "valid.jsonl", items, t, keep_user=keep_user),
+                           name=ing.name)
 
 
 def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:

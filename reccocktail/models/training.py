@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample, load_items, load_samples
 from reccocktail.data.selection import choose_users, selection_samples
+from reccocktail.ingredients import SOURCE, ingredient, ingredients
 from reccocktail.models import adapters as ad
 from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
 from reccocktail.models.early_stopping import RankingEarlyStopping, early_stopping_config
@@ -43,16 +45,21 @@ _NON_RESULT_KEYS = ("ckpt_path", "resume", "num_workers", "checkpoint_every_n_st
                     "log_every_n_steps")
 
 
-def stage_tuning_cfg(tuning: Any, stage: str) -> dict:
-    """The shared tuning keys overridden by the stage's own block (`tuning.general/specific`)."""
+def stage_tuning_cfg(tuning: Any, stage: str, named: Sequence[str] = (),
+                     own: str | None = None) -> dict:
+    """The shared tuning keys overridden by the stage's own block (`tuning.general/specific`),
+    then by the block `tuning.<own>` when there is one (a general-source ingredient: its
+    `general` block with its own block's keys over it). `named`: the blocks of such
+    ingredients, which are no shared keys."""
     one_of(stage, STAGE_BLOCKS, "tuning stage")
     plain = to_plain(tuning) if tuning is not None else {}
-    merged = {k: v for k, v in plain.items() if k not in STAGE_BLOCKS}
-    for k, v in (plain.get(stage) or {}).items():
-        # a block (`early_stopping`, `sequence`, `full`) is merged key by key, so
-        # `tuning.general.early_stopping.enabled=true` keeps the shared block's other keys
-        both = isinstance(v, dict) and isinstance(merged.get(k), dict)
-        merged[k] = {**merged[k], **v} if both else v
+    merged = {k: v for k, v in plain.items() if k not in STAGE_BLOCKS and k not in named}
+    for block in (stage, own):
+        for k, v in ((plain.get(block) or {}) if block else {}).items():
+            # a block (`early_stopping`, `sequence`, `full`) is merged key by key, so
+            # `tuning.general.early_stopping.enabled=true` keeps the shared block's other keys
+            both = isinstance(v, dict) and isinstance(merged.get(k), dict)
+            merged[k] = {**merged[k], **v} if both else v
     return merged
 
 
@@ -99,12 +106,17 @@ def objective(t: dict) -> str:
 
 
 def sequence_training_windows(path: Path, items: dict[str, str], t: dict,
-                              exclude_items: set[str] | frozenset[str] = frozenset()) -> list:
-    """The sequence objective's rows: windows of `sequences.jsonl`, then the seeded
-    `fraction`/`max_samples` of them (a budget in windows, i.e. ~max_titles targets each)."""
+                              exclude_items: set[str] | frozenset[str] = frozenset(),
+                              keep_user: Callable[[str], bool] | None = None) -> list:
+    """The sequence objective's rows: windows of `sequences.jsonl` (of the users `keep_user`
+    accepts, when given), then the seeded `fraction`/`max_samples` of them (a budget in
+    windows, i.e. ~max_titles targets each)."""
     from reccocktail.models.sequence_data import build_windows, load_user_sequences
 
-    windows = build_windows(load_user_sequences(path, items),
+    sequences = load_user_sequences(path, items)
+    if keep_user is not None:
+        sequences = {u: seq for u, seq in sequences.items() if keep_user(u)}
+    windows = build_windows(sequences,
                             int(need(t, "sequence.max_titles", "tuning")),
                             int(need(t, "sequence.min_context", "tuning")),
                             need(t, "sequence.windows_per_user", "tuning"),
@@ -259,12 +271,24 @@ def adapter_manifest(cfg: DictConfig, kind: str, t: dict, data_hash: str, key: s
     }
 
 
+def tuning_block(cfg: DictConfig, stage: str) -> str:
+    """The `tuning.<block>` an ingredient stage trains with: its own for `general`/`specific`,
+    `general` for a general-source ingredient (`reccocktail.ingredients`)."""
+    if stage in STAGE_BLOCKS:
+        return stage
+    return ingredient(cfg, stage).tuning_block
+
+
 def tuning_config(cfg: DictConfig, stage: str) -> dict:
     """The stage's tuning config, parsed once at its entry: the shared keys overridden by the
-    stage's block, `seed`/`init_seed` null -> the run's seed, `precision` from the trainer.
+    stage's block (a general-source ingredient: `tuning.general`, then `tuning.<name>` if set),
+    `seed`/`init_seed` null -> the run's seed, `precision` from the trainer.
     Every key of conf/tuning/default.yaml must be there (a missing one raises naming it)."""
-    t = stage_tuning_cfg(need(cfg, "tuning"), stage)
-    for k in required_tuning_keys(stage):
+    named = [i.name for i in ingredients(cfg) if i.kind == SOURCE]
+    block = tuning_block(cfg, stage)
+    t = stage_tuning_cfg(need(cfg, "tuning"), block, named,
+                         own=stage if stage in named else None)
+    for k in required_tuning_keys(block):
         need(t, k, f"tuning (stage {stage})")
     if t["init_seed"] is None:
         t["init_seed"] = int(need(cfg, "seed"))
@@ -303,15 +327,20 @@ def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[
     return pool
 
 
-def early_stopping_samples(path: Path, items: dict[str, str] | None, t: dict) -> list[Sample]:
+def early_stopping_samples(path: Path, items: dict[str, str] | None, t: dict,
+                           keep_user: Callable[[str], bool] | None = None) -> list[Sample]:
     """The validation samples early stopping ranks: every sample of a seeded choice of at most
-    `tuning.early_stopping.max_users` users of `path` (none when early stopping is off). The
-    choice depends only on the set of users and `tuning.seed`, so the specific stage's plan
-    (which leaves them out of S's rows) and its training draw the same users."""
+    `tuning.early_stopping.max_users` users of `path` (of those `keep_user` accepts, when
+    given; none when early stopping is off). The choice depends only on the set of users and
+    `tuning.seed`, so the specific stage's plan (which leaves them out of S's rows) and its
+    training draw the same users."""
     es = early_stopping_config(t)
     if es is None:
         return []
-    chosen = choose_users(load_split(path, items), es.max_users, int(need(t, "seed", "tuning")))
+    samples = load_split(path, items)
+    if keep_user is not None:
+        samples = [s for s in samples if keep_user(s.user)]
+    chosen = choose_users(samples, es.max_users, int(need(t, "seed", "tuning")))
     if not chosen:
         raise ValueError(f"tuning.early_stopping: {path} holds no validation samples to rank")
     return chosen

@@ -1,5 +1,6 @@
 """Numbers over runs: mean ± sample std per (table, variant, column) over seeds, the analytic
-random-ranking row, and λ_G read from each run's `mix/lambda.json`."""
+random-ranking row, and λ read from each run's `mix/lambda.json`: λ_G, and the weight of every
+ingredient by name (`ingredients`, `lambda_by_name`; older files: the pair [general, specific])."""
 
 from __future__ import annotations
 
@@ -79,6 +80,55 @@ def general_index(lam: dict[str, Any] | None) -> int:
     return 0
 
 
+def ingredient_order(lam: dict[str, Any] | None) -> list[str]:
+    """The ingredients λ's entries belong to, in order: `ingredients` (or `adapters`) of the
+    lambda.json, else the pair of the files written before either existed."""
+    if isinstance(lam, dict):
+        for key in ("ingredients", "adapters"):
+            names = lam.get(key)
+            if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+                return list(names)
+    return ["general", "specific"]
+
+
+def _is_vector(x: Any, n: int) -> bool:
+    return (isinstance(x, (list, tuple)) and len(x) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x))
+
+
+def _vector(point: Any, n: int) -> list[float] | None:
+    """One λ vector of `n` weights from a λ entry: the vector itself, or per LoRA module
+    (`{module: vector}`, layer granularity) the mean over the modules."""
+    if _is_vector(point, n):
+        return [float(v) for v in point]
+    if isinstance(point, dict) and point and all(_is_vector(v, n) for v in point.values()):
+        rows = list(point.values())
+        return [statistics.fmean(float(r[i]) for r in rows) for i in range(n)]
+    return None
+
+
+def ingredient_weights(lam: dict[str, Any] | None) -> dict[str, float] | None:
+    """λ of every ingredient by name (mean over LoRA modules): `lambda_by_name` when the file
+    has it, else `lambdas` read in `ingredient_order`; None when neither says it."""
+    if not isinstance(lam, dict):
+        return None
+    named = lam.get("lambda_by_name")
+    if isinstance(named, dict) and named and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in named.values()):
+        return {str(k): float(v) for k, v in named.items()}
+    names = ingredient_order(lam)
+    vec = _vector(lam.get("lambdas"), len(names))
+    return dict(zip(names, vec)) if vec is not None else None
+
+
+def _general_at(point: Any, names: list[str]) -> float | None:
+    """λ_G of one λ entry; entries of three or more weights are read by the ingredient order."""
+    if len(names) > 2:
+        vec = _vector(point, len(names))
+        return vec[names.index("general")] if vec is not None and "general" in names else None
+    return mean_weight(general_weight(point, names.index("general") if "general" in names else 0))
+
+
 def mean_weight(w: float | list[float] | None) -> float | None:
     """One λ_G per run: per-layer weights are averaged."""
     if w is None:
@@ -95,11 +145,11 @@ def lambda_curve(lam: dict[str, Any] | None) -> list[float] | None:
     if not isinstance(curve, list) or not curve:
         return None
     out = []
-    index = general_index(lam)
+    names = ingredient_order(lam)
     for point in curve:
         if isinstance(point, dict):
             point = point.get("lambdas", point.get("lambda", point.get("lambda_g", point)))
-        w = mean_weight(general_weight(point, index))
+        w = _general_at(point, names)
         if w is None:
             return None
         out.append(w)
@@ -166,18 +216,31 @@ def aggregate(runs: Sequence[Run], metrics: Sequence[str] = DEFAULT_METRICS) -> 
 
 
 def lambda_table(runs: Sequence[Run]) -> dict[tuple[str, str], list[float]]:
-    """Mean λ_G per run, grouped by (domain, scenario)."""
+    """Mean λ_G per run, grouped by (domain, scenario) (runs without G are left out)."""
     out: dict[tuple[str, str], list[float]] = defaultdict(list)
     for run in runs:
         if run.lambdas is None:
             continue
-        w = mean_weight(general_weight(run.lambdas.get("lambdas", run.lambdas),
-                                       general_index(run.lambdas)))
+        names = ingredient_order(run.lambdas)
+        if "general" not in names:
+            continue
+        w = _general_at(run.lambdas.get("lambdas", run.lambdas), names)
         if w is None:
             log.warning("%s/mix/lambda.json: no λ found in %s", run.path, sorted(run.lambdas))
             continue
         out[(run.domain, run.scenario)].append(w)
     return dict(out)
+
+
+def ingredient_lambda_table(runs: Sequence[Run]
+                            ) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """λ of each ingredient (by name) per run, grouped by (domain, scenario)."""
+    out: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        weights = ingredient_weights(run.lambdas)
+        for name, w in (weights or {}).items():
+            out[(run.domain, run.scenario)][name].append(w)
+    return {k: dict(v) for k, v in out.items()}
 
 
 def prompts_table(runs: Sequence[Run], metric: str = "ndcg@1"

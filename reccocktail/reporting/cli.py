@@ -12,7 +12,8 @@ mix.*), and writes into `--out` (default: the first folder):
   the best mean per column in bold, plus the random expectation row;
 - `report.json`: the same numbers, machine-readable;
 - `lambda.png`: the learned weight of the base spirit λ_G per domain and scenario (from each
-  run's `mix/lambda.json`), and `lambda_curve.png` when runs recorded the λ trajectory;
+  run's `mix/lambda.json`), `lambda_ingredients.png` (λ of every ingredient by name) when a run
+  mixed more than two ingredients, and `lambda_curve.png` when runs recorded the λ trajectory;
 - `ndcg_vs_prompts.png`: NDCG@1 against `selection.lambda_users` when the runs vary it.
 
 A run that reached the same (domain, scenario, variant, seed, group-by values) twice counts
@@ -28,8 +29,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reccocktail.reporting.aggregate import DEFAULT_METRICS, aggregate, lambda_table
-from reccocktail.reporting.plots import plot_lambda, plot_lambda_curves, plot_num_prompts
+from reccocktail.reporting.aggregate import (
+    DEFAULT_METRICS,
+    aggregate,
+    ingredient_lambda_table,
+    lambda_table,
+)
+from reccocktail.reporting.plots import (
+    plot_ingredient_lambdas,
+    plot_lambda,
+    plot_lambda_curves,
+    plot_num_prompts,
+)
 from reccocktail.reporting.runs import collect_runs
 from reccocktail.reporting.tables import render_markdown, to_json
 from reccocktail.utils.io import write_json, write_text
@@ -50,9 +61,13 @@ def build_report(folders: Sequence[str | Path], out: str | Path | None = None, *
     files = {"markdown": out / "report.md", "json": out / "report.json"}
     write_text(files["markdown"], md)
     write_json(files["json"], {"runs": [str(r.path) for r in runs], **to_json(agg),
-                               "lambda": {f"{d}/{s}": v for (d, s), v in lambda_table(runs).items()}})
+                               "lambda": {f"{d}/{s}": v for (d, s), v in lambda_table(runs).items()},
+                               "lambda_by_ingredient": {
+                                   f"{d}/{s}": v
+                                   for (d, s), v in ingredient_lambda_table(runs).items()}})
     if plots and runs:
-        for name, fn in (("lambda", plot_lambda), ("lambda_curve", plot_lambda_curves),
+        for name, fn in (("lambda", plot_lambda), ("lambda_ingredients", plot_ingredient_lambdas),
+                         ("lambda_curve", plot_lambda_curves),
                          ("ndcg_vs_prompts", plot_num_prompts)):
             path = fn(runs, out / f"{name}.png")
             if path is not None:

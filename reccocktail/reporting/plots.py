@@ -1,12 +1,19 @@
-"""Figures of a report (matplotlib, imported on first use): λ_G per domain and scenario, its
-trajectory over the tuning steps, NDCG@1 against the number of unlabeled prompts."""
+"""Figures of a report (matplotlib, imported on first use): λ_G per domain and scenario, λ of
+every ingredient by name (runs of more than two ingredients), λ_G's trajectory over the tuning
+steps, NDCG@1 against the number of unlabeled prompts."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from reccocktail.reporting.aggregate import lambda_curve, lambda_table, mean_std, prompts_table
+from reccocktail.reporting.aggregate import (
+    ingredient_lambda_table,
+    lambda_curve,
+    lambda_table,
+    mean_std,
+    prompts_table,
+)
 from reccocktail.reporting.runs import Run
 from reccocktail.reporting.tables import METRIC_LABELS, scenario_rank, variant_label, variant_rank
 
@@ -45,6 +52,37 @@ def plot_lambda(runs: Sequence[Run], out: Path) -> Path | None:
     ax.set_ylabel("λ_G (weight of the base spirit)")
     ax.set_title("Learned λ per scenario")
     ax.legend(title="scenario")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_ingredient_lambdas(runs: Sequence[Run], out: Path) -> Path | None:
+    """Bars of the learned λ of every ingredient, by name (mean ± std over seeds), one group
+    per domain and scenario; drawn when a run mixed more than two ingredients."""
+    table = ingredient_lambda_table(runs)
+    if not any(len(w) > 2 for w in table.values()):
+        return None
+    plt = _pyplot()
+    keys = sorted(table, key=lambda k: (k[0], scenario_rank(k[1])))
+    names = list(dict.fromkeys(n for k in keys for n in table[k]))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(keys) * len(names) / 2 + 2), 3.5))
+    for i, name in enumerate(names):
+        xs, ms, sds = [], [], []
+        for j, k in enumerate(keys):
+            if name in table[k]:
+                mu, sd = mean_std(table[k][name])
+                xs.append(j + (i - (len(names) - 1) / 2) * width)
+                ms.append(mu)
+                sds.append(sd)
+        ax.bar(xs, ms, width=width, yerr=sds, capsize=3, label=name)
+    ax.set_xticks(range(len(keys)), [f"{d}\n{s}" for d, s in keys])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("λ (weight of the ingredient)")
+    ax.set_title("Learned λ per ingredient")
+    ax.legend(title="ingredient", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
