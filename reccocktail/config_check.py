@@ -37,6 +37,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.baselines.registry import BASELINES, baseline_names, kind_error
 from reccocktail.ingredients import (
     DEFAULT,
     GENERAL,
@@ -160,7 +161,7 @@ def _known_keys(conf_dir: Path) -> dict[str, set[str]]:
                   if k.split(".")[1] not in stages}
         for stage in stages:
             known[block] |= {f"{block}.{stage}.{k}" for k in shared}
-    models = {f.stem for f in (conf_dir / "baselines").glob("*.yaml")} - {"default"}
+    models = set(BASELINES)  # the registry's names (tests hold it equal to the conf files)
     common = {k.split(".", 2)[2] for k in known["baselines"] if k.startswith("baselines.common.")}
     for model in models:  # a model may override any common setting
         known["baselines"] |= {f"baselines.{model}.{k}" for k in common}
@@ -449,6 +450,24 @@ def _eval_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
+def _baseline_errors(cfg: DictConfig) -> list[str]:
+    """`baseline` names a registered baseline, and no model block says another `kind` than the
+    registry's (baselines/registry.py), before any stage trains."""
+    errors = []
+    value = _value(cfg, "baseline")
+    if value is not _ABSENT:
+        try:
+            baseline_names(value)
+        except ValueError as err:
+            errors.append(str(err))
+    blocks = _value(cfg, "baselines")
+    for name, block in blocks.items() if isinstance(blocks, dict) else ():
+        if name in BASELINES and isinstance(block, dict) and "kind" in block \
+                and str(block["kind"]) != BASELINES[name].kind:
+            errors.append(kind_error(name, block["kind"]))
+    return errors
+
+
 def _unknown(key: str, known: set[str], label: str = "unknown key") -> str:
     near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
     return f"{key}: {label}" + (f" (did you mean {near[0]}?)" if near else "")
@@ -521,6 +540,7 @@ def config_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:
     errors += value_errors(cfg)
     errors += _mix_errors(cfg)
     errors += _eval_errors(cfg)
+    errors += _baseline_errors(cfg)
     return list(dict.fromkeys(errors))  # the same problem found twice is said once
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.baselines.registry import baseline_names
 from reccocktail.ingredients import (
     DEFAULT,
     GENERAL,
@@ -101,8 +102,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return _resolve("reccocktail.recommend:run_recommend")(cfg)
     if task != "train":
         raise ValueError(f"task: unknown value {task!r}; choose train or recommend")
-
-    from reccocktail.baselines.stage import baseline_names
 
     names = ingredient_names(cfg)  # checked by check_config above
     targets, derived = stage_targets(names), downstream(names)
