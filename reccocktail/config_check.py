@@ -17,8 +17,9 @@ only fail when its stage starts, after the earlier stages spent their time. So, 
   architectures' transformers config) are free.
 * **Choices** come from the modules that interpret them.
 * **Values**: types and ranges (`RULES`), the mix option's own constraints (λ non-negative and
-  summing to 1, grid points in [0, 1]), the full-catalogue protocol (beam wide enough), and the
-  variant names that become file names (no `../`).
+  summing to 1, grid points in [0, 1]), the full-catalogue protocol (beam wide enough), the
+  variant names that become file names (no `../`), and the `baseline` names and each model
+  block's `kind` against the baseline registry (`baselines/registry.py`).
 
 Whether the backbone can be loaded, the dataset folders exist or the device is there is not
 decided here (they are facts of the machine, not of the config).
@@ -442,7 +443,7 @@ def _eval_errors(cfg: DictConfig) -> list[str]:
             check_name(str(name), key)
         except ValueError as err:
             errors.append(str(err))
-    if _value(cfg, "eval.candidates") is not _ABSENT:
+    if _value(cfg, "eval") is not _ABSENT:  # the full-catalogue rules, checked here only
         try:
             errors += full_catalogue_errors(cfg)
         except (KeyError, ValueError) as err:

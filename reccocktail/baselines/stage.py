@@ -121,12 +121,14 @@ def score_all_items(module: RecModule, dm: SequenceDataModule, samples: list[Sam
     return out
 
 
-def scored_test_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], str]:
+def scored_test_samples(cfg: DictConfig, out_dir: Path,
+                        split: str | None = None) -> tuple[list[Sample], str]:
     """The samples the eval stage scores (its own selection: split, unlabeled users left out,
-    `eval.max_users`), so that baseline rows and LLM rows share every sample."""
+    `eval.max_users`), so that baseline rows and LLM rows share every sample. `split`: the
+    parsed `eval.split` (read from `cfg` when None)."""
     from reccocktail.evaluation.samples import eval_samples
 
-    samples, info = eval_samples(cfg, out_dir)
+    samples, info = eval_samples(cfg, out_dir, split)
     how = (f"{info['split']}: {'all users (transductive)' if info.get('transductive') else 'users not used as unlabeled tuning prompts'}"
            + (f", {info['max_users']} users sampled" if info.get("max_users") else ""))
     return samples, how
@@ -178,18 +180,17 @@ def plan_baselines(cfg: DictConfig, out_dir: Path, names: list[str]) -> Baseline
     """Check everything a baseline needs before the first one trains: its settings (and
     `kind`), the samples, and that it can rank the full catalogue when asked to."""
     from reccocktail.evaluation import full_catalogue as fc
+    from reccocktail.evaluation.config import eval_config
     from reccocktail.evaluation.samples import run_data_hash
 
-    samples, how = scored_test_samples(cfg, out_dir)
+    ec = eval_config(cfg)  # the eval block, parsed once: split and full-catalogue protocol
+    samples, how = scored_test_samples(cfg, out_dir, ec.split)
     if not samples:
         raise ValueError(f"{out_dir / 'data' / 'test.jsonl'}: no test samples to score")
     settings = {n: settings_for(cfg, n) for n in names}
     data_hash = run_data_hash(out_dir)  # on every row: paired tests refuse other data
-    bad = fc.check_config(cfg)
-    if bad:
-        raise ValueError("; ".join(bad))
-    cat = (fc.FullCatalogue.load(cfg, out_dir, samples) if fc.candidates_mode(cfg) == "all"
-           else None)
+    cc = fc.catalogue_config(cfg, ec)  # None: the stored candidates
+    cat = fc.FullCatalogue.load(cc, out_dir, samples) if cc is not None else None
     stored_only = [n for n in names if cat is not None and not lookup(n).ranks_full_catalogue]
     if stored_only:  # fail before any training, not after
         raise ValueError(f"baseline {stored_only}: scores the stored candidates only, not the full "
