@@ -4,6 +4,11 @@ candidates, write `predictions/<name>.jsonl` and one row per model in `results.j
 Scored samples: `test.jsonl` filtered exactly as the eval stage filters it (the users that
 `split_unlabeled` sets aside for entropy tuning are not scored unless `mix.transductive`), so a
 baseline's row and the LLM variants' rows come from the very same samples and candidates.
+
+Which baselines exist and how each one trains and scores is the registry's
+(`baselines/registry.py`); the stage is `plan_baselines` (settings, samples, catalogue: all
+checked before the first model trains), `train_and_score` per baseline, and `record_sampled` /
+`record_full` (its row and predictions).
 """
 
 from __future__ import annotations
