@@ -17,8 +17,9 @@ only fail when its stage starts, after the earlier stages spent their time. So, 
   architectures' transformers config) are free.
 * **Choices** come from the modules that interpret them.
 * **Values**: types and ranges (`RULES`), the mix option's own constraints (λ non-negative and
-  summing to 1, grid points in [0, 1]), the full-catalogue protocol (beam wide enough), and the
-  variant names that become file names (no `../`).
+  summing to 1, grid points in [0, 1]), the full-catalogue protocol (beam wide enough), the
+  variant names that become file names (no `../`), and the `baseline` names and each model
+  block's `kind` against the baseline registry (`baselines/registry.py`).
 
 Whether the backbone can be loaded, the dataset folders exist or the device is there is not
 decided here (they are facts of the machine, not of the config).
@@ -37,6 +38,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.baselines.registry import BASELINES, baseline_names, kind_error
 from reccocktail.ingredients import (
     DEFAULT,
     GENERAL,
@@ -160,7 +162,7 @@ def _known_keys(conf_dir: Path) -> dict[str, set[str]]:
                   if k.split(".")[1] not in stages}
         for stage in stages:
             known[block] |= {f"{block}.{stage}.{k}" for k in shared}
-    models = {f.stem for f in (conf_dir / "baselines").glob("*.yaml")} - {"default"}
+    models = set(BASELINES)  # the registry's names (tests hold it equal to the conf files)
     common = {k.split(".", 2)[2] for k in known["baselines"] if k.startswith("baselines.common.")}
     for model in models:  # a model may override any common setting
         known["baselines"] |= {f"baselines.{model}.{k}" for k in common}
@@ -441,11 +443,29 @@ def _eval_errors(cfg: DictConfig) -> list[str]:
             check_name(str(name), key)
         except ValueError as err:
             errors.append(str(err))
-    if _value(cfg, "eval.candidates") is not _ABSENT:
+    if _value(cfg, "eval") is not _ABSENT:  # the full-catalogue rules, checked here only
         try:
             errors += full_catalogue_errors(cfg)
         except (KeyError, ValueError) as err:
             errors.append(str(err.args[0]))
+    return errors
+
+
+def _baseline_errors(cfg: DictConfig) -> list[str]:
+    """`baseline` names a registered baseline, and no model block says another `kind` than the
+    registry's (baselines/registry.py), before any stage trains."""
+    errors = []
+    value = _value(cfg, "baseline")
+    if value is not _ABSENT:
+        try:
+            baseline_names(value)
+        except ValueError as err:
+            errors.append(str(err))
+    blocks = _value(cfg, "baselines")
+    for name, block in blocks.items() if isinstance(blocks, dict) else ():
+        if name in BASELINES and isinstance(block, dict) and "kind" in block \
+                and str(block["kind"]) != BASELINES[name].kind:
+            errors.append(kind_error(name, block["kind"]))
     return errors
 
 
@@ -521,6 +541,7 @@ def config_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:
     errors += value_errors(cfg)
     errors += _mix_errors(cfg)
     errors += _eval_errors(cfg)
+    errors += _baseline_errors(cfg)
     return list(dict.fromkeys(errors))  # the same problem found twice is said once
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.baselines.registry import baseline_names
 from reccocktail.ingredients import (
     DEFAULT,
     GENERAL,
@@ -102,8 +103,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if task != "train":
         raise ValueError(f"task: unknown value {task!r}; choose train or recommend")
 
-    from reccocktail.baselines.stage import baseline_names
-
     names = ingredient_names(cfg)  # checked by check_config above
     targets, derived = stage_targets(names), downstream(names)
     stages = expand(cfg.stages, names)  # `ingredients` -> the list, in order
@@ -114,12 +113,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"stages: unknown stage(s) {unknown}; choose from "
                          f"{[*targets, KEY]} (ingredient stages follow `{KEY}`={names})")
-    if {"eval", "baselines"} & set(stages):  # eval.candidates=all: beam wide enough, etc.
-        from reccocktail.evaluation.full_catalogue import check_config as check_full
-
-        bad = check_full(cfg)
-        if bad:
-            raise ValueError("config: " + "; ".join(bad))
     # what the machine lacks (backbone, dataset folders, device) fails here, in seconds
     check_preflight(cfg, stages, baseline_names(need(cfg, "baseline")))
     out_dir = output_dir(cfg)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.baselines.registry import BASELINES
 from reccocktail.models.backbone import check_model_folder, locate_gguf, looks_like_path
 from reccocktail.utils.device import resolve_device
 
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 # every ingredient stage (`ingredients`) and the mix.
 BACKBONE_STAGES = ("general", "specific", "mix")
 NO_BACKBONE_STAGES = ("data", "eval", "baselines")
-# Baseline kinds (conf/baselines/<name>.yaml `kind`) that train or score on the backbone.
-BACKBONE_BASELINES = ("llm_full", "llm_embed")
 READER_PATH_KEYS = ("path", "reviews", "meta")  # what reccocktail.data.readers read from disk
 HUB_TIMEOUT_S = 10.0
 _TRUE = ("1", "on", "yes", "true")
@@ -130,15 +129,15 @@ def _eval_uses_backbone(cfg: DictConfig) -> bool:
     return bool(list(variants)) or bool(dict(adapters))
 
 
-def _baselines_use_backbone(cfg: DictConfig, names: Iterable[str]) -> bool:
-    return any(OmegaConf.select(cfg, f"baselines.{n}.kind") in BACKBONE_BASELINES for n in names)
+def _baselines_use_backbone(names: Iterable[str]) -> bool:
+    return any(BASELINES[n].uses_backbone for n in names if n in BASELINES)
 
 
 def needs_backbone(cfg: DictConfig, stages: list[str], baselines: Iterable[str] = ()) -> bool:
     """Whether any of `stages` (of `task=train`) loads the backbone."""
     return (any(s in BACKBONE_STAGES or s not in NO_BACKBONE_STAGES for s in stages)
             or ("eval" in stages and _eval_uses_backbone(cfg))
-            or ("baselines" in stages and _baselines_use_backbone(cfg, baselines)))
+            or ("baselines" in stages and _baselines_use_backbone(baselines)))
 
 
 def _sources(cfg: DictConfig) -> list[tuple[str, Any]]:

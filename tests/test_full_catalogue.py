@@ -250,15 +250,14 @@ def test_cold_catalogue_is_read_from_the_data_stages_new_items(tmp_path):
     from reccocktail.utils.io import write_json
 
     ids = [str(i) for i in range(10)]
-    cfg = OmegaConf.create({"scenario": {"name": "cold", "cold_negatives": "mixed"}})
     write_json(tmp_path / "stats.json", {"scenario": "cold", "cold_negatives": "mixed"})
     with pytest.raises(FileNotFoundError, match="new_items.json"):
-        fc.catalogue_mask(tmp_path, ids, cfg)
+        fc.catalogue_mask(tmp_path, ids, "cold", "mixed")
     write_json(tmp_path / "new_items.json", {"test": ["1", "2"], "valid": ["7"]})
-    keep, rule = fc.catalogue_mask(tmp_path, ids, cfg)
+    keep, rule = fc.catalogue_mask(tmp_path, ids, "cold", "mixed")
     assert [i for i, k in zip(ids, keep) if not k] == ["7"] and "validation-new" in rule
     write_json(tmp_path / "stats.json", {"scenario": "cold", "cold_negatives": "new"})
-    keep, _ = fc.catalogue_mask(tmp_path, ids, cfg)
+    keep, _ = fc.catalogue_mask(tmp_path, ids, "cold", "mixed")
     assert [i for i, k in zip(ids, keep) if k] == ["1", "2"]
 
 

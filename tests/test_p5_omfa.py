@@ -302,14 +302,16 @@ def test_omfa_learns_a_planted_pattern_and_scores_cold_items_from_their_text(tin
 def test_baseline_names_and_settings_are_registered():
     from hydra import compose, initialize_config_dir
 
-    from reccocktail.baselines.stage import LLM_RUNNERS, baseline_names, settings_for
+    from reccocktail.baselines.registry import BASELINES
+    from reccocktail.baselines.stage import baseline_names, settings_for
 
     assert baseline_names(["p5", "omfa"]) == ["p5", "omfa"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("run", overrides=["baseline=[p5,omfa]", "tuning.mode=lora"])
     assert settings_for(cfg, "p5")["tuning"]["mode"] == "full"
-    assert settings_for(cfg, "omfa")["kind"] in LLM_RUNNERS
-    assert settings_for(cfg, "p5")["kind"] in LLM_RUNNERS
+    for name in ("p5", "omfa"):  # run by their own module, on the backbone
+        assert settings_for(cfg, name)["kind"] == BASELINES[name].kind
+        assert BASELINES[name].runner() and BASELINES[name].uses_backbone
     from reccocktail.config_check import config_errors
 
     assert not config_errors(cfg)

@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.retrieval import RetrievalNormalizedDCG
+
+from reccocktail.baselines.sequential import SequenceDataModule
+from reccocktail.utils.config import need
 
 
 def _init_embedding(emb: nn.Embedding, std: float) -> None:
@@ -331,3 +335,25 @@ def score_loader(module: RecModule, loader) -> torch.Tensor:
 
 
 ID_MODELS = {"bpr": BPRMF, "gru4rec": GRU4Rec, "sasrec": SASRec, "fmlp": FMLPRec}
+
+
+def rec_module(model: nn.Module, dm: SequenceDataModule, settings: Mapping[str, Any],
+               name: str) -> RecModule:
+    """`model` in the training module with the `baselines.<name>` loss and optimiser settings
+    (one place, so the id and text models train alike)."""
+    return RecModule(model, dm.train_items, loss=settings["loss"], lr=settings["lr"],
+                     weight_decay=settings["weight_decay"], prefix=f"baselines/{name}/",
+                     num_negatives=settings["num_negatives"])
+
+
+def build_id(settings: Mapping[str, Any], dm: SequenceDataModule, cache_dir: Any = None,
+             name: str = "sasrec") -> RecModule:
+    """An ID model of `ID_MODELS` for `dm`'s vocabulary (`baselines.<name>.model` its arguments);
+    the registry's builder of the `kind: id` baselines (`cache_dir`: unused, the common signature)."""
+    dm.load()
+    if name not in ID_MODELS:
+        raise ValueError(f"baselines.{name}.kind: id, but {name!r} is not one of {list(ID_MODELS)}")
+    kwargs = dict(need(settings, "model", f"baselines.{name}"))
+    model = ID_MODELS[name](num_items=len(dm.vocab), num_users=dm.num_users, dim=settings["dim"],
+                            max_len=settings["max_len"], **kwargs)
+    return rec_module(model, dm, settings, name)

@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample
+from reccocktail.evaluation.config import ScorerConfig, eval_config
 from reccocktail.utils.config import need
 
 log = logging.getLogger(__name__)
@@ -132,12 +133,12 @@ def _lora_seconds(out_dir: Path, data_hash: str | None) -> float | None:
 
 
 def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
-                     samples: list[Sample]) -> torch.Tensor:
+                     samples: list[Sample], scorers: ScorerConfig | None = None) -> torch.Tensor:
     """Scores `[n, C]` of the stored candidates: the eval stage's likelihood scorer, prompts of
-    format `fmt`, on the model saved in `model_dir` (what is scored is what was saved)."""
+    format `fmt`, on the model saved in `model_dir` (what is scored is what was saved).
+    `scorers`: the parsed scorer settings (parsed from `cfg.eval` when None)."""
     from reccocktail.data.prompts import prompt_builder_from_config
     from reccocktail.data.samples import load_items
-    from reccocktail.evaluation.config import eval_config
     from reccocktail.evaluation.scorers import build_scorer
     from reccocktail.models.backbone import load_tokenizer, torch_dtype
     from reccocktail.models.full import load_full_model
@@ -149,7 +150,8 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
     place_backbone(model, device, cfg, "baselines/p5")
     items = load_items(Path(out_dir) / "data" / "items.tsv")
     pb = prompt_builder_from_config(cfg, load_tokenizer(cfg.backbone), items, fmt=fmt)
-    return build_scorer("likelihood", model, pb, eval_config(cfg)).score(samples)
+    sc = eval_config(cfg).scorers if scorers is None else scorers
+    return build_scorer("likelihood", model, pb, sc).score(samples)
 
 
 def run_p5(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],
@@ -159,16 +161,17 @@ def run_p5(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],
     from reccocktail.models.training import objective
 
     t = p5_tuning(cfg, settings, name)
+    sc = eval_config(cfg).scorers  # the eval stage's scorer settings, parsed once
     fmt = objective(t)
     done = train_or_reuse(cfg, out_dir, name, t)
     manifest = read_full_manifest(done["model"])
     metrics = manifest.get("metrics") or {}
     t0 = time.time()
-    scores = score_full_model(cfg, Path(out_dir), Path(done["model"]), fmt, samples)
+    scores = score_full_model(cfg, Path(out_dir), Path(done["model"]), fmt, samples, sc)
     return scores, {
         "method": "P5-style: full fine-tuning on S's prompts and rows",
         "objective": fmt, "scorer": "likelihood",
-        "normalize": bool(need(cfg, "eval.normalize")),
+        "normalize": bool(sc.normalize),
         "train_seconds": metrics.get("seconds"),
         "lora_train_seconds": _lora_seconds(Path(out_dir), manifest.get("data_hash")),
         "score_seconds": round(time.time() - t0, 2),

@@ -4,6 +4,11 @@ candidates, write `predictions/<name>.jsonl` and one row per model in `results.j
 Scored samples: `test.jsonl` filtered exactly as the eval stage filters it (the users that
 `split_unlabeled` sets aside for entropy tuning are not scored unless `mix.transductive`), so a
 baseline's row and the LLM variants' rows come from the very same samples and candidates.
+
+Which baselines exist and how each one trains and scores is the registry's
+(`baselines/registry.py`); the stage is `plan_baselines` (settings, samples, catalogue: all
+checked before the first model trains), `train_and_score` per baseline, and `record_sampled` /
+`record_full` (its row and predictions).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +25,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
-from reccocktail.baselines.models import ID_MODELS, KeepBest, RecModule, score_loader
+from reccocktail.baselines.models import KeepBest, RecModule, score_loader
+from reccocktail.baselines.registry import NAMES, baseline_names, lookup  # noqa: F401  (re-exported)
 from reccocktail.baselines.sequential import SequenceDataModule
 from reccocktail.data.samples import Sample
 from reccocktail.utils.config import need
@@ -27,25 +34,7 @@ from reccocktail.utils.io import write_jsonl
 
 log = logging.getLogger(__name__)
 
-NAMES = ("pop", "bpr", "gru4rec", "sasrec", "fmlp", "unisrec", "alpharec", "vqrec", "recformer", "p5", "omfa")
 TrainerFactory = Callable[..., L.Trainer]
-# `kind` of the LLM baselines, trained on the backbone by their own module:
-# "module:function(cfg, out_dir, name, settings, samples) -> (scores [n, C], info)"
-LLM_RUNNERS = {"llm_full": "reccocktail.baselines.p5:run_p5",
-               "llm_embed": "reccocktail.baselines.omfa:run_omfa"}
-# `kind` values whose module in reccocktail/baselines/ has `build(settings, dm, cache_dir, name=)`
-TEXT_MODULES = ("alpharec", "vqrec", "recformer")
-
-
-def baseline_names(value: Any) -> list[str]:
-    """`cfg.baseline` (a name, a list, or empty) as a validated list."""
-    if value is None:
-        return []
-    names = [value] if isinstance(value, str) else [str(v) for v in value]
-    unknown = [n for n in names if n not in NAMES]
-    if unknown:
-        raise ValueError(f"baseline: unknown name(s) {unknown}; choose from {list(NAMES)}")
-    return names
 
 
 def settings_for(cfg: DictConfig, name: str) -> dict[str, Any]:
@@ -55,7 +44,9 @@ def settings_for(cfg: DictConfig, name: str) -> dict[str, Any]:
         raise ValueError(f"baselines.{name}: no settings; add `- baselines: default` to the "
                          "defaults of conf/run.yaml (or compose with +baselines=default)")
     common = OmegaConf.to_container(need(group, "common", "baselines"), resolve=True)
-    return {**common, **OmegaConf.to_container(group[name], resolve=True)}
+    out = {**common, **OmegaConf.to_container(group[name], resolve=True)}
+    lookup(name, out)  # a registered name, whose block's `kind` is the registered one
+    return out
 
 
 def make_datamodule(data_dir: Path, settings: dict[str, Any], seed: int) -> SequenceDataModule:
@@ -68,34 +59,10 @@ def make_datamodule(data_dir: Path, settings: dict[str, Any], seed: int) -> Sequ
 
 def build_module(name: str, settings: dict[str, Any], dm: SequenceDataModule,
                  cache_dir: str | Path | None = None) -> RecModule:
-    """The RecModule for one baseline, sized from the datamodule's vocabulary."""
+    """The RecModule for one baseline, sized from the datamodule's vocabulary, by the builder
+    the registry names for it (`baselines/registry.py`)."""
     dm.load()
-    common = {"num_items": len(dm.vocab), "num_users": dm.num_users, "dim": settings["dim"],
-              "max_len": settings["max_len"]}
-    kind = need(settings, "kind", f"baselines.{name}")
-    if kind in TEXT_MODULES:  # models with their own module and builder (text-based, no IDs)
-        import importlib
-
-        return importlib.import_module(f"reccocktail.baselines.{kind}").build(
-            settings, dm, cache_dir, name=name)
-    kwargs = dict(need(settings, "model", f"baselines.{name}"))
-    if kind == "id":
-        if name not in ID_MODELS:
-            raise ValueError(f"baselines.{name}.kind: id, but {name!r} is not one of {list(ID_MODELS)}")
-        model = ID_MODELS[name](**common, **kwargs)
-    elif kind == "text":
-        from reccocktail.baselines.text import TextSeqRec, text_table
-
-        text = text_table(dm.items, cache_dir, settings["encoder_package"],
-                          settings["encoder_batch_size"], settings["encoder_max_tokens"])
-        common.pop("num_items")
-        common.pop("num_users")
-        model = TextSeqRec(text, **common, **kwargs)
-    else:
-        raise ValueError(f"baselines.{name}.kind: {kind!r} is not trainable (id or text)")
-    return RecModule(model, dm.train_items, loss=settings["loss"], lr=settings["lr"],
-                     weight_decay=settings["weight_decay"], prefix=f"baselines/{name}/",
-                     num_negatives=settings["num_negatives"])
+    return lookup(name, settings).builder()(settings, dm, cache_dir, name=name)
 
 
 def fit_baseline(module: RecModule, dm: SequenceDataModule, settings: dict[str, Any],
@@ -159,12 +126,14 @@ def score_all_items(module: RecModule, dm: SequenceDataModule, samples: list[Sam
     return out
 
 
-def scored_test_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], str]:
+def scored_test_samples(cfg: DictConfig, out_dir: Path,
+                        split: str | None = None) -> tuple[list[Sample], str]:
     """The samples the eval stage scores (its own selection: split, unlabeled users left out,
-    `eval.max_users`), so that baseline rows and LLM rows share every sample."""
+    `eval.max_users`), so that baseline rows and LLM rows share every sample. `split`: the
+    parsed `eval.split` (read from `cfg` when None)."""
     from reccocktail.evaluation.samples import eval_samples
 
-    samples, info = eval_samples(cfg, out_dir)
+    samples, info = eval_samples(cfg, out_dir, split)
     how = (f"{info['split']}: {'all users (transductive)' if info.get('transductive') else 'users not used as unlabeled tuning prompts'}"
            + (f", {info['max_users']} users sampled" if info.get("max_users") else ""))
     return samples, how
@@ -175,9 +144,10 @@ def run_one(name: str, settings: dict[str, Any], data_dir: Path, samples: list[S
             full: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """Train (unless popularity) and score `samples`; returns (scores [n, C], info), or with
     `full` (eval.candidates=all) scores [n, V] of every item in vocabulary order."""
+    rec = lookup(name, settings)
     dm = make_datamodule(data_dir, settings, seed)
     dm.load()
-    if need(settings, "kind", f"baselines.{name}") == "popularity":
+    if not rec.trained:  # popularity: the training counts
         t0 = time.time()
         scores = (dm.item_counts.float()[None].expand(len(samples), -1).clone() if full
                   else popularity_scores(dm, samples))
@@ -198,95 +168,125 @@ def run_one(name: str, settings: dict[str, Any], data_dir: Path, samples: list[S
     return scores, info
 
 
-def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
-    """Stage entry (contract): every baseline in `cfg.baseline`, scored and recorded."""
-    from reccocktail.evaluation.confidence import ci_fields
-    from reccocktail.evaluation.metrics import DEFAULT_KS, ranking_metrics, target_ranks
-    from reccocktail.evaluation.results import (
-        clear_stale,
-        record_results,
-        start_rows,
-        update_paired,
-    )
-    from reccocktail.evaluation.samples import prediction_rows, run_data_hash
-    from reccocktail.runtime import make_trainer
+@dataclass
+class BaselinesPlan:
+    """What the stage scores, fixed before any model trains: the baselines and their merged
+    settings, the eval stage's samples, and the full catalogue when `eval.candidates=all`."""
 
-    out_dir = Path(out_dir)
-    names = baseline_names(need(cfg, "baseline"))
-    data_dir = out_dir / "data"
-    if not names:
-        log.info("baselines: cfg.baseline is empty; nothing to do")
-        return {"baselines": []}
-    samples, how = scored_test_samples(cfg, out_dir)
-    if not samples:
-        raise ValueError(f"{data_dir / 'test.jsonl'}: no test samples to score")
-    cache_dir = need(cfg, "paths.cache_dir")
-    seed = int(cfg.seed)
-    summary: dict[str, Any] = {"baselines": names, "scored_samples": len(samples),
-                               "scored_on": how, "metrics": {}}
-    data_hash = run_data_hash(out_dir)  # on every row: paired tests refuse other data
+    names: list[str]
+    settings: dict[str, dict[str, Any]]
+    samples: list[Sample]
+    scored_on: str
+    data_hash: str | None
+    catalogue: Any  # full_catalogue.FullCatalogue, or None: the stored candidates
+
+
+def plan_baselines(cfg: DictConfig, out_dir: Path, names: list[str]) -> BaselinesPlan:
+    """Check everything a baseline needs before the first one trains: its settings (and
+    `kind`), the samples, and that it can rank the full catalogue when asked to."""
     from reccocktail.evaluation import full_catalogue as fc
+    from reccocktail.evaluation.config import eval_config
+    from reccocktail.evaluation.samples import run_data_hash
 
-    bad = fc.check_config(cfg)
-    if bad:
-        raise ValueError("; ".join(bad))
-    cat = (fc.FullCatalogue.load(cfg, out_dir, samples) if fc.candidates_mode(cfg) == "all"
-           else None)
-    stored_only = [n for n in names if cat is not None
-                   and str(need(settings_for(cfg, n), "kind", f"baselines.{n}")) in LLM_RUNNERS]
+    ec = eval_config(cfg)  # the eval block, parsed once: split and full-catalogue protocol
+    samples, how = scored_test_samples(cfg, out_dir, ec.split)
+    if not samples:
+        raise ValueError(f"{out_dir / 'data' / 'test.jsonl'}: no test samples to score")
+    settings = {n: settings_for(cfg, n) for n in names}
+    data_hash = run_data_hash(out_dir)  # on every row: paired tests refuse other data
+    cc = fc.catalogue_config(cfg, ec)  # None: the stored candidates
+    cat = fc.FullCatalogue.load(cc, out_dir, samples) if cc is not None else None
+    stored_only = [n for n in names if cat is not None and not lookup(n).ranks_full_catalogue]
     if stored_only:  # fail before any training, not after
         raise ValueError(f"baseline {stored_only}: scores the stored candidates only, not the full "
                          "catalogue (eval.candidates=all); drop it from `baseline`")
+    return BaselinesPlan(names, settings, samples, how, data_hash, cat)
+
+
+def train_and_score(cfg: DictConfig, out_dir: Path, name: str,
+                    plan: BaselinesPlan) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One baseline trained (or counted) and scored the way the registry says: an LLM baseline
+    by its own runner, the others by `run_one` (every item with the full catalogue)."""
+    from reccocktail.runtime import make_trainer
+
+    settings = plan.settings[name]
+
+    def factory(callbacks=None, **overrides):
+        return make_trainer(cfg, out_dir, f"baselines/{name}", callbacks=callbacks, **overrides)
+
+    log.info("baseline %s: training on %s", name, out_dir / "data")
+    rec = lookup(name, settings)
+    if rec.run is not None:  # P5, OMfA: LLMs on the backbone, the stored candidates only
+        return rec.runner()(cfg, out_dir, name, settings, plan.samples)
+    return run_one(name, settings, out_dir / "data", plan.samples, factory, int(cfg.seed),
+                   need(cfg, "paths.cache_dir"), full=plan.catalogue is not None)
+
+
+def record_full(out_dir: Path, name: str, plan: BaselinesPlan, scores: torch.Tensor,
+                info: dict[str, Any]) -> dict[str, float]:
+    """A row over the full catalogue: the catalogue's columns of every item's score, the same
+    exclusion and cut-off as the LLM rows."""
+    from reccocktail.baselines.sequential import ItemVocab
+    from reccocktail.data.samples import load_items
+    from reccocktail.evaluation import full_catalogue as fc
+
+    cat, samples = plan.catalogue, plan.samples
+    vocab = ItemVocab.from_items(load_items(out_dir / "data" / "items.tsv")).index
+    if scores.shape != (len(samples), len(vocab) + 1):
+        raise ValueError(f"baseline {name}: scored {tuple(scores.shape)}, not every item "
+                         f"({len(vocab)}); it cannot rank the full catalogue "
+                         "(eval.candidates=all): drop it from `baseline`")
+    ranks, lists = cat.ranks_from_scores(
+        scores[:, torch.tensor([vocab[i] for i in cat.items])], samples)
+    metrics = fc.record_row(out_dir, name, cat, samples, ranks, lists, kind="baseline",
+                            num_samples=len(samples), scored_on=plan.scored_on,
+                            data_hash=plan.data_hash, **info)
+    log.info("baseline %s (full catalogue): %s", name, metrics)
+    return metrics
+
+
+def record_sampled(out_dir: Path, name: str, plan: BaselinesPlan, scores: torch.Tensor,
+                   info: dict[str, Any]) -> dict[str, float]:
+    """A row over the stored candidates, with its predictions file and bootstrap CIs."""
+    from reccocktail.evaluation.confidence import ci_fields
+    from reccocktail.evaluation.metrics import DEFAULT_KS, ranking_metrics, target_ranks
+    from reccocktail.evaluation.results import record_results
+    from reccocktail.evaluation.samples import prediction_rows
+
+    samples = plan.samples
+    targets = [s.target_index for s in samples]
+    metrics = ranking_metrics(scores, targets)
+    write_jsonl(out_dir / "predictions" / f"{name}.jsonl",
+                prediction_rows(samples, scores, digits=6))
+    record_results(out_dir, name, metrics,
+                   **ci_fields(target_ranks(scores, targets), [s.user for s in samples],
+                               DEFAULT_KS),
+                   kind="baseline", num_samples=len(samples), scored_on=plan.scored_on,
+                   data_hash=plan.data_hash, **info)
+    log.info("baseline %s: ndcg@1=%.4f ndcg@3=%.4f (%.0fs training)", name,
+             metrics["ndcg@1"], metrics["ndcg@3"], info["train_seconds"])
+    return metrics
+
+
+def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
+    """Stage entry (contract): every baseline in `cfg.baseline`, scored and recorded."""
+    from reccocktail.evaluation.results import clear_stale, start_rows, update_paired
+
+    out_dir = Path(out_dir)
+    names = baseline_names(need(cfg, "baseline"))
+    if not names:
+        log.info("baselines: cfg.baseline is empty; nothing to do")
+        return {"baselines": []}
+    plan = plan_baselines(cfg, out_dir, names)
+    summary: dict[str, Any] = {"baselines": names, "scored_samples": len(plan.samples),
+                               "scored_on": plan.scored_on, "metrics": {}}
     start_rows(out_dir, names, "baselines")
+    record = record_sampled if plan.catalogue is None else record_full
     for name in names:
-        settings = settings_for(cfg, name)
-
-        def factory(callbacks=None, _name=name, **overrides):
-            return make_trainer(cfg, out_dir, f"baselines/{_name}", callbacks=callbacks,
-                                **overrides)
-
-        log.info("baseline %s: training on %s", name, data_dir)
-        runner = LLM_RUNNERS.get(str(need(settings, "kind", f"baselines.{name}")))
-        if runner is not None:  # P5, OMfA: LLMs on the backbone, the stored candidates only
-            import importlib
-
-            module_name, fn = runner.split(":")
-            scores, info = getattr(importlib.import_module(module_name), fn)(
-                cfg, out_dir, name, settings, samples)
-        else:
-            scores, info = run_one(name, settings, data_dir, samples, factory, seed, cache_dir,
-                                   full=cat is not None)
+        scores, info = train_and_score(cfg, out_dir, name, plan)
         if not info.pop("is_global_zero", True):
             continue
-        if cat is not None:  # every item scored: the catalogue's columns, same exclusion
-            from reccocktail.baselines.sequential import ItemVocab
-            from reccocktail.data.samples import load_items
-
-            vocab = ItemVocab.from_items(load_items(data_dir / "items.tsv")).index
-            if scores.shape != (len(samples), len(vocab) + 1):
-                raise ValueError(f"baseline {name}: scored {tuple(scores.shape)}, not every item "
-                                 f"({len(vocab)}); it cannot rank the full catalogue "
-                                 "(eval.candidates=all): drop it from `baseline`")
-            ranks, lists = cat.ranks_from_scores(
-                scores[:, torch.tensor([vocab[i] for i in cat.items])], samples)
-            metrics = fc.record_row(out_dir, name, cat, samples, ranks, lists, kind="baseline",
-                                    num_samples=len(samples), scored_on=how,
-                                    data_hash=data_hash, **info)
-            summary["metrics"][name] = {**metrics, **info}
-            log.info("baseline %s (full catalogue): %s", name, metrics)
-            continue
-        targets = [s.target_index for s in samples]
-        metrics = ranking_metrics(scores, targets)
-        write_jsonl(out_dir / "predictions" / f"{name}.jsonl",
-                    prediction_rows(samples, scores, digits=6))
-        record_results(out_dir, name, metrics,
-                       **ci_fields(target_ranks(scores, targets), [s.user for s in samples],
-                                   DEFAULT_KS),
-                       kind="baseline", num_samples=len(samples), scored_on=how,
-                       data_hash=data_hash, **info)
-        summary["metrics"][name] = {**metrics, **info}
-        log.info("baseline %s: ndcg@1=%.4f ndcg@3=%.4f (%.0fs training)", name,
-                 metrics["ndcg@1"], metrics["ndcg@3"], info["train_seconds"])
+        summary["metrics"][name] = {**record(out_dir, name, plan, scores, info), **info}
     if summary["metrics"]:  # cocktail (when already scored) against the new rows, per sample
         update_paired(out_dir)
     clear_stale(out_dir, ("baselines",))

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reccocktail.baselines.models import CausalTransformer
+from reccocktail.baselines.models import CausalTransformer, RecModule, rec_module
+from reccocktail.baselines.sequential import SequenceDataModule
+from reccocktail.utils.config import need
 from reccocktail.utils.io import atomic_path, stable_hash
 from reccocktail.utils.packages import distribution
 
@@ -148,3 +150,14 @@ def text_table(items: dict[str, str], cache_dir: str | os.PathLike | None,
     """Title vectors aligned with `ItemVocab` (row 0 = zero padding, then items.tsv order)."""
     emb = title_embeddings(items, cache_dir, package, batch_size, max_tokens)
     return torch.cat([torch.zeros(1, emb.size(1)), emb])
+
+
+def build(settings: dict, dm: SequenceDataModule, cache_dir: str | os.PathLike | None = None,
+          name: str = "unisrec") -> RecModule:
+    """The UniSRec-style model (`kind: text`) on `dm`'s titles: the registry's builder."""
+    dm.load()
+    kwargs = dict(need(settings, "model", f"baselines.{name}"))
+    text = text_table(dm.items, cache_dir, settings["encoder_package"],
+                      settings["encoder_batch_size"], settings["encoder_max_tokens"])
+    model = TextSeqRec(text, dim=settings["dim"], max_len=settings["max_len"], **kwargs)
+    return rec_module(model, dm, settings, name)

@@ -8,7 +8,8 @@ importing a stage module (and without an import cycle through the stage).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -49,6 +50,33 @@ class EvalConfig:
     device: str | None
     progress: bool
     print: bool
+
+    @property
+    def scorers(self) -> ScorerConfig:
+        """The part of this block the scorers read."""
+        return ScorerConfig.of(self)
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """What a scorer reads of the eval block and nothing more, so that scorers are built alike
+    by the eval stage, the P5 baseline and the scripts without handing them the whole block
+    (`EvalConfig.scorers`). `beam_size` is resolved (never null)."""
+
+    batch_size: int
+    normalize: bool
+    progress: bool
+    packed: bool
+    beam_size: int | None
+    search: str
+    generate_batch_size: int
+    max_new_tokens: int | None
+    multi_match: str
+
+    @classmethod
+    def of(cls, block: Any) -> ScorerConfig:
+        """The scorer settings of a parsed eval block (any object with these attributes)."""
+        return cls(**{f.name: getattr(block, f.name) for f in fields(cls)})
 
 
 def eval_config(cfg: DictConfig) -> EvalConfig:

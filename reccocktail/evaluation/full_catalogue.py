@@ -35,10 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
-from reccocktail.data.samples import NEW_ITEMS_FILE, Sample
+from reccocktail.data.samples import NEW_ITEMS_FILE, Sample, load_items
+from reccocktail.evaluation import confidence
 from reccocktail.evaluation.chance import random_full_expectation  # noqa: F401  (re-exported)
+from reccocktail.evaluation.config import EvalConfig, eval_config
+from reccocktail.evaluation.results import record_results
 from reccocktail.utils.config import need
+from reccocktail.utils.io import iter_jsonl, read_json, write_jsonl
 
 CANDIDATES = ("sampled", "all")
 EXCLUSION_SEEN = "the user's training items and the sample's history (seen items) excluded"
@@ -46,22 +51,22 @@ EXCLUSION_NONE = "nothing excluded (seen items stay in the ranking)"
 
 
 def candidates_mode(cfg: Any) -> str:
-    """`eval.candidates` (sampled | all), validated."""
+    """`eval.candidates` (sampled | all), validated, from a raw config (the config check and
+    scripts; a stage reads its parsed `EvalConfig`)."""
     mode = str(need(cfg, "eval.candidates"))
     if mode not in CANDIDATES:
         raise ValueError(f"eval.candidates={mode}: not one of {list(CANDIDATES)}")
     return mode
 
 
-def full_settings(cfg: Any) -> tuple[tuple[int, ...], int]:
+def cutoffs(full_ks: Sequence[int], beam_size: int | None) -> tuple[tuple[int, ...], int]:
     """(cut-offs `eval.full_ks`, cut-off of every row = `eval.beam_size`, null: the largest
     cut-off), checked: the beam must return at least as many items as the largest cut-off, or
     HR@k would be capped by it."""
-    ks = tuple(int(k) for k in need(cfg, "eval.full_ks"))
+    ks = tuple(int(k) for k in full_ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"eval.full_ks={list(ks)}: needs cut-offs >= 1")
-    beam = need(cfg, "eval.beam_size")
-    beam = max(ks) if beam is None else int(beam)
+    beam = max(ks) if beam_size is None else int(beam_size)
     if beam < max(ks):
         raise ValueError(
             f"eval.beam_size={beam} is smaller than the largest full-catalogue cut-off "
@@ -70,20 +75,60 @@ def full_settings(cfg: Any) -> tuple[tuple[int, ...], int]:
     return ks, beam
 
 
+def refuse_generate(scorer: Sequence[str] | str | None) -> None:
+    """The greedy `generate` scorer names one item: it cannot rank a catalogue."""
+    names = [str(scorer)] if isinstance(scorer, str) else [str(s) for s in scorer or []]
+    if "generate" in names:
+        raise ValueError("eval.scorer=generate: not available with eval.candidates=all (one "
+                         "greedy title ranks one item); use beam (or likelihood, exhaustive and "
+                         "slow)")
+
+
+def full_settings(cfg: Any) -> tuple[tuple[int, ...], int]:
+    """`cutoffs` of a raw config's `eval.full_ks` and `eval.beam_size`."""
+    return cutoffs(need(cfg, "eval.full_ks"), need(cfg, "eval.beam_size"))
+
+
 def check_config(cfg: Any) -> list[str]:
-    """Config errors of the full-catalogue protocol, one message each (empty: fine)."""
+    """Config errors of the full-catalogue protocol in a raw config, one message each (empty:
+    fine): the config check's entry; the stages parse the same rules in `catalogue_config`."""
     try:
         if candidates_mode(cfg) != "all":
             return []
         full_settings(cfg)
+        refuse_generate(need(cfg, "eval.scorer"))
     except ValueError as err:
         return [str(err)]
-    scorer = need(cfg, "eval.scorer")
-    names = [str(scorer)] if isinstance(scorer, str) else [str(s) for s in scorer or []]
-    if "generate" in names:
-        return ["eval.scorer=generate: not available with eval.candidates=all (one greedy "
-                "title ranks one item); use beam (or likelihood, exhaustive and slow)"]
     return []
+
+
+@dataclass(frozen=True)
+class CatalogueConfig:
+    """What the full-catalogue protocol reads of the run's config, parsed once at a stage's
+    entry (`catalogue_config`) and handed to `FullCatalogue.load`, so no part of the protocol
+    reads raw `eval.*` keys again. `scenario`/`cold_negatives` are the run's, used only for a
+    data folder whose stats.json does not record them."""
+
+    ks: tuple[int, ...]
+    cutoff: int
+    exclude_seen: bool
+    scenario: str | None = None
+    cold_negatives: str | None = None
+
+
+def catalogue_config(cfg: Any, ec: EvalConfig | None = None) -> CatalogueConfig | None:
+    """The protocol's settings from the parsed eval block (`ec`; parsed from `cfg` when None),
+    checked (ValueError naming the key); None with sampled candidates."""
+    ec = eval_config(cfg) if ec is None else ec
+    if ec.candidates not in CANDIDATES:
+        raise ValueError(f"eval.candidates={ec.candidates}: not one of {list(CANDIDATES)}")
+    if ec.candidates != "all":
+        return None
+    ks, cutoff = cutoffs(ec.full_ks, ec.beam_size)
+    refuse_generate(ec.scorer)
+    return CatalogueConfig(ks, cutoff, bool(ec.exclude_seen),
+                           OmegaConf.select(cfg, "scenario.name"),
+                           OmegaConf.select(cfg, "scenario.cold_negatives"))
 
 
 # -- metrics (pure) ---------------------------------------------------------------------------
@@ -158,22 +203,24 @@ class FullCatalogue:
         self.index = {item: j for j, item in enumerate(self.items)}
 
     @classmethod
-    def load(cls, cfg: Any, out_dir: str | Path, samples: Sequence[Sample]) -> FullCatalogue:
-        """From the run folder's data stage output and the `eval` config."""
-        from reccocktail.data.samples import load_items
-
-        ks, cutoff = full_settings(cfg)
+    def load(cls, config: CatalogueConfig | Any, out_dir: str | Path,
+             samples: Sequence[Sample]) -> FullCatalogue:
+        """From the run folder's data stage output and the parsed protocol settings (a raw
+        config is parsed first: tests, notebooks)."""
+        cc = config if isinstance(config, CatalogueConfig) else catalogue_config(config)
+        if cc is None:
+            raise ValueError("eval.candidates=sampled: no full catalogue to rank (set "
+                             "eval.candidates=all)")
         data_dir = Path(out_dir) / "data"
         items = load_items(data_dir / "items.tsv")
-        keep, rule = catalogue_mask(data_dir, list(items), cfg)
+        keep, rule = catalogue_mask(data_dir, list(items), cc.scenario, cc.cold_negatives)
         ids = [i for i, k in zip(items, keep) if k]
-        exclude_seen = bool(need(cfg, "eval.exclude_seen"))
         excluded: list[set[str]] = [set() for _ in samples]
-        if exclude_seen:
+        if cc.exclude_seen:
             seqs = training_items(data_dir / "sequences.jsonl")
             excluded = [(set(seqs.get(s.user, ())) | set(s.history)) - {s.target}
                         for s in samples]
-        cat = cls(ids, rule, excluded, ks, cutoff, exclude_seen)
+        cat = cls(ids, rule, excluded, cc.ks, cc.cutoff, cc.exclude_seen)
         missing = [s.target for s in samples if s.target not in cat.index]
         if missing:
             raise ValueError(f"{len(missing)} test target(s) {missing[:3]} are not in the "
@@ -208,8 +255,6 @@ class FullCatalogue:
     def row_fields(self, ranks: torch.Tensor, users: Sequence[Any]) -> tuple[dict[str, float],
                                                                                 dict[str, Any]]:
         """(metrics, uncertainty fields) of a row from per-sample ranks (see `ci_fields`)."""
-        from reccocktail.evaluation import confidence
-
         vals = truncated_metric_values(ranks, self.ks, self.cutoff)
         metrics = {k: float(v.mean()) for k, v in vals.items()}
         cis = confidence.bootstrap_cis(vals, users)
@@ -231,16 +276,17 @@ class FullCatalogue:
         return ranks, lists
 
 
-def catalogue_mask(data_dir: Path, item_ids: list[str], cfg: Any) -> tuple[list[bool], str]:
-    """Which items.tsv items the test negatives may come from, and the rule in words."""
-    from reccocktail.utils.io import read_json
-
+def catalogue_mask(data_dir: Path, item_ids: list[str], scenario: str | None = None,
+                   cold_negatives: str | None = None) -> tuple[list[bool], str]:
+    """Which items.tsv items the test negatives may come from, and the rule in words. The
+    data stage's stats.json says the scenario; `scenario`/`cold_negatives` (the run's config)
+    stand in for a data folder written before it recorded them."""
     stats_path = data_dir / "stats.json"
     stats = read_json(stats_path) if stats_path.exists() else {}
-    scenario = stats.get("scenario") or need(cfg, "scenario.name")
+    scenario = stats.get("scenario") or _required(scenario, "scenario.name")
     if scenario != "cold":
         return [True] * len(item_ids), "every item of data/items.tsv"
-    cold_neg = stats.get("cold_negatives") or need(cfg, "scenario.cold_negatives")
+    cold_neg = stats.get("cold_negatives") or _required(cold_negatives, "scenario.cold_negatives")
     new_path = data_dir / NEW_ITEMS_FILE
     if not new_path.exists():
         raise FileNotFoundError(
@@ -258,10 +304,14 @@ def catalogue_mask(data_dir: Path, item_ids: list[str], cfg: Any) -> tuple[list[
         "items, as test negatives)")
 
 
+def _required(value: str | None, key: str) -> str:
+    if value is None:
+        return need({}, key)  # the missing-key error, naming it
+    return value
+
+
 def training_items(path: Path) -> dict[str, list[str]]:
     """`user -> training items` of `sequences.jsonl` (the seen items of the exclusion rule)."""
-    from reccocktail.utils.io import iter_jsonl
-
     if not path.exists():
         raise FileNotFoundError(f"{path}: needed for eval.exclude_seen=true (run the data stage)")
     return {str(r["user"]): [str(i) for i in r["items"]] for r in iter_jsonl(path)}
@@ -282,9 +332,6 @@ def record_row(out_dir: str | Path, name: str, cat: FullCatalogue, samples: Sequ
                ranks: torch.Tensor, lists: Sequence[Sequence[tuple[str, float]]],
                **meta: Any) -> dict[str, float]:
     """Record one full-catalogue row in results.json and its predictions file; its metrics."""
-    from reccocktail.evaluation.results import record_results
-    from reccocktail.utils.io import write_jsonl
-
     metrics, ci = cat.row_fields(ranks, [s.user for s in samples])
     record_results(out_dir, name, metrics, **ci, **cat.info(), **meta)
     write_jsonl(Path(out_dir) / "predictions" / f"{name}.jsonl",

@@ -55,10 +55,12 @@ def run_data_hash(out_dir: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def eval_samples(cfg: DictConfig, out_dir: Path) -> tuple[list[Sample], dict[str, Any]]:
-    """The samples every method is scored on, and how they were chosen (for the results)."""
+def eval_samples(cfg: DictConfig, out_dir: Path,
+                 split: str | None = None) -> tuple[list[Sample], dict[str, Any]]:
+    """The samples every method is scored on, and how they were chosen (for the results).
+    `split`: the parsed `eval.split` (read from `cfg` when None)."""
     data_dir = Path(out_dir) / "data"
-    split = str(need(cfg, "eval.split"))
+    split = str(need(cfg, "eval.split") if split is None else split)
     items = load_items(data_dir / "items.tsv")
     path = data_dir / f"{split}.jsonl"
     if not path.exists():

@@ -33,7 +33,7 @@ import torch
 
 from reccocktail.data.prompts import PromptBuilder
 from reccocktail.data.samples import Sample
-from reccocktail.evaluation.config import SEARCHES
+from reccocktail.evaluation.config import SEARCHES, ScorerConfig
 from reccocktail.evaluation.matching import Match, match_output
 from reccocktail.utils.device import model_device
 
@@ -662,16 +662,19 @@ SCORERS = {"likelihood": LikelihoodScorer, "naive": NaiveLikelihoodScorer,
            "generate": GenerateMatchScorer, "beam": BeamScorer}
 
 
-def build_scorer(name: str, model: Any, prompt_builder: PromptBuilder, ec: EvalConfig):
-    """A scorer from its name and the parsed `eval` block (`evaluation.stage.eval_config`)."""
+def build_scorer(name: str, model: Any, prompt_builder: PromptBuilder,
+                 config: ScorerConfig | EvalConfig):
+    """A scorer from its name and its settings (`ScorerConfig`; a parsed `EvalConfig` is cut
+    down to them, as the scripts pass it)."""
+    if name not in SCORERS:
+        raise ValueError(f"eval.scorer: unknown scorer {name!r}; choose one of {sorted(SCORERS)}")
+    sc = config if isinstance(config, ScorerConfig) else ScorerConfig.of(config)
     if name in ("likelihood", "naive"):
-        return SCORERS[name](model, prompt_builder, batch_size=ec.batch_size,
-                             normalize=ec.normalize, progress=ec.progress, packed=ec.packed)
+        return SCORERS[name](model, prompt_builder, batch_size=sc.batch_size,
+                             normalize=sc.normalize, progress=sc.progress, packed=sc.packed)
     if name == "beam":
-        return BeamScorer(model, prompt_builder, batch_size=ec.batch_size, progress=ec.progress,
-                          packed=ec.packed, beam_size=ec.beam_size, search_mode=ec.search)
-    if name == "generate":
-        return GenerateMatchScorer(model, prompt_builder, batch_size=ec.generate_batch_size,
-                                   max_new_tokens=ec.max_new_tokens, multi=ec.multi_match,
-                                   progress=ec.progress)
-    raise ValueError(f"eval.scorer: unknown scorer {name!r}; choose one of {sorted(SCORERS)}")
+        return BeamScorer(model, prompt_builder, batch_size=sc.batch_size, progress=sc.progress,
+                          packed=sc.packed, beam_size=sc.beam_size, search_mode=sc.search)
+    return GenerateMatchScorer(model, prompt_builder, batch_size=sc.generate_batch_size,
+                               max_new_tokens=sc.max_new_tokens, multi=sc.multi_match,
+                               progress=sc.progress)
