@@ -46,7 +46,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.cocktail.entropy import OBJECTIVES
-from reccocktail.cocktail.stage import run_mix_stage
+from reccocktail.cocktail.stage import run_mix_stage, simplex_grid
 from reccocktail.data.prompts import prompt_builder_from_config, prompt_format
 from reccocktail.data.samples import Sample, load_items, load_samples
 from reccocktail.data.selection import choose_users
@@ -127,11 +127,11 @@ def fixed_config(cfg: DictConfig, lam_g: float, ws: Path) -> DictConfig:
 
 
 def grid_points(step: float) -> list[float]:
-    """λ_G = 0, step, 2·step, …, 1 (`step` must divide 1)."""
-    n = round(1.0 / step) if step > 0 else 0
-    if n < 1 or abs(n * step - 1.0) > 1e-9:
-        raise SystemExit(f"--grid-step {step}: must divide 1 (e.g. 0.1, 0.25, 0.5)")
-    return [round(i / n, 10) for i in range(n + 1)]
+    """λ_G = 0, step, 2·step, …, 1: the two-ingredient simplex of mix=grid."""
+    try:
+        return [round(lam[0], 10) for lam in simplex_grid(2, step)]
+    except ValueError as err:
+        raise SystemExit(f"--grid-step {step}: {err}") from None
 
 
 # λ_G points that are rows of their own (G, S and WA are scored on validation anyway)
