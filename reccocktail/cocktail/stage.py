@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail.cocktail.entropy import OBJECTIVES, EntropyMixModule, LoraMixer, PromptDataset
 from reccocktail.cocktail.mix import (
     GRANULARITIES,
     MODES,
@@ -33,6 +35,7 @@ from reccocktail.cocktail.mix import (
     describe_lambdas,
     mix_and_save,
 )
+from reccocktail.data.prompts import adapter_format, prompt_builder_from_config, prompt_format
 from reccocktail.data.samples import Sample, load_items, load_samples
 from reccocktail.data.selection import (
     LAMBDA_SPLIT,
@@ -42,6 +45,8 @@ from reccocktail.data.selection import (
 )
 from reccocktail.ingredients import KEY, by_name, ingredient_names, resolve_weights
 from reccocktail.models.adapters import is_intact, read_lora, run_identity, verify_adapter
+from reccocktail.models.backbone import load_backbone
+from reccocktail.runtime import make_trainer
 from reccocktail.utils.config import need, one_of, unknown_keys
 from reccocktail.utils.device import backbone_dtype, place_backbone, resolve_device
 from reccocktail.utils.io import file_sha256, read_json, stable_hash, write_json
@@ -103,7 +108,6 @@ def mix_config(cfg: DictConfig) -> MixConfig:
         if k in own:
             own[k] = float(own[k])
     if "objective" in own:
-        from reccocktail.cocktail.entropy import OBJECTIVES
 
         one_of(own["objective"], OBJECTIVES, "mix.objective")
     if "measure_entropy" in own:
@@ -139,8 +143,6 @@ def check_lambdas(lambdas: Any, n: int, key: str = "mix.lambdas",
 
 
 def _is_rank_zero() -> bool:
-    from lightning.pytorch.utilities import rank_zero_only
-
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
@@ -153,8 +155,6 @@ def _specific_users(out_dir: Path) -> set[str]:
 
 def check_formats(paths: dict[str, Path], fmt: str) -> None:
     """G and S must have learned the prompt format the λ is tuned and the cocktail scored in."""
-    from reccocktail.data.prompts import adapter_format
-
     for name, p in paths.items():
         m = p / "manifest.json"
         if m.exists() and adapter_format(read_json(m)) != fmt:
@@ -237,9 +237,6 @@ def learn_entropy_lambdas(cfg: DictConfig, out_dir: Path, model: Any, tokenizer:
     """Train only the λ logits of an `EntropyMixModule` on `mcfg.objective`; returns (λ for
     `mix_adapters`, the per-step curve, the mean entropy over all tuning prompts before and
     after)."""
-    from reccocktail.cocktail.entropy import EntropyMixModule, PromptDataset
-    from reccocktail.runtime import make_trainer
-
     if not prompts:
         raise ValueError("mix=entropy: no unlabeled prompts (selection.lambda_users is 0 or "
                          "test is empty)")
@@ -292,8 +289,6 @@ class MixRun:
 
     def backbone(self) -> tuple[Any, Any, Any]:
         """(model, tokenizer, prompt builder) on the run's device, for grid and entropy."""
-        from reccocktail.data.prompts import prompt_builder_from_config
-        from reccocktail.models.backbone import load_backbone
 
         device = resolve_device(self.cfg)
         model, tokenizer = load_backbone(self.cfg.backbone, device=device)
@@ -312,7 +307,6 @@ def fixed_lambdas(run: MixRun) -> tuple[Any, dict[str, Any]]:
 def grid_lambdas(run: MixRun) -> tuple[Any, dict[str, Any]]:
     """The grid point with the best validation NDCG@1 (`grid_points`), on validation users
     that trained no ingredient."""
-    from reccocktail.cocktail.entropy import LoraMixer
 
     points = grid_points(run.mcfg.grid, run.mcfg.grid_step, len(run.names))
     valid = selection_samples(load_samples(run.out_dir / "data" / "valid.jsonl"),
@@ -373,6 +367,73 @@ STRATEGIES: dict[str, Callable[[MixRun], tuple[Any, dict[str, Any]]]] = {
 
 # -- the stage -----------------------------------------------------------------------------
 
+def load_ingredients(cfg: DictConfig, out_dir: Path, names: list[str], mode: str, fmt: str
+                     ) -> tuple[dict[str, Path], list[LoraAdapter], dict[str, Any]]:
+    """The ingredients' folders and LoRA factors, each checked: intact, of this backbone, this
+    run's data, scenario, domain and prompt format, and mixable in `mode`. The third value names
+    the adapters of another run used on purpose (`allow_foreign_adapters`, recorded)."""
+    paths = {a: out_dir / "adapters" / a for a in names}
+    checked = {a: verify_adapter(p, f"mix: adapter {a!r}", cfg, out_dir) for a, p in paths.items()}
+    foreign = {a: m["foreign"] for a, m in checked.items() if m.get("foreign")}
+    adapters = [read_lora(p, a) for a, p in paths.items()]
+    check_compatible(adapters, mode)
+    check_formats(paths, fmt)
+    return paths, adapters, foreign
+
+
+def mix_key(cfg: DictConfig, out_dir: Path, mcfg: MixConfig, paths: dict[str, Path], fmt: str,
+            foreign: dict[str, Any]) -> str:
+    """What the cocktail depends on: the mix block, the data, the ingredients' weights, the
+    prompt format, λ users (entropy only: fixed and grid keep their key when they change), the
+    foreign adapters and the backbone's dtype (fp32 keeps the keys of mixes made before it was
+    keyed)."""
+    selection = selection_config(cfg)
+    data_manifest = out_dir / "data" / "manifest.json"
+    data_hash = read_json(data_manifest).get("data_hash") if data_manifest.exists() else None
+    chosen = ([selection.lambda_users, selection.transductive] if mcfg.name == "entropy" else None)
+    dtype = backbone_dtype(cfg.backbone)
+    return stable_hash(mcfg.block, int(need(cfg, "seed")), need(cfg, "data.max_title_tokens"),
+                       need(cfg, "backbone.name"), data_hash,
+                       [file_sha256(p / "adapter_model.safetensors") for p in paths.values()],
+                       fmt, *([chosen] if chosen else []), *([foreign] if foreign else []),
+                       *([dtype] if dtype != "float32" else []))
+
+
+def _reusable(out_dir: Path, key: str) -> dict[str, Any] | None:
+    """The previous lambda.json when the cocktail and WA on disk are intact and of this key."""
+    cocktail, wa = out_dir / "adapters" / "cocktail", out_dir / "adapters" / "wa"
+    lam_file = out_dir / "mix" / "lambda.json"
+    if not (lam_file.exists() and (cocktail / "manifest.json").exists() and wa.exists()):
+        return None
+    if read_json(cocktail / "manifest.json").get("mix_key") != key or not is_intact(cocktail) \
+            or not is_intact(wa):
+        return None
+    return read_json(lam_file)
+
+
+def save_mix(cfg: DictConfig, out_dir: Path, adapters: list[LoraAdapter], lambdas: Any,
+             info: dict[str, Any], key: str, foreign: dict[str, Any]) -> None:
+    """Write adapters/wa (the uniform average), adapters/cocktail (λ) and mix/lambda.json, on
+    rank zero only."""
+    if not _is_rank_zero():
+        return
+    names, fmt, mode = info["ingredients"], info["objective"], info["mode"]
+    run_id = {"run": run_identity(cfg, out_dir), "backbone_dtype": info["backbone_dtype"],
+              **({"foreign_sources": foreign} if foreign else {})}
+    uniform = [1.0 / len(adapters)] * len(adapters)  # WA: [0.5, 0.5] for G and S
+    mix_and_save(adapters, uniform, mode, out_dir / "adapters" / "wa",
+                 extra={"name": "wa", "objective": fmt, "ingredients": names, **run_id})
+    metrics = {}
+    if info.get("curve"):
+        first, last = info["curve"][0], info["curve"][-1]
+        metrics = {"entropy_first": first["entropy"], "entropy_last": last["entropy"],
+                   "loss_first": first["loss"], "loss_last": last["loss"]}
+    mix_and_save(adapters, lambdas, mode, out_dir / "adapters" / "cocktail",
+                 extra={"name": info["name"], "mix_key": key, "metrics": metrics,
+                        "objective": fmt, "ingredients": names, **run_id})
+    write_json(out_dir / "mix" / "lambda.json", info)
+
+
 def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., Any] | None = None,
                   metrics_fn: Callable[..., dict] | None = None) -> dict[str, Any]:
     """Write adapters/wa, adapters/cocktail and mix/lambda.json; returns a summary.
@@ -384,46 +445,22 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     mcfg = mix_config(cfg)
     names = ingredient_names(cfg)
     selection = selection_config(cfg)  # the same setting the eval stage scores by
-    seed = int(need(cfg, "seed"))
-    name, mode = mcfg.name, mcfg.mode
-    paths = {a: out_dir / "adapters" / a for a in names}
-    # intact, this backbone, this run's data/scenario/domain/objective (or waived: recorded)
-    checked = {a: verify_adapter(p, f"mix: adapter {a!r}", cfg, out_dir) for a, p in paths.items()}
-    foreign = {a: m["foreign"] for a, m in checked.items() if m.get("foreign")}
-    adapters = [read_lora(p, a) for a, p in paths.items()]
-    check_compatible(adapters, mode)
-    from reccocktail.data.prompts import prompt_format
-
-    fmt = prompt_format(cfg)
-    check_formats(paths, fmt)
-    data_manifest = out_dir / "data" / "manifest.json"
-    data_hash = read_json(data_manifest).get("data_hash") if data_manifest.exists() else None
-    # λ users matter only to mix=entropy: fixed and grid keep their key when they change
-    chosen = ([selection.lambda_users, selection.transductive] if name == "entropy" else None)
-    # the dtype the backbone runs in (fp32 keeps the keys of mixes made before it was keyed)
-    dtype = backbone_dtype(cfg.backbone)
-    key = stable_hash(mcfg.block, seed, need(cfg, "data.max_title_tokens"),
-                      need(cfg, "backbone.name"), data_hash,
-                      [file_sha256(p / "adapter_model.safetensors") for p in paths.values()], fmt,
-                      *([chosen] if chosen else []), *([foreign] if foreign else []),
-                      *([dtype] if dtype != "float32" else []))
-    cocktail, wa, lam_file = out_dir / "adapters" / "cocktail", out_dir / "adapters" / "wa", \
-        out_dir / "mix" / "lambda.json"
-    if lam_file.exists() and (cocktail / "manifest.json").exists() and wa.exists():
-        if read_json(cocktail / "manifest.json").get("mix_key") == key and is_intact(cocktail) \
-                and is_intact(wa):
-            log.info("mix: reusing %s (same adapters and mix config)", cocktail)
-            prev = read_json(lam_file)
-            return {"name": name, "mode": mode, "lambdas": prev.get("lambdas"), "reused": True}
+    name, mode, fmt = mcfg.name, mcfg.mode, prompt_format(cfg)
+    paths, adapters, foreign = load_ingredients(cfg, out_dir, names, mode, fmt)
+    key = mix_key(cfg, out_dir, mcfg, paths, fmt, foreign)
+    prev = _reusable(out_dir, key)
+    if prev is not None:
+        log.info("mix: reusing %s (same adapters and mix config)", out_dir / "adapters" / "cocktail")
+        return {"name": name, "mode": mode, "lambdas": prev.get("lambdas"), "reused": True}
 
     t0 = time.time()
     info: dict[str, Any] = {"name": name, "mode": mode, "adapters": list(names),
-                            "objective": fmt, "backbone_dtype": dtype,
+                            "objective": fmt, "backbone_dtype": backbone_dtype(cfg.backbone),
                             "transductive": selection.transductive,
                             "lambda_users": selection.lambda_users}
     if foreign:  # adapters of another run, used on purpose (allow_foreign_adapters)
         info["foreign_adapters"] = foreign
-    run = MixRun(cfg, out_dir, mcfg, names, adapters, fmt, selection, seed,
+    run = MixRun(cfg, out_dir, mcfg, names, adapters, fmt, selection, int(need(cfg, "seed")),
                  scorer_factory=scorer_factory, metrics_fn=metrics_fn)
     lambdas, found = STRATEGIES[name](run)
     info.update(found)
@@ -431,22 +468,7 @@ def run_mix_stage(cfg: DictConfig, out_dir: Path, scorer_factory: Callable[..., 
     info["ingredients"] = list(names)  # λ by name: the weight of each ingredient
     info["lambda_by_name"] = by_name(info["lambdas"], names)
     info["seconds"] = round(time.time() - t0, 2)
-    if _is_rank_zero():
-        run_id = {"run": run_identity(cfg, out_dir), "backbone_dtype": dtype,
-                  **({"foreign_sources": foreign} if foreign else {})}
-        uniform = [1.0 / len(adapters)] * len(adapters)  # WA: [0.5, 0.5] for G and S
-        mix_and_save(adapters, uniform, mode, wa,
-                     extra={"name": "wa", "objective": fmt, "ingredients": list(names), **run_id})
-        metrics = {}
-        if info.get("curve"):
-            metrics = {"entropy_first": info["curve"][0]["entropy"],
-                       "entropy_last": info["curve"][-1]["entropy"],
-                       "loss_first": info["curve"][0]["loss"],
-                       "loss_last": info["curve"][-1]["loss"]}
-        mix_and_save(adapters, lambdas, mode, cocktail,
-                     extra={"name": name, "mix_key": key, "metrics": metrics,
-                            "objective": fmt, "ingredients": list(names), **run_id})
-        write_json(lam_file, info)
+    save_mix(cfg, out_dir, adapters, lambdas, info, key, foreign)
     summary = {k: info[k] for k in ("name", "mode", "granularity", "transductive", "seconds")}
     summary["lambdas"] = lambdas if not isinstance(lambdas, dict) else {
         "mean": [sum(v[i] for v in lambdas.values()) / len(lambdas) for i in range(len(names))]}

@@ -307,75 +307,160 @@ def data_key(cfg: DictConfig) -> tuple[str, dict]:
     return stable_hash(inputs), inputs
 
 
-def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
-    """Build every artifact of the data stage into the (empty) folder `dest`; returns stats.
-    `dc`: the parsed `data:` block (`data_config`)."""
-    t0 = time.time()
-    scen = cfg.scenario
-    domain = cfg.domain
-    seed, num_candidates, history_len = dc.seed, dc.num_candidates, dc.history_len
-    min_core, negatives = dc.min_core, dc.negatives
-    scenario = str(scen.name)
-    one_of(scenario, SCENARIOS, "scenario.name")
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """The `scenario:` block, parsed once by the data stage. Only the cold scenario has new
+    items: its four keys (conf/scenario/cold.yaml) are required there and unread in warm."""
 
+    name: str
+    new_item_fraction: float | None = None
+    valid_new_item_fraction: float | None = None
+    cold_negatives: str | None = None
+    cold_train_part: str | None = None
+
+
+def scenario_config(cfg: DictConfig) -> ScenarioConfig:
+    """Parse and check `cfg.scenario` (a known name; in cold, every cold key with a known value)."""
+    scen = need(cfg, "scenario")
+    name = str(need(scen, "name", "scenario"))
+    one_of(name, SCENARIOS, "scenario.name")
+    if name == "warm":
+        return ScenarioConfig(name)
+    sc = ScenarioConfig(
+        name, float(need(scen, "new_item_fraction", "scenario")),
+        float(need(scen, "valid_new_item_fraction", "scenario")),
+        str(need(scen, "cold_negatives", "scenario")), str(need(scen, "cold_train_part", "scenario")))
+    one_of(sc.cold_negatives, COLD_NEGATIVES, "scenario.cold_negatives")
+    one_of(sc.cold_train_part, COLD_TRAIN_PARTS, "scenario.cold_train_part")
+    return sc
+
+
+@dataclass
+class _TargetData:
+    """The target domain's sequences, split and capped rows, with what the general pool needs."""
+
+    seqs: Sequences
+    split: Split
+    rows: dict[str, Rows]
+    table: SourceTable
+    src_cfg: dict
+
+
+def _target_split(cfg: DictConfig, dc: DataConfig, sc: ScenarioConfig) -> _TargetData:
+    """Read the target source, split it by the scenario, cap the stored splits and draw every
+    sample's candidates."""
+    domain = cfg.domain
     src_cfg = OmegaConf.to_container(need(domain, "source", "domain"), resolve=True)
     table = load_source(src_cfg, "domain.source")
     name = _source_name(src_cfg, str(domain.name), "domain.source")
-    user_subset = need(src_cfg, "user_subset", "domain.source")
-    seqs = build_sequences(table, name, min_core=min_core, user_subset=user_subset)
-    check_size(seqs, num_candidates, f"domain {domain.name} ({name})")
-
-    per_user = dc.max_train_prompts_per_user
-    cold_negatives = train_part = None
-    if scenario == "warm":
-        split = warm_split(seqs, per_user)
+    seqs = build_sequences(table, name, min_core=dc.min_core,
+                           user_subset=need(src_cfg, "user_subset", "domain.source"))
+    check_size(seqs, dc.num_candidates, f"domain {domain.name} ({name})")
+    if sc.name == "warm":
+        split = warm_split(seqs, dc.max_train_prompts_per_user)
     else:
-        # only the cold scenario has new items (conf/scenario/cold.yaml sets these keys)
-        cold_negatives = str(need(scen, "cold_negatives", "scenario"))
-        one_of(cold_negatives, COLD_NEGATIVES, "scenario.cold_negatives")
-        train_part = str(need(scen, "cold_train_part", "scenario"))
-        one_of(train_part, COLD_TRAIN_PARTS, "scenario.cold_train_part")
-        split = cold_split(seqs, float(need(scen, "new_item_fraction", "scenario")), seed,
-                           per_user,
-                           valid_new_item_fraction=float(need(scen, "valid_new_item_fraction",
-                                                              "scenario")),
-                           train_part=train_part)
+        split = cold_split(seqs, sc.new_item_fraction, dc.seed, dc.max_train_prompts_per_user,
+                           valid_new_item_fraction=sc.valid_new_item_fraction,
+                           train_part=sc.cold_train_part)
     rows = split.rows
-    pools = candidate_pools(split, cold_negatives)
-    if cold_negatives == "new":
+    pools = candidate_pools(split, sc.cold_negatives)
+    if sc.cold_negatives == "new":
         # a validation user who touched nearly every validation-new item cannot fill a list of
         # them: left out of validation, counted (the test split keeps its error instead)
-        ok = drawable(seqs, rows["valid"], pools["valid"], num_candidates - 1)
+        ok = drawable(seqs, rows["valid"], pools["valid"], dc.num_candidates - 1)
         split.stats["valid_samples_without_enough_new_negatives"] = int((~ok).sum())
         rows["valid"] = rows["valid"].take(np.flatnonzero(ok))
-    rows["test"] = cap_users(rows["test"], dc.max_test_users, seed, 3)
-    rows["valid"] = cap_users(rows["valid"], dc.max_valid_users, seed, 2)
-    rows["train"] = cap_rows(rows["train"], dc.max_train_prompts, seed, 1)
+    rows["test"] = cap_users(rows["test"], dc.max_test_users, dc.seed, 3)
+    rows["valid"] = cap_users(rows["valid"], dc.max_valid_users, dc.seed, 2)
+    rows["train"] = cap_rows(rows["train"], dc.max_train_prompts, dc.seed, 1)
     for k in ("train", "valid", "test"):
         if len(rows[k]) == 0:
             raise ValueError(
-                f"domain {domain.name}, scenario {scenario}: the {k} split is empty "
+                f"domain {domain.name}, scenario {sc.name}: the {k} split is empty "
                 f"({split.stats}); use a larger domain, lower data.min_core, or raise "
                 "scenario.new_item_fraction / scenario.valid_new_item_fraction (cold)"
             )
     weights = (popularity_weights(split.train_flat, seqs.num_items)
-               if negatives == "popularity" else None)
-    attach_candidates(seqs, [rows["train"], rows["valid"], rows["test"]], num_candidates, seed,
-                      allowed=pools, weights=weights)
-    t_split = time.time()
-    counts = _write_target(dest, seqs, split, history_len)
+               if dc.negatives == "popularity" else None)
+    attach_candidates(seqs, [rows["train"], rows["valid"], rows["test"]], dc.num_candidates,
+                      dc.seed, allowed=pools, weights=weights)
+    return _TargetData(seqs, split, rows, table, src_cfg)
 
+
+def _new_items(dest: Path, td: _TargetData, stats: dict[str, Any]) -> set[str]:
+    """In cold: write the new items' ids, add the cold validation split's size to `stats`, and
+    return the normalised titles of every new item (the general pool must hold none)."""
+    split, seqs = td.split, td.seqs
+    if split.new_test is None or split.new_valid is None:
+        return set()
+    new_ids = {k: [seqs.items[i] for i in np.flatnonzero(m)]
+               for k, m in (("test", split.new_test), ("valid", split.new_valid))}
+    write_json(dest / NEW_ITEMS_FILE, new_ids)
+    stats["cold_valid"] = {
+        "samples": stats["samples"]["valid"], "users": stats["users"]["valid"],
+        "new_items": int(split.new_valid.sum()),
+        "target_items": int(len(np.unique(td.rows["valid"].targets))),
+        "note": "validation samples whose target is a validation-new item (disjoint from "
+                "the test-new items and from every training sequence); the label-based "
+                "choices of the cold scenario (mix=grid, early stopping) use them",
+    }
+    return {normalise_title(seqs.titles[i])
+            for i in np.flatnonzero(split.new_test | split.new_valid)}
+
+
+def _general_pool(cfg: DictConfig, dc: DataConfig, sc: ScenarioConfig, td: _TargetData,
+                  new_titles: set[str], dest: Path) -> dict[str, Any] | None:
+    """Build and write the general pool (`domain.general`) without the target's overlap and,
+    in cold, without any new item; its stats, or None when the domain declares no pool."""
+    domain = cfg.domain
+    general = need(domain, "general", "domain")
+    if not (general and need(general, "sources", "domain.general")):
+        log.warning("domain %s declares no general sources: no general pool is written", domain.name)
+        return None
+    gcfg = OmegaConf.to_container(general, resolve=True)
+    tables = {k: (s, load_source(s, f"domain.general.sources.{k}"))
+              for k, s in gcfg["sources"].items()}
+    titles, users = target_identity(td.table, need(td.src_cfg, "user_subset", "domain.source"))
+    pool = build_general_pool(
+        tables, titles, users, need(td.src_cfg, "user_space", "domain.source"),
+        list(need(gcfg, "remove_overlap", "domain.general")), dc.min_core, dc.num_candidates,
+        dc.seed,
+        max_train_prompts_per_user=_opt_int(need(gcfg, "max_train_prompts_per_user",
+                                                 "domain.general")),
+        max_train_prompts=_opt_int(need(gcfg, "max_train_prompts", "domain.general")),
+        max_valid_prompts=_opt_int(need(gcfg, "max_valid_prompts", "domain.general")),
+        new_titles=new_titles,
+    )
+    check_no_new_items(pool, new_titles)
+    gcounts = _write_general(dest / "general", pool, dc.history_len)
+    out: dict[str, Any] = {"sources": pool.stats, "samples": gcounts,
+                           "remove_overlap": list(gcfg["remove_overlap"])}
+    if sc.name == "cold":
+        out["new_items_removed"] = sum(int(st.get("new_items_removed", 0))
+                                       for st in pool.stats.values())
+    return out
+
+
+def build_data(cfg: DictConfig, dc: DataConfig, dest: Path,
+               sc: ScenarioConfig | None = None) -> dict[str, Any]:
+    """Build every artifact of the data stage into the (empty) folder `dest`; returns stats.
+    `dc`, `sc`: the parsed `data:` and `scenario:` blocks (`data_config`, `scenario_config`)."""
+    t0 = time.time()
+    sc = sc or scenario_config(cfg)
+    td = _target_split(cfg, dc, sc)
+    t_split = time.time()
+    counts = _write_target(dest, td.seqs, td.split, dc.history_len)
     stats: dict[str, Any] = {
-        "domain": str(domain.name),
-        "scenario": scenario,
-        "source": seqs.stats,
-        "split": split.stats,
+        "domain": str(cfg.domain.name),
+        "scenario": sc.name,
+        "source": td.seqs.stats,
+        "split": td.split.stats,
         "samples": counts,
-        "users": {k: int(len(np.unique(r.user))) for k, r in rows.items()},
-        "negatives": negatives,
-        "cold_negatives": cold_negatives,
-        "cold_train_part": train_part,
-        "num_candidates": num_candidates,
+        "users": {k: int(len(np.unique(r.user))) for k, r in td.rows.items()},
+        "negatives": dc.negatives,
+        "cold_negatives": sc.cold_negatives,
+        "cold_train_part": sc.cold_train_part,
+        "num_candidates": dc.num_candidates,
         "candidates_note": (
             "negatives are drawn from the items the user never touched; in the cold scenario "
             "train negatives exclude every new item; test negatives may be warm or test-new "
@@ -383,46 +468,10 @@ def build_data(cfg: DictConfig, dc: DataConfig, dest: Path) -> dict[str, Any]:
             "validation negatives likewise with the validation-new items"
         ),
     }
-    new_titles: set[str] = set()
-    if split.new_test is not None and split.new_valid is not None:
-        new_ids = {k: [seqs.items[i] for i in np.flatnonzero(m)]
-                   for k, m in (("test", split.new_test), ("valid", split.new_valid))}
-        write_json(dest / NEW_ITEMS_FILE, new_ids)
-        new_titles = {normalise_title(seqs.titles[i])
-                      for i in np.flatnonzero(split.new_test | split.new_valid)}
-        stats["cold_valid"] = {
-            "samples": counts["valid"], "users": stats["users"]["valid"],
-            "new_items": int(split.new_valid.sum()),
-            "target_items": int(len(np.unique(rows["valid"].targets))),
-            "note": "validation samples whose target is a validation-new item (disjoint from "
-                    "the test-new items and from every training sequence); the label-based "
-                    "choices of the cold scenario (mix=grid, early stopping) use them",
-        }
-
-    general = need(domain, "general", "domain")
-    if general and need(general, "sources", "domain.general"):
-        gcfg = OmegaConf.to_container(general, resolve=True)
-        tables = {k: (s, load_source(s, f"domain.general.sources.{k}"))
-                  for k, s in gcfg["sources"].items()}
-        titles, users = target_identity(table, user_subset)
-        pool = build_general_pool(
-            tables, titles, users, need(src_cfg, "user_space", "domain.source"),
-            list(need(gcfg, "remove_overlap", "domain.general")), min_core, num_candidates, seed,
-            max_train_prompts_per_user=_opt_int(need(gcfg, "max_train_prompts_per_user",
-                                                     "domain.general")),
-            max_train_prompts=_opt_int(need(gcfg, "max_train_prompts", "domain.general")),
-            max_valid_prompts=_opt_int(need(gcfg, "max_valid_prompts", "domain.general")),
-            new_titles=new_titles,
-        )
-        check_no_new_items(pool, new_titles)
-        gcounts = _write_general(dest / "general", pool, history_len)
-        stats["general"] = {"sources": pool.stats, "samples": gcounts,
-                            "remove_overlap": list(gcfg["remove_overlap"])}
-        if scenario == "cold":
-            stats["general"]["new_items_removed"] = sum(
-                int(st.get("new_items_removed", 0)) for st in pool.stats.values())
-    else:
-        log.warning("domain %s declares no general sources: no general pool is written", domain.name)
+    new_titles = _new_items(dest, td, stats)
+    general = _general_pool(cfg, dc, sc, td, new_titles, dest)
+    if general is not None:
+        stats["general"] = general
     stats["seconds"] = {"target_split": round(t_split - t0, 2), "total": round(time.time() - t0, 2)}
     return stats
 
@@ -455,6 +504,7 @@ def _complete(folder: Path, key: str) -> bool:
 def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Build (or reuse from the cache) the splits of `cfg` and place them in `out_dir/data`."""
     dc = data_config(cfg)  # a missing, unknown or bad key fails before any file is read
+    sc = scenario_config(cfg)
     key, inputs = data_key(cfg)
     cache = Path(cfg.paths.cache_dir) / "data" / key
     # temporary folders of a data stage killed earlier (an hour untouched) are never renamed
@@ -467,7 +517,7 @@ def run_data_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     else:
         log.info("data stage: building the splits into %s (key %s)", cache, key)
         with atomic_dir(cache) as tmp:
-            stats = build_data(cfg, dc, tmp)
+            stats = build_data(cfg, dc, tmp, sc)
             write_json(tmp / "stats.json", stats)
             files = {str(f.relative_to(tmp)): f.stat().st_size
                      for f in sorted(tmp.rglob("*")) if f.is_file()}
