@@ -43,6 +43,7 @@ from reccocktail.data.selection import (
     selection_config,
     selection_samples,
 )
+from reccocktail.evaluation.config import eval_config
 from reccocktail.ingredients import KEY, by_name, ingredient_names, resolve_weights
 from reccocktail.models.adapters import is_intact, read_lora, run_identity, verify_adapter
 from reccocktail.models.backbone import load_backbone
@@ -320,7 +321,7 @@ def grid_lambdas(run: MixRun) -> tuple[Any, dict[str, Any]]:
     model, _tokenizer, builder = run.backbone()
     mixer = LoraMixer(model, run.adapters, run.mcfg.mode)
     lambdas, rows = grid_search(
-        model, mixer, builder, valid, points, batch_size=int(need(run.cfg, "eval.batch_size")),
+        model, mixer, builder, valid, points, batch_size=eval_config(run.cfg).batch_size,
         scorer_factory=run.scorer_factory, metrics_fn=run.metrics_fn)
     mixer.unwrap()
     return lambdas, {"granularity": "model", "grid": rows, "num_valid": len(valid),

@@ -35,6 +35,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample, load_items
+from reccocktail.evaluation.config import eval_config
 from reccocktail.ingredients import GENERAL, SOURCE, SPECIFIC, Ingredient, ingredient
 from reccocktail.models import adapters as ad
 from reccocktail.models.datamodule import select_subset
@@ -139,8 +140,9 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
         return reused
 
     items, train, val = load_data()
-    rank_val = None
+    rank_val = ranker = None
     if early_stopping_config(t) is not None:
+        ranker = eval_config(cfg).scorers  # ranked as the eval stage scores
         if load_ranking is None:
             raise ValueError(f"tuning.early_stopping: the {kind} stage has no validation samples "
                              "to rank")
@@ -148,7 +150,7 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
     builder = prompt_builder(cfg, items, extra["prompt"], objective(t))
     model, metrics, trainer = train_adapter(cfg, out_dir, name, t, train, val, builder, key,
                                             init_adapter=str(init_adapter) if init_adapter else None,
-                                            rank_val=rank_val)
+                                            rank_val=rank_val, scorers=ranker)
     if trainer.is_global_zero:
         ad.save_adapter(model, dest, adapter_manifest(cfg, kind, t, data_hash, key, metrics, out_dir, extra))
         if t["reuse"]:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from reccocktail.data.samples import Sample, load_items, load_samples
 from reccocktail.data.selection import choose_users, selection_samples
+from reccocktail.evaluation.config import ScorerConfig
 from reccocktail.ingredients import SOURCE, ingredient, ingredients
 from reccocktail.models import adapters as ad
 from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
@@ -158,12 +159,14 @@ def _find_resume(t: dict, ckpt_dir: Path) -> str | None:
 def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: list[Sample],
                   val: list[Sample], prompt_builder: Any, key: str,
                   init_adapter: str | None = None,
-                  rank_val: list[Sample] | None = None) -> tuple[Any, dict, Any]:
+                  rank_val: list[Sample] | None = None,
+                  scorers: ScorerConfig | None = None) -> tuple[Any, dict, Any]:
     """Fit a LoRA on `train` with Lightning; returns (peft model, metrics, trainer).
 
     `rank_val`: the validation samples early stopping ranks (`tuning.early_stopping` enabled);
     the returned model then holds the best check's weights and `metrics["early_stopping"]`
-    says which. None: no early stopping (the P5 baseline's full fine-tuning).
+    says which. None: no early stopping (the P5 baseline's full fine-tuning). `scorers`: how
+    they are ranked (the eval block's scorer settings, `EvalConfig.scorers`), required with them.
     `loss_first`/`loss_last` are means over the first/last (up to 5) batch losses this process
     saw (after a resume: those of the resumed part)."""
     import lightning as L
@@ -191,13 +194,13 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
     es = early_stopping_config(t)
     stopper = None
     if rank_val is not None:
-        if es is None:
-            raise ValueError("train_adapter: validation samples to rank without "
-                             "tuning.early_stopping.enabled")
+        if es is None or scorers is None:
+            raise ValueError("train_adapter: validation samples to rank need "
+                             "tuning.early_stopping.enabled and the eval block's scorer settings")
         stopper = RankingEarlyStopping(
             rank_val, prompt_builder, stage, every_n_steps=es.every_n_steps,
             patience=es.patience, normalize=es.normalize,
-            batch_size=int(need(cfg, "eval.batch_size")), packed=bool(need(cfg, "eval.packed")))
+            batch_size=scorers.batch_size, packed=scorers.packed)
         callbacks.append(stopper)
     overrides: dict[str, Any] = {
         "max_epochs": int(need(t, "epochs", "tuning")),
