@@ -116,6 +116,54 @@ def test_bf16_training_lowers_the_loss_like_fp32_with_fp32_lora_and_adam_state(
     assert abs(last["bfloat16"] - last["float32"]) < 0.25 * last["float32"] + 0.1, last
 
 
+@pytest.mark.parametrize("dtype,device,expected", [
+    ("bfloat16", "cpu", dev.CPU_LOW_PRECISION_BUCKET), ("float16", "cpu", dev.CPU_LOW_PRECISION_BUCKET),
+    ("float32", "cpu", 1), ("bfloat16", "cuda", 1)])
+def test_length_buckets_only_for_low_precision_on_the_cpu(dtype, device, expected):
+    assert dev.length_bucket(dtype, device) == expected
+
+
+def test_bucketed_batches_have_the_unbucketed_loss(tiny_llama_cfg, tokenizer):
+    """Rounding a batch's width up (bf16 on the CPU) pads with masked, unlabelled positions:
+    the loss of the same examples is unchanged, and the width is a multiple of the bucket."""
+    from reccocktail.models.datamodule import collate
+    from reccocktail.models.tuning import build_peft_model, response_loss
+
+    examples = [{"input_ids": list(range(5, 5 + n)), "labels": [-100] * 3 + list(range(8, 5 + n))}
+                for n in (17, 30, 41)]
+    model = build_peft_model(_tiny(tiny_llama_cfg, "float32"), init_seed=0)
+    plain = collate(examples, pad_token_id=0)
+    bucketed = collate(examples, pad_token_id=0, multiple=64)
+    assert plain["input_ids"].shape[1] == 41 and bucketed["input_ids"].shape[1] == 64
+    assert (bucketed["labels"][:, 41:] == -100).all() and (bucketed["attention_mask"][:, 41:] == 0).all()
+    with torch.no_grad():
+        a, b = (response_loss(model, **batch) for batch in (plain, bucketed))
+    assert torch.allclose(a, b, atol=1e-5), (a, b)
+
+
+def test_train_adapter_buckets_batches_for_a_bf16_backbone_on_the_cpu(monkeypatch, tmp_path):
+    from reccocktail.models import sequence_data, training
+
+    seen: dict = {}
+
+    class Built(Exception):
+        pass
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            raise Built
+
+    monkeypatch.setattr(sequence_data, "SequenceDataModule", Recorder)
+    monkeypatch.setattr(training, "SequenceDataModule", Recorder, raising=False)
+    for dtype, expected in (("bfloat16", dev.CPU_LOW_PRECISION_BUCKET), ("float32", 1)):
+        cfg = OmegaConf.create({"backbone": {"dtype": dtype}, "trainer": {"accelerator": "cpu"}})
+        with pytest.raises(Built):
+            training.train_adapter(cfg, tmp_path, "specific", tuning_block(objective="sequence"),
+                                   [object()], [], None, "key")
+        assert seen["pad_multiple"] == expected, dtype
+
+
 # -- scoring ----------------------------------------------------------------------------------
 
 def test_bf16_and_fp32_scoring_give_the_same_top1_on_a_planted_case(tiny_llama_cfg):

@@ -165,9 +165,12 @@ def tokenize_samples(samples: Sequence[Sample], prompt_builder: Any, where: str 
     return check_prompts(samples, prompt_builder, where)
 
 
-def collate(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its longest example; pad labels are -100, so they cost no loss."""
+def collate(examples: Sequence[dict[str, list[int]]], pad_token_id: int,
+            multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad a batch to its longest example, rounded up to `multiple` tokens; pad labels are
+    -100 and pad positions masked, so they cost no loss and change no real position's output."""
     width = max(len(e["input_ids"]) for e in examples)
+    width = -(-width // multiple) * multiple
     n = len(examples)
     input_ids = torch.full((n, width), int(pad_token_id), dtype=torch.long)
     labels = torch.full((n, width), -100, dtype=torch.long)
@@ -183,11 +186,12 @@ def collate(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict
 class _Collator:
     """Picklable collate function (DataLoader workers may be spawned processes)."""
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, multiple: int = 1) -> None:
         self.pad_token_id = int(pad_token_id)
+        self.multiple = int(multiple)
 
     def __call__(self, examples):
-        return collate(examples, self.pad_token_id)
+        return collate(examples, self.pad_token_id, self.multiple)
 
 
 class InstructionDataModule(L.LightningDataModule):
@@ -200,8 +204,11 @@ class InstructionDataModule(L.LightningDataModule):
     def __init__(self, train_samples: Sequence[Sample], prompt_builder: Any,
                  val_samples: Sequence[Sample] | None = None, batch_size: int = 4,
                  val_batch_size: int | None = None, group_by_length: bool = True,
-                 mega_batch_mult: int = 50, seed: int = 0, num_workers: int = 0) -> None:
+                 mega_batch_mult: int = 50, seed: int = 0, num_workers: int = 0,
+                 pad_multiple: int = 1) -> None:
         super().__init__()
+        if int(pad_multiple) < 1:
+            raise ValueError(f"pad_multiple: expected a positive token count, got {pad_multiple}")
         if not train_samples:
             raise ValueError("no training samples for this tuning stage (check the data stage output)")
         self.train_samples = list(train_samples)
@@ -213,6 +220,7 @@ class InstructionDataModule(L.LightningDataModule):
         self.mega_batch_mult = mega_batch_mult
         self.seed = int(seed)
         self.num_workers = int(num_workers)
+        self.pad_multiple = int(pad_multiple)
         self.train_examples: list[dict[str, list[int]]] | None = None
         self.val_examples: list[dict[str, list[int]]] | None = None
         self.batch_sampler: LengthGroupedBatchSampler | None = None
@@ -263,7 +271,7 @@ class InstructionDataModule(L.LightningDataModule):
         self.batch_sampler = sampler
         return _ResumableLoader(
             TokenizedDataset(self.train_examples), batch_sampler=sampler,
-            collate_fn=_Collator(self.pad_token_id), num_workers=self.num_workers,
+            collate_fn=_Collator(self.pad_token_id, self.pad_multiple), num_workers=self.num_workers,
         )
 
     def _consumed_batches(self) -> int:
@@ -280,5 +288,5 @@ class InstructionDataModule(L.LightningDataModule):
             return []
         return DataLoader(
             TokenizedDataset(self.val_examples), batch_size=self.val_batch_size, shuffle=False,
-            collate_fn=_Collator(self.pad_token_id), num_workers=self.num_workers,
+            collate_fn=_Collator(self.pad_token_id, self.pad_multiple), num_workers=self.num_workers,
         )

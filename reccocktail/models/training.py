@@ -25,7 +25,7 @@ from reccocktail.models.datamodule import InstructionDataModule, padding_fractio
 from reccocktail.models.early_stopping import RankingEarlyStopping, early_stopping_config
 from reccocktail.models.tuning import loss_normalization
 from reccocktail.utils.config import need, one_of
-from reccocktail.utils.device import backbone_dtype
+from reccocktail.utils.device import backbone_dtype, length_bucket, resolve_device
 from reccocktail.utils.io import to_plain
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
         group_by_length=bool(need(t, "group_by_length", "tuning")),
         mega_batch_mult=int(need(t, "mega_batch_mult", "tuning")), seed=seed,
         num_workers=int(need(t, "num_workers", "tuning")),
+        pad_multiple=length_bucket(backbone_dtype(cfg.backbone), resolve_device(cfg)),
     )
     module = InstructionTuningModule(to_plain(cfg.backbone), t, stage=stage, init_adapter=init_adapter)
     ckpt_dir = out_dir / stage / "checkpoints" / key

@@ -203,6 +203,21 @@ def backbone_dtype(backbone_cfg: Any, device: torch.device | str | None = None) 
     return resolve_dtype(value, device)
 
 
+# oneDNN, which runs bf16/fp16 matmuls on the CPU, keeps memory and builds kernels per input
+# shape: with a new sequence length at every training batch the demo's bf16 peak RSS doubled
+# (2.4 -> 5.0 GiB) and fixed shapes ran faster. Rounding a batch's width up to a multiple of
+# this bounds the shapes (experiments/benchmarks/bf16_shapes.py; docs/benchmarks.md).
+CPU_LOW_PRECISION_BUCKET = 64
+
+
+def length_bucket(dtype: str, device: torch.device | str) -> int:
+    """Tokens a training batch's width is rounded up to: `CPU_LOW_PRECISION_BUCKET` for a
+    bf16/fp16 backbone on the CPU; 1 (no rounding) for fp32 or an accelerator."""
+    if torch.device(device).type == "cpu" and dtype in ("bfloat16", "float16"):
+        return CPU_LOW_PRECISION_BUCKET
+    return 1
+
+
 def resolve_backbone_dtype(cfg: Any) -> str | None:
     """Replace `backbone.dtype: auto` in the run config by the dtype it resolves to on the
     run's device, once at the run's start (cache keys, manifests and rows then record it);
