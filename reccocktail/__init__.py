@@ -2,14 +2,14 @@
 
 from omegaconf import OmegaConf
 
+from reccocktail.data import fetch
+
 __version__ = "0.1.0"
 
 
 def _ml100k_dir(data_root: str | None, cache_dir: str) -> str:
-    # Imported lazily: resolving the path may fetch ML-100k, composing a config must not.
-    from reccocktail.data.fetch import ml100k_dir
-
-    return ml100k_dir(data_root, cache_dir)
+    # Called when the key is read, not when a config is composed: resolving may fetch ML-100k.
+    return fetch.ml100k_dir(data_root, cache_dir)
 
 
 # Config resolvers, registered on import so that run.py, tests and notebooks all see them.

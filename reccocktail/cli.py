@@ -13,6 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig
+
+import reccocktail  # noqa: F401  (registers the config resolvers)
+
 PROG = "reccocktail"
 EXAMPLES = """\
 examples:
@@ -55,14 +59,11 @@ def conf_dir() -> Path:
 
 def run_hydra(overrides: list[str]) -> None:
     """`python run.py <overrides>` in this process (Hydra reads its arguments from sys.argv)."""
-    import hydra
-    from omegaconf import DictConfig
-
-    import reccocktail  # noqa: F401  (registers the config resolvers)
+    import hydra  # lazy: an entry point, `--help` and `report` stay fast
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="run")
     def task(cfg: DictConfig) -> float | None:
-        from reccocktail.pipeline import main_task
+        from reccocktail.pipeline import main_task  # lazy: an entry point (the whole pipeline)
 
         return main_task(cfg)
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "report":
-        from reccocktail.reporting.cli import main as report_main
+        from reccocktail.reporting.cli import main as report_main  # lazy: an entry point
 
         return report_main(rest)
     if cmd == "run" and rest in (["-h"], ["--help"]):

@@ -39,6 +39,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.baselines.registry import BASELINES, baseline_names, kind_error
+from reccocktail.data.prompts import FORMATS
+from reccocktail.data.selection import selection_config
+from reccocktail.data.splits import COLD_TRAIN_PARTS
+from reccocktail.evaluation.config import normalize_errors
 from reccocktail.ingredients import (
     DEFAULT,
     GENERAL,
@@ -48,6 +52,7 @@ from reccocktail.ingredients import (
     raw_names,
     resolve_weights,
 )
+from reccocktail.utils.config import check_name
 from reccocktail.utils.paths import CONF_DIR
 
 # Blocks whose keys are checked against their group's files (and conf/run.yaml's own blocks).
@@ -174,23 +179,21 @@ def _known_keys(conf_dir: Path) -> dict[str, set[str]]:
 @functools.lru_cache(maxsize=1)
 def trainer_keys() -> frozenset[str]:
     """The trainer block is `lightning.pytorch.Trainer(**block)`: its arguments, `_target_`."""
-    from lightning.pytorch import Trainer
+    from lightning.pytorch import Trainer  # lazy: +5 s (lightning)
 
     params = inspect.signature(Trainer.__init__).parameters
     return frozenset({"_target_"} | {p for p in params if p != "self"})
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from reccocktail.cocktail.entropy import OBJECTIVES
-    from reccocktail.cocktail.mix import GRANULARITIES, MODES
-    from reccocktail.cocktail.stage import NAMES
-    from reccocktail.data.prompts import FORMATS
-    from reccocktail.data.splits import COLD_TRAIN_PARTS
-    from reccocktail.data.stage import COLD_NEGATIVES, NEGATIVES, SCENARIOS
-    from reccocktail.evaluation.full_catalogue import CANDIDATES
-    from reccocktail.evaluation.scorers import SCORERS, SEARCHES
-    from reccocktail.models.tuning import LOSS_NORMALIZATIONS, SCHEDULES
-    from reccocktail.models.tuning import MODES as TUNING_MODES
+    from reccocktail.cocktail.entropy import OBJECTIVES  # lazy: +5 s (torch, lightning)
+    from reccocktail.cocktail.mix import GRANULARITIES, MODES  # lazy: +1.4 s (torch)
+    from reccocktail.cocktail.stage import NAMES  # lazy: a stage, +5 s
+    from reccocktail.data.stage import COLD_NEGATIVES, NEGATIVES, SCENARIOS  # lazy: a stage
+    from reccocktail.evaluation.full_catalogue import CANDIDATES  # lazy: +3.7 s (torch)
+    from reccocktail.evaluation.scorers import SCORERS, SEARCHES  # lazy: +1.2 s (torch)
+    from reccocktail.models.tuning import LOSS_NORMALIZATIONS, SCHEDULES  # lazy: +5.6 s (lightning)
+    from reccocktail.models.tuning import MODES as TUNING_MODES  # lazy: the same
 
     return {"mix.name": tuple(NAMES), "mix.mode": tuple(MODES),
             "mix.granularity": tuple(GRANULARITIES), "mix.objective": tuple(OBJECTIVES),
@@ -384,7 +387,7 @@ def _ingredient_errors(cfg: DictConfig) -> list[str]:
 def _mix_errors(cfg: DictConfig) -> list[str]:
     """The mix option's own constraints, as its stage would find them (it parses with the same
     function), for the run's ingredients (one weight each)."""
-    from reccocktail.cocktail.stage import grid_points, mix_config
+    from reccocktail.cocktail.stage import grid_points, mix_config  # lazy: a stage, +5 s
 
     if OmegaConf.select(cfg, "mix", default=None) is None:
         return []
@@ -430,8 +433,9 @@ def _mix_errors(cfg: DictConfig) -> list[str]:
 
 def _eval_errors(cfg: DictConfig) -> list[str]:
     """Variant names (they become file names) and the full-catalogue protocol's settings."""
-    from reccocktail.evaluation.full_catalogue import check_config as full_catalogue_errors
-    from reccocktail.utils.config import check_name
+    from reccocktail.evaluation.full_catalogue import (  # lazy: +3.7 s (torch)
+        check_config as full_catalogue_errors,
+    )
 
     errors = []
     variants = _value(cfg, "eval.variants")
@@ -518,13 +522,10 @@ def config_errors(cfg: DictConfig, conf_dir: Path = CONF_DIR) -> list[str]:
     """Every unknown key, bad choice and out-of-range value of `cfg`, one message each
     (empty: fine)."""
     errors = key_errors(cfg, conf_dir)
-    from reccocktail.data.selection import selection_config
-
     try:  # the one setting several stages read: its values (and deprecated aliases) up front
         selection_config(cfg)
     except (KeyError, ValueError) as err:
         errors.append(str(err.args[0]))
-    from reccocktail.evaluation.config import normalize_errors
 
     def value(key: str, default: Any) -> Any:
         return OmegaConf.select(cfg, key, default=default, throw_on_resolution_failure=False)

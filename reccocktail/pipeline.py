@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.baselines.registry import baseline_names
+from reccocktail.config_check import check_config
 from reccocktail.ingredients import (
     DEFAULT,
     GENERAL,
@@ -79,7 +80,7 @@ def invalidate(out_dir: Path, stage: str,
     (`derived`: the run's `ingredients.downstream`, default the two-ingredient one), and mark
     results.json stale when rows derive from it (the eval stage lifts the mark when it
     completes), so nothing half-updated passes for a finished run."""
-    from reccocktail.evaluation.results import mark_stale
+    from reccocktail.evaluation.results import mark_stale  # lazy: +2.2 s (torchmetrics)
 
     derived = DOWNSTREAM if derived is None else derived
     for s in (stage, *derived.get(stage, ())):
@@ -90,9 +91,7 @@ def invalidate(out_dir: Path, stage: str,
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run `cfg.task` (the stage pipeline, or `recommend`) and return per-stage summaries."""
-    import lightning as L
-
-    from reccocktail.config_check import check_config
+    import lightning as L  # lazy: +3.6 s (lightning)
 
     check_config(cfg)  # unknown keys and bad choices fail here, before any stage spends time
     resolve_backbone_dtype(cfg)  # `auto` -> the dtype that runs: keys and rows record it

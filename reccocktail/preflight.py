@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import model_info, try_to_load_from_cache
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.baselines.registry import BASELINES
@@ -51,17 +53,12 @@ def hub_offline() -> bool:
 
 
 def _hub_cached(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     found = try_to_load_from_cache(repo_id, "config.json")
     return isinstance(found, str)
 
 
 def _hub_reachable(repo_id: str, timeout: float) -> str | None:
     """None when the hub answers for `repo_id`, else why not (one line)."""
-    from huggingface_hub import model_info
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
     try:
         model_info(repo_id, timeout=timeout)
     except GatedRepoError:

@@ -30,8 +30,17 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
+from reccocktail.cli import run_hydra
+from reccocktail.data.prompts import adapter_format, prompt_builder_from_config, prompt_format
+from reccocktail.data.samples import Sample, load_items
 from reccocktail.data.titles import clean_title
+from reccocktail.evaluation.scorers import LikelihoodScorer
+from reccocktail.models.adapters import load_adapter, verify_adapter
+from reccocktail.models.backbone import load_backbone
 from reccocktail.utils.config import need
 from reccocktail.utils.device import model_device, place_backbone, resolve_device
 from reccocktail.utils.io import iter_jsonl, write_jsonl
@@ -168,9 +177,6 @@ def load_model(cfg: DictConfig):
 def load_checked_model(cfg: DictConfig):
     """`load_model` and the adapter's checked manifest ({} without an adapter): its `foreign`
     lists what differs from this config when `allow_foreign_adapters=true` let it through."""
-    from reccocktail.data.prompts import adapter_format, prompt_format
-    from reccocktail.models.backbone import load_backbone
-
     rc = cfg.recommend
     device = resolve_device(cfg, "recommend.device")
     model, tokenizer = load_backbone(cfg.backbone, device=device)
@@ -179,8 +185,6 @@ def load_checked_model(cfg: DictConfig):
     fmt = prompt_format(cfg)
     manifest: dict[str, Any] = {}
     if path is not None:
-        from reccocktail.models.adapters import load_adapter, verify_adapter
-
         # intact, a manifest, the same weights (source, path, init seed, architecture, not the
         # name) and the configured domain (its prompt wording); the format is the adapter's
         manifest = verify_adapter(path, f"recommend.adapter: {path}", cfg, fields=("domain",))
@@ -228,10 +232,6 @@ def shown(text: Any) -> str:
 
 
 def _print_ranking(result: dict[str, Any], top_k: int | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     console = Console()
     if result.get("error"):  # Text, not markup: nothing from the request is interpreted
         console.print(Text(f"Request {shown(result['id'])}: refused: {shown(result['error'])}",
@@ -256,8 +256,6 @@ def _print_ranking(result: dict[str, Any], top_k: int | None) -> None:
 def _sample(resolver: ItemResolver, req: dict[str, Any]):
     """The request as a Sample (target: the first candidate, unused), or a ValueError saying
     which entry of which request is wrong."""
-    from reccocktail.data.samples import Sample
-
     where = req["where"]
     hist = [resolver.resolve(x, f"{where}: history[{i}]") for i, x in enumerate(req["history"])]
     cands = [resolver.resolve(x, f"{where}: candidates[{i}]")
@@ -274,10 +272,6 @@ def run_recommend(cfg: DictConfig) -> dict[str, Any]:
     """Rank the candidates of every request; returns {"requests": [...]} (JSON-able). A request
     whose items cannot be resolved gets an `error` instead of a ranking (the others are
     ranked); when none can be ranked, a ValueError lists why."""
-    from reccocktail.data.prompts import prompt_builder_from_config
-    from reccocktail.data.samples import load_items
-    from reccocktail.evaluation.scorers import LikelihoodScorer
-
     if "recommend" not in cfg:
         raise ValueError("recommend: missing config group (compose with recommend=default)")
     rc = cfg.recommend
@@ -346,8 +340,6 @@ def run_recommend(cfg: DictConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """`python -m reccocktail.recommend <overrides>`: `python run.py task=recommend <overrides>`
     (the same config tree, checks and run folder; `reccocktail recommend` takes flags)."""
-    from reccocktail.cli import run_hydra
-
     args = list(sys.argv[1:] if argv is None else argv)
     given = [a for a in args if a.split("=", 1)[0].lstrip("+~") == "task"]
     if any(a.split("=", 1)[1:] != ["recommend"] for a in given):

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.utils.config import need
@@ -37,8 +38,6 @@ _LOGGERS: dict[str, Any] = {}
 
 def make_loggers(cfg: DictConfig) -> list:
     """The configured Lightning loggers, built once per run and shared by every stage."""
-    from hydra.utils import instantiate
-
     key = str(output_dir(cfg))
     if key in _LOGGERS:
         return _LOGGERS[key]
@@ -64,8 +63,6 @@ def make_trainer(cfg: DictConfig, out_dir: Path, stage: str, callbacks: list | N
                  **overrides: Any):
     """A Lightning Trainer from `cfg.trainer`, logging to the run's loggers, rooted in the stage's
     folder; `overrides` win over the config (e.g. max_steps for a stage)."""
-    from hydra.utils import instantiate
-
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg.update(overrides)
     tcfg.setdefault("default_root_dir", str(out_dir / stage))
@@ -78,7 +75,7 @@ def finish_loggers(cfg: DictConfig) -> None:
         try:
             lg.finalize("success")
             if type(lg).__name__ == "WandbLogger":
-                import wandb
+                import wandb  # lazy: +0.5 s (wandb), needed by W&B runs only
 
                 wandb.finish()
         except Exception as err:  # noqa: BLE001

@@ -52,9 +52,20 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from reccocktail.data.samples import Sample
+from reccocktail import runtime
+from reccocktail.data.prompts import prompt_builder_from_config
+from reccocktail.data.samples import Sample, load_items
+from reccocktail.evaluation.scorers import num_candidates
+from reccocktail.models import adapters as ad
+from reccocktail.models.backbone import load_backbone, load_tokenizer
+from reccocktail.models.datamodule import select_subset
+from reccocktail.models.full import link_or_copy_dir
+from reccocktail.models.sequence_data import build_windows, load_user_sequences
+from reccocktail.models.training import cache_root, cold_targets
+from reccocktail.models.tuning import build_peft_model, make_scheduler
 from reccocktail.utils.config import need
-from reccocktail.utils.device import model_device
+from reccocktail.utils.device import model_device, place_backbone, resolve_device
+from reccocktail.utils.io import atomic_dir, read_json, stable_hash, to_plain, write_json
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +186,6 @@ class OMfAModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        from reccocktail.models.tuning import build_peft_model
-
         self.model = build_peft_model(self.backbone_cfg, init_seed=self.init_seed)
         self.model.train()
 
@@ -188,8 +197,6 @@ class OMfAModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        from reccocktail.models.tuning import make_scheduler
-
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=float(self.settings["lr"]), weight_decay=0.0)
         total = int(self.trainer.estimated_stepping_batches)
@@ -227,8 +234,6 @@ def score_samples(model: Any, builder: Any, samples: Sequence[Sample], prefix_id
     """`[n, C]` cosine of each sample's history encoding and each stored candidate's title
     encoding (candidate order kept). An item is encoded from its title alone: a new item needs
     nothing else."""
-    from reccocktail.evaluation.scorers import num_candidates
-
     c = num_candidates(samples)
     was_training = model.training
     model.eval()
@@ -258,9 +263,6 @@ def score_samples(model: Any, builder: Any, samples: Sequence[Sample], prefix_id
 # -- the baselines stage ----------------------------------------------------------------------
 def _windows(path: Path, items: dict[str, str], n: int | None, max_titles: int, min_context: int,
              seed: int, exclude: set[str]) -> list:
-    from reccocktail.models.datamodule import select_subset
-    from reccocktail.models.sequence_data import build_windows, load_user_sequences
-
     windows = build_windows(load_user_sequences(path, items), max_titles, min_context, 1,
                             exclude_items=exclude)
     if not windows:
@@ -270,8 +272,6 @@ def _windows(path: Path, items: dict[str, str], n: int | None, max_titles: int, 
 
 
 def _builder(cfg: DictConfig, tokenizer: Any, items: dict[str, str], general: bool) -> Any:
-    from reccocktail.data.prompts import prompt_builder_from_config
-
     return prompt_builder_from_config(cfg, tokenizer, items, general=general, fmt="sequence")
 
 
@@ -279,9 +279,6 @@ def build_rows(cfg: DictConfig, out_dir: Path, settings: dict[str, Any], tokeniz
                ) -> tuple[list[TitleWindow], dict[str, list[int]], Any, list[int], dict[str, int]]:
     """(training rows of both domains, title -> item tokens, the target's builder, the item
     prefix ids, counts per domain)."""
-    from reccocktail.data.samples import load_items
-    from reccocktail.models.training import cold_targets
-
     data_dir = Path(out_dir) / "data"
     seed = int(cfg.seed)
     mt, mc = int(settings["max_titles"]), int(settings["min_context"])
@@ -317,9 +314,6 @@ def build_rows(cfg: DictConfig, out_dir: Path, settings: dict[str, Any], tokeniz
 
 
 def omfa_key(cfg: DictConfig, out_dir: Path, settings: dict[str, Any]) -> str:
-    from reccocktail.models import adapters as ad
-    from reccocktail.utils.io import stable_hash
-
     data_dir = Path(out_dir) / "data"
     return stable_hash(ad.backbone_identity(cfg.backbone), ad.general_data_hash(data_dir),
                        ad.target_data_hash(data_dir), result_settings(settings),
@@ -327,8 +321,6 @@ def omfa_key(cfg: DictConfig, out_dir: Path, settings: dict[str, Any]) -> str:
 
 
 def _holds(path: Path, key: str) -> bool:
-    from reccocktail.utils.io import read_json
-
     return ((path / "adapter_model.safetensors").is_file() and (path / "manifest.json").is_file()
             and read_json(path / "manifest.json").get("key") == key)
 
@@ -336,14 +328,7 @@ def _holds(path: Path, key: str) -> bool:
 def run_omfa(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],
              samples: list[Sample]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Baselines-stage entry: train (or reuse) the LoRA on mixed-domain sequences, then score."""
-    from peft import PeftModel
-
-    from reccocktail.models.backbone import load_backbone, load_tokenizer
-    from reccocktail.models.full import link_or_copy_dir
-    from reccocktail.models.training import cache_root
-    from reccocktail.runtime import make_trainer
-    from reccocktail.utils.device import place_backbone, resolve_device
-    from reccocktail.utils.io import atomic_dir, read_json, to_plain, write_json
+    from peft import PeftModel  # lazy: +1.5 s (peft)
 
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(cfg.backbone)
@@ -359,9 +344,10 @@ def run_omfa(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any]
     if not reused:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         module = OMfAModule(to_plain(cfg.backbone), settings, init_seed=int(cfg.seed))
-        trainer = make_trainer(cfg, out_dir, f"baselines/{name}", max_epochs=int(settings["epochs"]),
-                               max_steps=-1, enable_checkpointing=False, limit_val_batches=0,
-                               num_sanity_val_steps=0)
+        trainer = runtime.make_trainer(cfg, out_dir, f"baselines/{name}",
+                                       max_epochs=int(settings["epochs"]), max_steps=-1,
+                                       enable_checkpointing=False, limit_val_batches=0,
+                                       num_sanity_val_steps=0)
         metrics = fit(module, rows, int(builder.pad_token_id), title_ids, trainer, int(cfg.seed))
         with atomic_dir(dest) as tmp:
             module.model.save_pretrained(str(tmp), safe_serialization=True)

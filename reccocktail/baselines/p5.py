@@ -29,9 +29,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from reccocktail.data.samples import Sample
+from reccocktail.data.prompts import prompt_builder_from_config
+from reccocktail.data.samples import Sample, load_items
 from reccocktail.evaluation.config import ScorerConfig, eval_config
+from reccocktail.evaluation.scorers import build_scorer
+from reccocktail.models import adapters as ad
+from reccocktail.models import full
+from reccocktail.models.backbone import load_tokenizer, torch_dtype
 from reccocktail.utils.config import need
+from reccocktail.utils.device import place_backbone, resolve_device
+from reccocktail.utils.io import read_json, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def p5_tuning(cfg: DictConfig, settings: dict[str, Any], name: str = "p5") -> dict:
     """S's tuning config with `baselines.<name>.tuning` laid over it (must say `mode: full`)."""
-    from reccocktail.models.training import tuning_config
+    from reccocktail.models.training import tuning_config  # lazy: +4 s (lightning)
 
     t = tuning_config(cfg, "specific")
     over = need(settings, "tuning", f"baselines.{name}")
@@ -60,9 +67,7 @@ def p5_tuning(cfg: DictConfig, settings: dict[str, Any], name: str = "p5") -> di
 
 def p5_key(cfg: DictConfig, out_dir: Path, t: dict, extra: dict) -> tuple[str, str]:
     """(key, target data hash) of the fully fine-tuned model."""
-    from reccocktail.models import adapters as ad
-    from reccocktail.models.training import result_config
-    from reccocktail.utils.io import stable_hash
+    from reccocktail.models.training import result_config  # lazy: +4 s (lightning)
 
     data_hash = ad.target_data_hash(Path(out_dir) / "data")
     key = stable_hash(ad.backbone_identity(cfg.backbone), data_hash, result_config(t),
@@ -73,9 +78,7 @@ def p5_key(cfg: DictConfig, out_dir: Path, t: dict, extra: dict) -> tuple[str, s
 def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: dict) -> dict[str, Any]:
     """The fully fine-tuned model into `<run>/models/<name>/`: kept when there, linked from the
     cache when cached, else trained on S's rows, saved and cached. Returns what happened."""
-    from reccocktail.models import full
-    from reccocktail.models.backbone import load_tokenizer
-    from reccocktail.models.training import (
+    from reccocktail.models.training import (  # lazy: +4 s (lightning)
         adapter_manifest,
         cache_root,
         objective,
@@ -124,8 +127,6 @@ def _lora_seconds(out_dir: Path, data_hash: str | None) -> float | None:
     m = Path(out_dir) / "adapters" / "specific" / "manifest.json"
     if not m.is_file():
         return None
-    from reccocktail.utils.io import read_json
-
     manifest = read_json(m)
     if data_hash is not None and manifest.get("data_hash") != data_hash:
         return None
@@ -137,16 +138,9 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
     """Scores `[n, C]` of the stored candidates: the eval stage's likelihood scorer, prompts of
     format `fmt`, on the model saved in `model_dir` (what is scored is what was saved).
     `scorers`: the parsed scorer settings (parsed from `cfg.eval` when None)."""
-    from reccocktail.data.prompts import prompt_builder_from_config
-    from reccocktail.data.samples import load_items
-    from reccocktail.evaluation.scorers import build_scorer
-    from reccocktail.models.backbone import load_tokenizer, torch_dtype
-    from reccocktail.models.full import load_full_model
-    from reccocktail.utils.device import place_backbone, resolve_device
-
     device = resolve_device(cfg, "eval.device")
     dtype = torch_dtype(need(cfg, "backbone.dtype"))
-    model = load_full_model(model_dir, dtype=dtype, device=device)
+    model = full.load_full_model(model_dir, dtype=dtype, device=device)
     place_backbone(model, device, cfg, "baselines/p5")
     items = load_items(Path(out_dir) / "data" / "items.tsv")
     pb = prompt_builder_from_config(cfg, load_tokenizer(cfg.backbone), items, fmt=fmt)
@@ -157,14 +151,13 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
 def run_p5(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],
            samples: list[Sample]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Baselines-stage entry: train (or reuse) the full fine-tuning and score `samples`."""
-    from reccocktail.models.full import read_full_manifest
-    from reccocktail.models.training import objective
+    from reccocktail.models.training import objective  # lazy: +4 s (lightning)
 
     t = p5_tuning(cfg, settings, name)
     sc = eval_config(cfg).scorers  # the eval stage's scorer settings, parsed once
     fmt = objective(t)
     done = train_or_reuse(cfg, out_dir, name, t)
-    manifest = read_full_manifest(done["model"])
+    manifest = full.read_full_manifest(done["model"])
     metrics = manifest.get("metrics") or {}
     t0 = time.time()
     scores = score_full_model(cfg, Path(out_dir), Path(done["model"]), fmt, samples, sc)

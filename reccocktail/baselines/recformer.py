@@ -38,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.retrieval import RetrievalNormalizedDCG
+from transformers import AutoModel, AutoTokenizer
 
 from reccocktail.baselines.models import RankingValidation
 from reccocktail.baselines.sequential import SequenceDataModule
+from reccocktail.baselines.text import locate_encoder
 from reccocktail.utils.config import need
 
 
@@ -58,8 +60,6 @@ class RecFormerModule(RankingValidation, L.LightningModule):
                  steps_per_epoch: int | None = None, encode_batch_size: int = 128,
                  ks: tuple[int, ...] = (1, 3)):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         if pooling not in ("mean", "cls"):
             raise ValueError(f"baselines.recformer.pooling: unknown value {pooling!r}; choose mean or cls")
         if max_items < 1 or max_tokens < 4 or item_max_tokens < 1:
@@ -197,8 +197,6 @@ def build(settings: dict[str, Any], dm: SequenceDataModule,
     where = f"baselines.{name}"
     model_dir = need(settings, "model_dir", where)
     if model_dir is None:
-        from reccocktail.baselines.text import locate_encoder
-
         model_dir = locate_encoder(str(need(settings, "encoder_package", where)))
     elif not (Path(model_dir) / "config.json").exists():
         raise ValueError(f"baselines.{name}.model_dir: {model_dir} holds no config.json")

@@ -25,10 +25,17 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
+from reccocktail import runtime
 from reccocktail.baselines.models import KeepBest, RecModule, score_loader
 from reccocktail.baselines.registry import NAMES, baseline_names, lookup  # noqa: F401  (re-exported)
-from reccocktail.baselines.sequential import SequenceDataModule
-from reccocktail.data.samples import Sample
+from reccocktail.baselines.sequential import ItemVocab, SequenceDataModule
+from reccocktail.data.samples import Sample, load_items
+from reccocktail.evaluation import full_catalogue as fc
+from reccocktail.evaluation.confidence import ci_fields
+from reccocktail.evaluation.config import eval_config
+from reccocktail.evaluation.metrics import DEFAULT_KS, ranking_metrics, target_ranks
+from reccocktail.evaluation.results import clear_stale, record_results, start_rows, update_paired
+from reccocktail.evaluation.samples import eval_samples, prediction_rows, run_data_hash
 from reccocktail.utils.config import need
 from reccocktail.utils.io import write_jsonl
 
@@ -131,8 +138,6 @@ def scored_test_samples(cfg: DictConfig, out_dir: Path,
     """The samples the eval stage scores (its own selection: split, unlabeled users left out,
     `eval.max_users`), so that baseline rows and LLM rows share every sample. `split`: the
     parsed `eval.split` (read from `cfg` when None)."""
-    from reccocktail.evaluation.samples import eval_samples
-
     samples, info = eval_samples(cfg, out_dir, split)
     how = (f"{info['split']}: {'all users (transductive)' if info.get('transductive') else 'users not used as unlabeled tuning prompts'}"
            + (f", {info['max_users']} users sampled" if info.get("max_users") else ""))
@@ -184,10 +189,6 @@ class BaselinesPlan:
 def plan_baselines(cfg: DictConfig, out_dir: Path, names: list[str]) -> BaselinesPlan:
     """Check everything a baseline needs before the first one trains: its settings (and
     `kind`), the samples, and that it can rank the full catalogue when asked to."""
-    from reccocktail.evaluation import full_catalogue as fc
-    from reccocktail.evaluation.config import eval_config
-    from reccocktail.evaluation.samples import run_data_hash
-
     ec = eval_config(cfg)  # the eval block, parsed once: split and full-catalogue protocol
     samples, how = scored_test_samples(cfg, out_dir, ec.split)
     if not samples:
@@ -207,12 +208,11 @@ def train_and_score(cfg: DictConfig, out_dir: Path, name: str,
                     plan: BaselinesPlan) -> tuple[torch.Tensor, dict[str, Any]]:
     """One baseline trained (or counted) and scored the way the registry says: an LLM baseline
     by its own runner, the others by `run_one` (every item with the full catalogue)."""
-    from reccocktail.runtime import make_trainer
-
     settings = plan.settings[name]
 
     def factory(callbacks=None, **overrides):
-        return make_trainer(cfg, out_dir, f"baselines/{name}", callbacks=callbacks, **overrides)
+        return runtime.make_trainer(cfg, out_dir, f"baselines/{name}", callbacks=callbacks,
+                                    **overrides)
 
     log.info("baseline %s: training on %s", name, out_dir / "data")
     rec = lookup(name, settings)
@@ -226,10 +226,6 @@ def record_full(out_dir: Path, name: str, plan: BaselinesPlan, scores: torch.Ten
                 info: dict[str, Any]) -> dict[str, float]:
     """A row over the full catalogue: the catalogue's columns of every item's score, the same
     exclusion and cut-off as the LLM rows."""
-    from reccocktail.baselines.sequential import ItemVocab
-    from reccocktail.data.samples import load_items
-    from reccocktail.evaluation import full_catalogue as fc
-
     cat, samples = plan.catalogue, plan.samples
     vocab = ItemVocab.from_items(load_items(out_dir / "data" / "items.tsv")).index
     if scores.shape != (len(samples), len(vocab) + 1):
@@ -248,11 +244,6 @@ def record_full(out_dir: Path, name: str, plan: BaselinesPlan, scores: torch.Ten
 def record_sampled(out_dir: Path, name: str, plan: BaselinesPlan, scores: torch.Tensor,
                    info: dict[str, Any]) -> dict[str, float]:
     """A row over the stored candidates, with its predictions file and bootstrap CIs."""
-    from reccocktail.evaluation.confidence import ci_fields
-    from reccocktail.evaluation.metrics import DEFAULT_KS, ranking_metrics, target_ranks
-    from reccocktail.evaluation.results import record_results
-    from reccocktail.evaluation.samples import prediction_rows
-
     samples = plan.samples
     targets = [s.target_index for s in samples]
     metrics = ranking_metrics(scores, targets)
@@ -270,8 +261,6 @@ def record_sampled(out_dir: Path, name: str, plan: BaselinesPlan, scores: torch.
 
 def run_baselines_stage(cfg: DictConfig, out_dir: Path) -> dict:
     """Stage entry (contract): every baseline in `cfg.baseline`, scored and recorded."""
-    from reccocktail.evaluation.results import clear_stale, start_rows, update_paired
-
     out_dir = Path(out_dir)
     names = baseline_names(need(cfg, "baseline"))
     if not names:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
 
 from reccocktail.baselines.models import CausalTransformer, RecModule, rec_module
 from reccocktail.baselines.sequential import SequenceDataModule
@@ -53,8 +55,6 @@ def locate_encoder(package: str = ENCODER_PACKAGE) -> Path:
 def encode_titles(titles: list[str], model_dir: str | os.PathLike, batch_size: int = 256,
                   max_tokens: int = 64, device: str = "cpu") -> torch.Tensor:
     """[n, hidden] mean-pooled, L2-normalised sentence vectors from a local BERT-style folder."""
-    from transformers import AutoModel, AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModel.from_pretrained(str(model_dir)).to(device).eval()
     out = []
@@ -73,8 +73,6 @@ def title_embeddings(items: dict[str, str], cache_dir: str | os.PathLike | None,
                      max_tokens: int = 64) -> torch.Tensor:
     """[len(items), hidden] title vectors in items' order, cached under
     `cache_dir/text_embeddings/<hash of the titles and the encoder>.safetensors`."""
-    from safetensors.torch import load_file, save_file
-
     model_dir = locate_encoder(package)
     version = importlib.metadata.version(package)
     key = stable_hash(list(items.items()), package, version, max_tokens)

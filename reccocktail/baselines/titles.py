@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from reccocktail.baselines import text
 from reccocktail.baselines.sequential import SequenceDataModule
 from reccocktail.utils.config import need
 
@@ -29,9 +30,7 @@ def title_table(dm: SequenceDataModule, settings: dict[str, Any],
     and `encoder_max_tokens` (set in the model's file of conf/baselines/; `where` names it)."""
     dm.load()
     if embed is None:
-        from reccocktail.baselines.text import text_table
-
-        return text_table(dm.items, cache_dir, str(need(settings, "encoder_package", where)),
+        return text.text_table(dm.items, cache_dir, str(need(settings, "encoder_package", where)),
                           int(need(settings, "encoder_batch_size", where)),
                           int(need(settings, "encoder_max_tokens", where)))
     emb = torch.as_tensor(embed(list(dm.items.values()))).float()

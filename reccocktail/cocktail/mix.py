@@ -26,7 +26,12 @@ from typing import Any
 
 import torch
 
-from reccocktail.models.adapters import LoraAdapter, write_lora
+from reccocktail.models.adapters import (
+    LoraAdapter,
+    check_same_weights,
+    recorded_weights,
+    write_lora,
+)
 from reccocktail.utils.config import one_of
 
 log = logging.getLogger(__name__)
@@ -51,8 +56,6 @@ def check_compatible(adapters: Sequence[LoraAdapter], mode: str) -> None:
     ref = adapters[0]
     for other in adapters[1:]:
         pair = f"adapters {ref.name!r} and {other.name!r}"
-        from reccocktail.models.adapters import check_same_weights
-
         check_same_weights({ref.name: ref.manifest, other.name: other.manifest})
         if ref.target_modules != other.target_modules:
             raise ValueError(f"{pair} have different target modules: "
@@ -163,8 +166,6 @@ def describe_lambdas(lambdas: Lambdas) -> dict[str, Any]:
 def mix_and_save(adapters: Sequence[LoraAdapter], lambdas: Lambdas, mode: str, out: str | Path,
                  extra: Mapping[str, Any] | None = None) -> Path:
     """Mix `adapters` with `lambdas` and write the result as a `mixed` adapter folder."""
-    from reccocktail.models.adapters import recorded_weights
-
     config, tensors = mix_adapters(adapters, lambdas, mode)
     ref = adapters[0].manifest
     manifest = {

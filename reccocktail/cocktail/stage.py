@@ -44,6 +44,8 @@ from reccocktail.data.selection import (
     selection_samples,
 )
 from reccocktail.evaluation.config import eval_config
+from reccocktail.evaluation.metrics import ranking_metrics
+from reccocktail.evaluation.scorers import LikelihoodScorer
 from reccocktail.ingredients import KEY, by_name, ingredient_names, resolve_weights
 from reccocktail.models.adapters import is_intact, read_lora, run_identity, verify_adapter
 from reccocktail.models.backbone import load_backbone
@@ -205,9 +207,9 @@ def grid_search(model: Any, mixer: Any, builder: Any, samples: Sequence[Sample],
     """λ over `grid` (λ vectors, or numbers g for the pair (g, 1-g)), chosen by NDCG@1 (ties:
     NDCG@3, then the first in grid)."""
     if scorer_factory is None:
-        from reccocktail.evaluation.scorers import LikelihoodScorer as scorer_factory
+        scorer_factory = LikelihoodScorer
     if metrics_fn is None:
-        from reccocktail.evaluation.metrics import ranking_metrics as metrics_fn
+        metrics_fn = ranking_metrics
     if not samples:
         raise ValueError("mix=grid: no validation samples to choose λ on")
     points = [[float(x) for x in g] if isinstance(g, Sequence) else [float(g), 1.0 - float(g)]

@@ -13,9 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from reccocktail.data.instruction_prompts import PromptBuilder, PromptTooLongError
 from reccocktail.data.sequence_prompts import SequencePromptBuilder
 from reccocktail.utils.config import need, one_of, unknown_keys
+from reccocktail.utils.io import to_plain
 
 __all__ = ["FORMATS", "PromptBuilder", "PromptTooLongError", "SequencePromptBuilder",
            "adapter_format", "build_prompt_builder", "check_prompts", "prompt_builder_from_config",
@@ -102,10 +105,6 @@ def build_prompt_builder(tokenizer: Any, items: dict[str, str], domain_cfg: Any,
 def prompt_wording(cfg: Any, general: bool = False) -> dict:
     """The prompt wording (a plain dict): `domain.general.prompt` for the general pool when the
     domain sets one (optional), else `domain.prompt` (required)."""
-    from omegaconf import OmegaConf
-
-    from reccocktail.utils.io import to_plain
-
     p = OmegaConf.select(cfg, "domain.general.prompt") if general else None
     return to_plain(need(cfg, "domain.prompt") if p is None else p)
 

@@ -246,9 +246,9 @@ def paired_test(a: Any, b: Any, users: Sequence[Any] | None = None, n_boot: int 
 
 def rank_metric_values(ranks: Any, ks: Sequence[int]) -> dict[str, Any]:
     """Per-sample metric vectors from the positive's ranks (`metrics_from_ranks`, reused)."""
-    import torch
+    import torch  # lazy: +3.3 s (torch, torchmetrics) to a numpy-only module
 
-    from reccocktail.evaluation.metrics import metrics_from_ranks
+    from reccocktail.evaluation.metrics import metrics_from_ranks  # lazy: the same cost
 
     return metrics_from_ranks(torch.as_tensor(ranks), ks)
 

@@ -15,6 +15,7 @@ import torch
 
 from reccocktail.data.samples import Sample
 from reccocktail.evaluation.metrics import random_expectation
+from reccocktail.evaluation.scorers import num_candidates
 from reccocktail.utils.io import iter_jsonl
 
 __all__ = ["load_popularity", "popularity_scores", "random_expectation"]
@@ -37,8 +38,6 @@ def popularity_scores(samples: Sequence[Sample], counts: Counter[str] | dict[str
 
     Equal counts tie, and the metrics' pessimistic tie rule keeps ties from helping the positive.
     """
-    from reccocktail.evaluation.scorers import num_candidates
-
     num_candidates(samples)  # rectangular, or a clear error
     return torch.tensor([[float(counts.get(cand, 0)) for cand in s.candidates] for s in samples],
                         dtype=torch.float32)

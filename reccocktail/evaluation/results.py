@@ -24,7 +24,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reccocktail.evaluation.metrics import DEFAULT_KS, metric_names
+import torch
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from reccocktail.evaluation import confidence
+from reccocktail.evaluation.metrics import DEFAULT_KS, metric_names, metrics_from_ranks
 from reccocktail.utils.io import read_json, read_jsonl, to_plain, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,7 @@ def _locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (POSIX); elsewhere, no lock (single-process use)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl
+        import fcntl  # lazy: a try/except ImportError fallback (no fcntl off POSIX)
     except ImportError:  # pragma: no cover - non-POSIX
         yield
         return
@@ -291,8 +297,6 @@ def add_holm(paired: dict[str, Any], variants: dict[str, Any],
     family is: `{"comparisons", "best_baseline", "metrics", "family_size", "correction"}`.
     The family is `reference` against each present row of `PRIMARY_ROWS` and the best baseline,
     on each present `PRIMARY_METRICS`; any earlier `p_holm` is replaced."""
-    from reccocktail.evaluation.confidence import holm
-
     for tests in paired.values():
         for t in tests.values():
             if isinstance(t, dict):
@@ -304,7 +308,7 @@ def add_holm(paired: dict[str, Any], variants: dict[str, Any],
     rows = [r for r in (*primary, best) if r and f"{reference}_vs_{r}" in paired]
     family = [(f"{reference}_vs_{r}", m) for r in rows for m in PRIMARY_METRICS
               if m in paired[f"{reference}_vs_{r}"]]
-    for (key, m), adj in zip(family, holm([paired[key][m]["p"] for key, m in family])):
+    for (key, m), adj in zip(family, confidence.holm([paired[key][m]["p"] for key, m in family])):
         paired[key][m]["p_holm"] = adj
     return {"comparisons": rows, "best_baseline": best,
             "metrics": [m for m in PRIMARY_METRICS if any(fm == m for _, fm in family)],
@@ -319,11 +323,6 @@ def paired_block(data: dict[str, Any], pred_dir: str | os.PathLike,
     Empty when `reference` has no row or no predictions. Raises ValueError when two variants
     were not scored on the same samples, or the same ids hold other targets, candidates or data
     (`check_same_questions`): a paired test would be meaningless."""
-    import torch
-
-    from reccocktail.evaluation import confidence
-    from reccocktail.evaluation.metrics import metrics_from_ranks
-
     pred_dir = Path(pred_dir)
     variants = data.get("variants", {})
     ref_path = pred_dir / f"{reference}.jsonl"
@@ -686,10 +685,6 @@ def render_markdown(data: dict[str, Any]) -> str:
 
 def print_results(data: dict[str, Any]) -> None:
     """The results table on the terminal (rich), then the paired tests."""
-    from rich.console import Console
-    from rich.measure import Measurement
-    from rich.table import Table
-
     columns, rows = _cells(data, markdown=False)
     table = Table(title=table_title(data))
     for c in columns:

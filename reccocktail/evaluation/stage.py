@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from reccocktail import runtime
 from reccocktail.data.prompts import adapter_format, prompt_builder_from_config, prompt_format
 from reccocktail.data.samples import Sample, load_items
 from reccocktail.evaluation import full_catalogue as fc
@@ -53,7 +55,9 @@ from reccocktail.evaluation.samples import eval_samples, prediction_rows  # noqa
 from reccocktail.evaluation.scorers import num_candidates
 from reccocktail.evaluation.trunk import plan as trunk_plan
 from reccocktail.ingredients import ingredient_names
-from reccocktail.utils.config import need
+from reccocktail.models.adapters import verify_adapter
+from reccocktail.models.backbone import load_backbone
+from reccocktail.utils.config import check_name, need
 from reccocktail.utils.device import backbone_dtype, place_backbone, resolve_device
 from reccocktail.utils.io import read_json, write_jsonl
 
@@ -72,8 +76,6 @@ def adapter_stages(names: list[str]) -> dict[str, str]:
 
 def _resolve_path(p: str) -> Path:
     try:
-        from hydra.utils import to_absolute_path
-
         return Path(to_absolute_path(p))
     except ValueError:  # Hydra not initialised (tests, notebooks)
         return Path(p).resolve()
@@ -84,8 +86,6 @@ def resolve_variants(ec: EvalConfig, out_dir: Path,
     """(name, adapter folder or None for the bare backbone), checked before any model loads.
     `names`: the run's ingredients (for the "run its stage first" hint)."""
     writers = adapter_stages(names) if names is not None else ADAPTER_STAGE
-    from reccocktail.utils.config import check_name
-
     for name in (*ec.variants, *ec.adapters):  # names become file names: no `../`
         check_name(str(name), "eval.adapters" if name in ec.adapters else "eval.variants")
     out: list[tuple[str, Path | None]] = []
@@ -112,8 +112,6 @@ def resolve_variants(ec: EvalConfig, out_dir: Path,
 def _check_manifest(name: str, path: Path, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """The adapter's manifest, refused when the adapter is corrupt, has no manifest, or was
     trained on other weights or for another run (`models.adapters.verify_adapter`)."""
-    from reccocktail.models.adapters import verify_adapter
-
     return verify_adapter(path, f"eval: adapter {name!r}", cfg, out_dir)
 
 
@@ -129,7 +127,7 @@ class AdapterSwitcher:
             if self.peft is not None:
                 self.drop()
             return self.base
-        from peft import PeftModel
+        from peft import PeftModel  # lazy: +3.2 s (peft)
 
         self.n += 1
         name = f"eval{self.n}"
@@ -154,10 +152,8 @@ class AdapterSwitcher:
 
 def _log_results(cfg: DictConfig, data: dict[str, Any], keys: list[str]) -> None:
     """Plain metrics `eval/<variant>/<metric>` to every logger, plus a table where supported."""
-    from reccocktail.runtime import make_loggers
-
     try:
-        loggers = make_loggers(cfg)
+        loggers = runtime.make_loggers(cfg)
     except Exception as err:  # noqa: BLE001 - logging must not take the stage down
         log.warning("no loggers for the eval results: %s", err)
         return
@@ -393,8 +389,6 @@ def _check_formats(plan: EvalPlan, fmt: str) -> None:
 def score_variants(cfg: DictConfig, out_dir: Path, plan: EvalPlan) -> list[str]:
     """Load the backbone once and score every variant in turn (its adapter switched in), on
     the stored candidates or the full catalogue; the row keys recorded."""
-    from reccocktail.models.backbone import load_backbone
-
     fmt = prompt_format(cfg)
     _check_formats(plan, fmt)
     device = resolve_device(cfg, "eval.device")
@@ -442,7 +436,7 @@ def run_eval_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     Runs on global rank 0 only: under DDP, Lightning re-runs the pipeline in every rank, and
     scoring is a single-process job here (the other ranks return at once)."""
-    from lightning.pytorch.utilities import rank_zero_only
+    from lightning.pytorch.utilities import rank_zero_only  # lazy: +1.4 s (lightning)
 
     if getattr(rank_zero_only, "rank", 0) != 0:
         return {"skipped": "not global rank 0"}

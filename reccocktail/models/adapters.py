@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omegaconf import OmegaConf
+from safetensors import safe_open
+
+from reccocktail.data.prompts import adapter_format, prompt_format
 from reccocktail.utils.io import (
     atomic_dir,
     file_sha256,
@@ -90,8 +94,6 @@ def content_hashes(path: str | os.PathLike) -> dict[str, str]:
 def _structure_problem(path: Path) -> str | None:
     """Why the PEFT files cannot be read (a cut or overwritten file), for folders whose
     manifest records no hashes (written before they were recorded, or by another tool)."""
-    from safetensors import safe_open
-
     weights, config = path / ADAPTER_FILES[0], path / ADAPTER_FILES[1]
     try:
         with safe_open(str(weights), "pt") as fh:
@@ -180,7 +182,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
 def load_adapter(base_model: Any, path: str | os.PathLike, adapter_name: str = "default",
                  is_trainable: bool = False):
     """Wrap `base_model` with the adapter in `path` (a PeftModel)."""
-    from peft import PeftModel
+    from peft import PeftModel  # lazy: +6 s (peft, torch) to a torch-free module
 
     path = Path(path)
     for f in ADAPTER_FILES:
@@ -193,7 +195,7 @@ def load_adapter(base_model: Any, path: str | os.PathLike, adapter_name: str = "
 
 def load_adapter_weights(path: str | os.PathLike) -> dict:
     """The adapter's tensors by name, straight from `adapter_model.safetensors`."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # lazy: +1.4 s (torch)
 
     return load_file(str(Path(path) / "adapter_model.safetensors"))
 
@@ -274,7 +276,7 @@ def write_lora(path: str | Path, config: Mapping[str, Any], tensors: Mapping[str
                manifest: Mapping[str, Any]) -> Path:
     """Write LoRA factors as a standard PEFT folder (+ manifest.json) atomically (a mixed
     adapter); `save_adapter` instead writes a PeftModel."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # lazy: +1.4 s (torch)
 
     path = Path(path)
     with atomic_dir(path) as tmp:
@@ -303,7 +305,7 @@ def copy_adapter(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 def backbone_identity(backbone_cfg: Any) -> dict:
     """The backbone config without machine-specific paths (cache folders), for cache keys;
     `dtype: auto` is replaced by the dtype it resolves to (keys record what ran)."""
-    from reccocktail.utils.device import resolve_dtype  # torch: loaded when a key is made
+    from reccocktail.utils.device import resolve_dtype  # lazy: +1.2 s (torch)
 
     plain = to_plain(backbone_cfg)
     if isinstance(plain, dict) and str(plain.get("dtype")) == "auto":
@@ -330,7 +332,7 @@ def weights_identity(backbone_cfg: Any) -> dict:
     equal identities; the backbone's *name* says nothing (one name, other weights).
 
     Record it in a manifest as `backbone_identity`; `recorded_weights` reads it back."""
-    from reccocktail.models.backbone import looks_like_path
+    from reccocktail.models.backbone import looks_like_path  # lazy: +1.3 s (torch)
 
     plain = backbone_identity(backbone_cfg)
     out = {k: plain[k] for k in _WEIGHT_KEYS if plain.get(k) is not None}
@@ -506,10 +508,6 @@ def run_identity(cfg: Any, out_dir: str | os.PathLike | None = None) -> dict[str
     """What a run's adapters must have been trained for: its domain, scenario and prompt
     format, and the data hashes of its `data/manifest.json` (target split, general pool; None
     when the run folder has no data stage output). Written into every manifest as `run`."""
-    from omegaconf import OmegaConf
-
-    from reccocktail.data.prompts import prompt_format
-
     def pick(key: str) -> Any:
         v = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         return None if v is None else str(v)
@@ -529,8 +527,6 @@ def run_identity(cfg: Any, out_dir: str | os.PathLike | None = None) -> dict[str
 def recorded_identity(manifest: dict) -> dict[str, Any]:
     """The run an adapter's manifest says it belongs to (`run`), completed from the older
     fields for manifests written before `run` existed (unknown fields are None)."""
-    from reccocktail.data.prompts import adapter_format
-
     out: dict[str, Any] = {k: None for k in (*IDENTITY_FIELDS, "general_data_hash")}
     run = manifest.get("run")
     if isinstance(run, dict):
@@ -575,8 +571,6 @@ def verify_adapter(path: str | os.PathLike, where: str, cfg: Any = None,
     or one that records another run than `cfg`/`out_dir` (`fields` of `run_identity`). The last
     two are waived by `allow_foreign_adapters=true`, for deliberate reuse: the manifest returned
     then carries `foreign` (what differs), which the results record."""
-    from omegaconf import OmegaConf
-
     path = Path(path)
     for f in ADAPTER_FILES:
         if not (path / f).is_file():

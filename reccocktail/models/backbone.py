@@ -57,8 +57,8 @@ def locate_gguf(package: str, filename: str | None = None) -> Path:
 
 def _converted_gguf_dir(gguf: Path, cache_dir: Path) -> Path:
     """Dequantise a GGUF into a plain HF folder once; later loads read the folder."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers  # lazy: +0.9 s (transformers)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: +0.9 s (transformers)
 
     key = stable_hash(file_fingerprint(gguf), transformers.__version__)
     out = cache_dir / "backbones" / f"{gguf.stem}-{key}"
@@ -168,7 +168,7 @@ def _hub_error(name: str, err: Exception) -> OSError:
 
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer_cached(pretrained: str, trust_remote_code: bool):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: +0.9 s (transformers)
 
     try:
         tok = AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
@@ -209,7 +209,7 @@ def _quantization_config(cfg: Any):
             "backbone.quantization=null, or backbone.allow_cpu_quantization=true to accept the "
             "slow CPU path of bitsandbytes."
         )
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # lazy: +0.9 s (transformers)
 
     compute = torch_dtype(need(cfg, "dtype", "backbone"))
     return BitsAndBytesConfig(
@@ -222,7 +222,7 @@ def _quantization_config(cfg: Any):
 
 def build_tiny_model(cfg: Any, vocab_size: int):
     """A randomly initialised small Llama or Qwen2, deterministic under `init_seed`."""
-    import transformers
+    import transformers  # lazy: +0.9 s (transformers)
 
     arch = need(cfg, "arch", "backbone")
     one_of(arch, sorted(_TINY_ARCHS), "backbone.arch")
@@ -238,7 +238,7 @@ def build_tiny_model(cfg: Any, vocab_size: int):
 
 def load_backbone(cfg: Any, device: str | torch.device | None = None):
     """(model, tokenizer) for a backbone config; the model is in eval mode with grads off."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: +0.9 s (transformers)
 
     tokenizer = load_tokenizer(cfg)
     source = need(cfg, "source", "backbone")
@@ -278,7 +278,7 @@ def lora_config(cfg: Any, num_layers: int | None = None):
     the backward pass then stops at the lowest adapted layer, which on a CPU roughly halves a
     training step for N ~ a quarter of the layers (experiments/benchmarks/sequence_training.py).
     """
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazy: +4.5 s (peft, transformers)
 
     lora = need(cfg, "lora", "backbone")
     if lora is None:

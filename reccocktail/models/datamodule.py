@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from reccocktail.data.prompts import check_prompts
 from reccocktail.data.samples import Sample
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,6 @@ def tokenize_samples(samples: Sequence[Sample], prompt_builder: Any, where: str 
 
     All are built before any is used (`check_prompts`): a prompt over budget raises naming the
     split, the sample id and its file (`where` when the samples do not carry their file)."""
-    from reccocktail.data.prompts import check_prompts
-
     return check_prompts(samples, prompt_builder, where)
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from reccocktail.models.backbone import load_backbone
 from reccocktail.utils.config import need
 from reccocktail.utils.io import atomic_dir, read_json, to_plain, write_json
 
@@ -68,8 +69,6 @@ def build_full_model(backbone_cfg: Any, train_embeddings: bool = False,
     """The backbone with its own weights trainable (`tuning.mode: full`), in train mode.
 
     A quantised backbone is refused: 4-bit weights cannot be trained, only adapters on them."""
-    from reccocktail.models.backbone import load_backbone
-
     quant = need(backbone_cfg, "quantization", "backbone")
     if quant not in (None, "none"):
         raise ValueError(f"tuning.mode=full trains the backbone's own weights, which "
@@ -120,7 +119,7 @@ def save_full_model(model: Any, tokenizer: Any, path: str | os.PathLike, manifes
 def load_full_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                     device: str | torch.device | None = None) -> torch.nn.Module:
     """The model of a full-model folder, in eval mode with gradients off."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: +0.8 s (transformers)
 
     path = Path(path)
     if not is_full_model_dir(path):

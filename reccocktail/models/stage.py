@@ -55,6 +55,7 @@ from reccocktail.models.training import (
     train_adapter,
     tuning_config,
 )
+from reccocktail.models.tuning import tuning_mode
 from reccocktail.utils.config import need
 from reccocktail.utils.io import stable_hash
 
@@ -123,8 +124,6 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
     trained on `load_data()` (items, train, val), saved and cached under
     `adapters/<kind>/<key>/`. `extra` (with the `prompt`) goes into the manifest. With early
     stopping, `load_ranking(items)` gives the validation samples it ranks."""
-    from reccocktail.models.tuning import tuning_mode
-
     name = name or kind
     if tuning_mode(t) != "lora":
         raise ValueError(f"tuning.mode={tuning_mode(t)}: the {name} stage trains a LoRA adapter "

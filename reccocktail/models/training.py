@@ -14,19 +14,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
+from reccocktail import runtime
+from reccocktail.data.prompts import prompt_builder_from_config, prompt_wording
 from reccocktail.data.samples import Sample, load_items, load_samples
 from reccocktail.data.selection import choose_users, selection_samples
 from reccocktail.evaluation.config import ScorerConfig
 from reccocktail.ingredients import SOURCE, ingredient, ingredients
 from reccocktail.models import adapters as ad
+from reccocktail.models.backbone import load_tokenizer
 from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
 from reccocktail.models.early_stopping import RankingEarlyStopping, early_stopping_config
-from reccocktail.models.tuning import loss_normalization
+from reccocktail.models.sequence_data import SequenceDataModule, build_windows, load_user_sequences
+from reccocktail.models.tuning import InstructionTuningModule, loss_normalization
 from reccocktail.utils.config import need, one_of
 from reccocktail.utils.device import backbone_dtype, length_bucket, resolve_device
 from reccocktail.utils.io import to_plain
+from reccocktail.utils.leftovers import check_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +90,12 @@ def result_config(t: dict) -> dict:
 
 def prompt_cfg(cfg: DictConfig, general: bool) -> dict:
     """The prompt wording (`reccocktail.data.prompts.prompt_wording`), which enters the keys."""
-    from reccocktail.data.prompts import prompt_wording
-
     return prompt_wording(cfg, general)
 
 
 def prompt_builder(cfg: DictConfig, items: dict[str, str], prompt: dict, fmt: str) -> Any:
     """The prompt builder an adapter trains with: the run's tokenizer, `prompt` (the wording that
     entered its key) and format `fmt`, so training and scoring render prompts the same way."""
-    from reccocktail.data.prompts import prompt_builder_from_config
-    from reccocktail.models.backbone import load_tokenizer
-
     return prompt_builder_from_config(cfg, load_tokenizer(cfg.backbone), items, prompt=prompt,
                                       fmt=fmt)
 
@@ -112,8 +114,6 @@ def sequence_training_windows(path: Path, items: dict[str, str], t: dict,
     """The sequence objective's rows: windows of `sequences.jsonl` (of the users `keep_user`
     accepts, when given), then the seeded `fraction`/`max_samples` of them (a budget in
     windows, i.e. ~max_titles targets each)."""
-    from reccocktail.models.sequence_data import build_windows, load_user_sequences
-
     sequences = load_user_sequences(path, items)
     if keep_user is not None:
         sequences = {u: seq for u, seq in sequences.items() if keep_user(u)}
@@ -142,8 +142,6 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def _find_resume(t: dict, ckpt_dir: Path) -> str | None:
-    from reccocktail.utils.leftovers import check_checkpoint
-
     if need(t, "ckpt_path", "tuning"):
         p = Path(t["ckpt_path"])
         if not p.is_file():
@@ -169,13 +167,6 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
     they are ranked (the eval block's scorer settings, `EvalConfig.scorers`), required with them.
     `loss_first`/`loss_last` are means over the first/last (up to 5) batch losses this process
     saw (after a resume: those of the resumed part)."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from reccocktail.models.sequence_data import SequenceDataModule
-    from reccocktail.models.tuning import InstructionTuningModule
-    from reccocktail.runtime import make_trainer
-
     seed = int(need(t, "seed", "tuning"))
     L.seed_everything(seed, workers=True, verbose=False)
     dm_cls = SequenceDataModule if objective(t) == "sequence" else InstructionDataModule
@@ -214,7 +205,7 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
         overrides["log_every_n_steps"] = int(t["log_every_n_steps"])
     if not val:
         overrides["limit_val_batches"] = 0
-    trainer = make_trainer(cfg, out_dir, stage, callbacks=callbacks, **overrides)
+    trainer = runtime.make_trainer(cfg, out_dir, stage, callbacks=callbacks, **overrides)
     resume = _find_resume(t, ckpt_dir)
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +81,6 @@ def report_argv(folders: Sequence[Path], out: Path, **kw: Any) -> list[str]:
 def run_logged(cmd: list[str], label: str, dry_run: bool = False) -> None:
     """Print a run.py command, run it from the repository root (unless `dry_run`) and print
     its wall time under `label`: how the single-run experiment scripts launch their runs."""
-    import subprocess
-    import time
-
     print(" ".join(cmd), flush=True)
     if dry_run:
         return
@@ -92,9 +92,6 @@ def run_logged(cmd: list[str], label: str, dry_run: bool = False) -> None:
 def run_experiment(args: argparse.Namespace, sweeps: Sequence[Sweep], **report_kw: Any) -> int:
     """Print and (unless --dry-run) run the sweeps one after the other, then the report over
     their folders into `<out>/report` (report_kw: metrics, group_by, columns, domains, title)."""
-    import shlex
-    import subprocess
-
     out = Path(args.out).resolve()  # run.py runs from the repository root
     cmds = [sweep_command(s, out, args) for s in sweeps]
     folders = [out / s.name for s in sweeps]

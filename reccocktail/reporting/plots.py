@@ -19,10 +19,10 @@ from reccocktail.reporting.tables import METRIC_LABELS, scenario_rank, variant_l
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # lazy: an optional extra (plots), absent from a core install
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: optional extra, after matplotlib.use
 
     return plt
 

@@ -56,7 +56,7 @@ def check_checkpoint(path: str | os.PathLike, key: str | None = None) -> Path:
 
 
 def _torch_version() -> str:
-    import torch
+    import torch  # lazy: +1.1 s (torch) to the torch-free data stage
 
     return torch.__version__
 
