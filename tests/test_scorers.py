@@ -86,6 +86,35 @@ def test_shared_prefix_equals_naive_tiny(tiny_models, items, arch, normalize):
     torch.testing.assert_close(one, fast[:1], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lengths_rounded_up_give_the_same_scores(tiny_models, items, arch):
+    # multiple=64 pads the prompt and the packed candidates (and 7 the batched rows): the pads
+    # are masked, so every score equals the unpadded one
+    model, tok = tiny_models[arch]
+    pb = builder(tok, items)
+    samples = make_samples(items, n_users=2, n_cand=30, seed=7)
+    plain = LikelihoodScorer(model, pb, batch_size=7, multiple=1).score(samples)
+    for packed in (True, False):
+        padded = LikelihoodScorer(model, pb, batch_size=7, multiple=64, packed=packed)
+        torch.testing.assert_close(padded.score(samples), plain, atol=1e-4, rtol=0)
+        assert len(pb.prompt_ids(samples[0].history, samples[0].candidates)) % 64 != 0
+
+
+def test_the_bucket_follows_the_backbone_dtype(tiny_llama_cfg, items):
+    from reccocktail.models.backbone import load_backbone
+    from reccocktail.utils.device import CPU_LOW_PRECISION_BUCKET
+
+    model, tok = load_backbone({**dict(tiny_llama_cfg), "dtype": "bfloat16"})
+    pb = builder(tok, items)
+    assert LikelihoodScorer(model, pb).multiple == CPU_LOW_PRECISION_BUCKET
+    assert LikelihoodScorer(model.float(), pb).multiple == 1
+    samples = make_samples(items, n_users=1, n_cand=30, seed=2)
+    bf16 = LikelihoodScorer(model.bfloat16(), pb, batch_size=30).score(samples)
+    same = LikelihoodScorer(model, pb, batch_size=30, multiple=1).score(samples)
+    torch.testing.assert_close(bf16, same, atol=0.15, rtol=0)  # bf16 rounding of the pads' neighbours only
+    assert int(bf16.argmax()) == int(same.argmax())
+
+
 def test_shared_prefix_equals_naive_with_lora(tiny_models, items):
     from peft import LoraConfig, get_peft_model
 

@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -286,7 +285,7 @@ def memory_child(args: argparse.Namespace) -> None:
     steps, t = step_batches(cfg, run_dir, 1)
     trainee = Trainee(cfg, t, mode)
     trainee.step(steps[0])
-    train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    train_peak = memory.peak_rss_mib()
     del trainee
     memory.release()
     model, tok = load_backbone(with_dtype(cfg, mode))
@@ -294,7 +293,7 @@ def memory_child(args: argparse.Namespace) -> None:
     pb = prompt_builder_from_config(cfg, tok, items, fmt=prompt_format(cfg))
     samples = load_samples(run_dir / "data" / "test.jsonl", items)[: args.memory_users]
     score(model, [("zero_shot", None)], pb, samples, eval_config(cfg), mode)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = memory.peak_rss_mib()
     print(json.dumps({"mode": mode, "peak_rss_mib": round(peak), "train_peak_rss_mib":
                       round(train_peak)}))
 

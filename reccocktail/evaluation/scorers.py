@@ -37,7 +37,7 @@ from reccocktail.data.prompts import PromptBuilder
 from reccocktail.data.samples import Sample
 from reccocktail.evaluation.config import SEARCHES, ScorerConfig
 from reccocktail.evaluation.matching import Match, match_output
-from reccocktail.utils.device import model_device
+from reccocktail.utils.device import model_device, model_length_bucket
 
 if TYPE_CHECKING:
     from reccocktail.evaluation.config import EvalConfig
@@ -87,6 +87,10 @@ def _progress(items: Sequence[Any], enabled: bool, description: str):
     return track(items, description=description, total=len(items), transient=True)
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def _pad(seqs: Sequence[list[int]], width: int, pad: int, dev: Any,
          left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`[len(seqs), width]` token ids padded with `pad` (on the right, or the left) and the
@@ -130,10 +134,18 @@ class LikelihoodScorer:
     progress: bool = False
     packed: bool = True
     name: str = "likelihood"
+    # Sequence lengths are rounded up to this many tokens (pad positions masked, scores
+    # unchanged). None: from the model, `model_length_bucket` (64 for a bf16/fp16 backbone on
+    # the CPU, where every new shape costs oneDNN time and memory; else 1).
+    multiple: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.multiple is None:
+            self.multiple = model_length_bucket(self.model)
+        if self.multiple < 1:
+            raise ValueError(f"multiple must be >= 1, got {self.multiple}")
 
     def score(self, samples: Sequence[Sample]) -> torch.Tensor:
         """`[n, c]` float32 scores on the CPU, in each sample's candidate order."""
@@ -153,7 +165,15 @@ class LikelihoodScorer:
     def score_ids(self, prompt: list[int], responses: list[list[int]]) -> torch.Tensor:
         """Scores `[len(responses)]` of token-id responses after one token-id prompt."""
         model, dev = self.model, model_device(self.model)
-        out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
+        p_len = len(prompt)
+        width = _round_up(p_len, self.multiple)
+        if width == p_len:
+            out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True,
+                        logits_to_keep=1)
+        else:  # right-padded: the real positions never see the pad, which later calls mask
+            ids, mask = _pad([prompt], width, self.prompt_builder.eos_token_id, dev)
+            out = model(input_ids=ids, attention_mask=mask, use_cache=True,
+                        logits_to_keep=torch.tensor([p_len - 1], device=dev))
         first_lp = out.logits[0, -1].float().log_softmax(-1)  # next token after the prompt
         prefix = [(layer.keys, layer.values) for layer in _out_cache(out).layers]
         scores = torch.empty(len(responses), dtype=torch.float32)
@@ -162,7 +182,7 @@ class LikelihoodScorer:
             total = first_lp[torch.tensor([r[0] for r in chunk], device=dev)]
             if max(len(r) for r in chunk) > 1:
                 run = self._packed if self.packed and not _is_flash(model) else self._batched
-                total = total + run(prefix, len(prompt), chunk, dev)
+                total = total + run(prefix, p_len, chunk, dev)
             if self.normalize:
                 total = total / torch.tensor([len(r) for r in chunk], device=dev)
             scores[start : start + len(chunk)] = total.float().cpu()
@@ -176,33 +196,46 @@ class LikelihoodScorer:
 
     def _packed(self, prefix, p_len: int, chunk: list[list[int]], dev) -> torch.Tensor:
         """Log-prob of tokens 2.. of each response: all responses of the chunk in ONE sequence
-        after the prompt cache, a block-diagonal causal mask keeping them apart."""
-        lens = torch.tensor([len(r) - 1 for r in chunk], device=dev)
-        seg = torch.repeat_interleave(torch.arange(len(chunk), device=dev), lens)  # owner
-        t_len = int(lens.sum())
-        offset = torch.arange(t_len, device=dev) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
-        ids = torch.tensor([t for r in chunk for t in r[:-1]], device=dev)
-        tgt = torch.tensor([t for r in chunk for t in r[1:]], device=dev)
+        after the prompt cache, a block-diagonal causal mask keeping them apart. The cache may
+        hold pad positions after the `p_len` real ones (masked); pad tokens that round the
+        sequence up to `multiple` form one more block whose scores are dropped."""
+        n, width = len(chunk), prefix[0][0].shape[-2]
+        lens = [len(r) - 1 for r in chunk]
+        extra = _round_up(sum(lens), self.multiple) - sum(lens)
+        ids = [t for r in chunk for t in r[:-1]] + [self.prompt_builder.eos_token_id] * extra
+        tgt = [t for r in chunk for t in r[1:]] + [self.prompt_builder.eos_token_id] * extra
+        lens_t = torch.tensor(lens + ([extra] if extra else []), device=dev)
+        seg = torch.repeat_interleave(torch.arange(len(lens_t), device=dev), lens_t)  # owner
+        t_len = len(ids)
+        offset = torch.arange(t_len, device=dev) - torch.repeat_interleave(
+            lens_t.cumsum(0) - lens_t, lens_t)
         q = torch.arange(t_len, device=dev)
         allowed = (seg[:, None] == seg[None, :]) & (q[None, :] <= q[:, None])
-        allowed = torch.cat([torch.ones(t_len, p_len, dtype=torch.bool, device=dev), allowed], 1)
+        allowed = torch.cat([torch.ones(t_len, p_len, dtype=torch.bool, device=dev),
+                             torch.zeros(t_len, width - p_len, dtype=torch.bool, device=dev),
+                             allowed], 1)
         dtype = prefix[0][0].dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        logits = _forward_cached(self.model, self._cache(prefix, 1), input_ids=ids[None],
+        logits = _forward_cached(self.model, self._cache(prefix, 1),
+                                 input_ids=torch.tensor([ids], device=dev),
                                  attention_mask=mask[None, None],
                                  position_ids=(p_len + offset)[None]).logits[0]
-        lp = _token_logprobs(logits, tgt)
-        return torch.zeros(len(chunk), dtype=lp.dtype, device=dev).index_add_(0, seg, lp)
+        lp = _token_logprobs(logits, torch.tensor(tgt, device=dev))
+        total = torch.zeros(len(lens_t), dtype=lp.dtype, device=dev).index_add_(0, seg, lp)
+        return total[:n]
 
     def _batched(self, prefix, p_len: int, chunk: list[list[int]], dev) -> torch.Tensor:
         """The same, one row per response: the prompt cache repeated along the batch, responses
         right-padded with an attention mask (works with every attention implementation)."""
-        b, t_len = len(chunk), max(len(r) for r in chunk) - 1
+        b = len(chunk)
+        width, t_len = prefix[0][0].shape[-2], _round_up(max(len(r) for r in chunk) - 1,
+                                                          self.multiple)
         pad = self.prompt_builder.eos_token_id
         ids, mask = _pad([r[:-1] for r in chunk], t_len, pad, dev)
         tgt, _ = _pad([r[1:] for r in chunk], t_len, pad, dev)
-        attn = torch.cat([torch.ones((b, p_len), dtype=torch.long, device=dev), mask], 1)
+        attn = torch.cat([torch.ones((b, p_len), dtype=torch.long, device=dev),
+                          torch.zeros((b, width - p_len), dtype=torch.long, device=dev), mask], 1)
         pos = torch.arange(p_len, p_len + t_len, device=dev).expand(b, t_len)
         logits = _forward_cached(self.model, self._cache(prefix, b), input_ids=ids,
                                  attention_mask=attn, position_ids=pos).logits

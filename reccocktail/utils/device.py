@@ -218,6 +218,17 @@ def length_bucket(dtype: str, device: torch.device | str) -> int:
     return 1
 
 
+def model_length_bucket(model: torch.nn.Module) -> int:
+    """`length_bucket` of a loaded model: its input embedding's dtype (the backbone's; LoRA
+    factors may be float32) and device."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    weight = getattr(emb, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        weight = next(model.parameters())
+    return length_bucket(str(weight.dtype).removeprefix("torch."), weight.device)
+
+
 def resolve_backbone_dtype(cfg: Any) -> str | None:
     """Replace `backbone.dtype: auto` in the run config by the dtype it resolves to on the
     run's device, once at the run's start (cache keys, manifests and rows then record it);

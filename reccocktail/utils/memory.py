@@ -15,6 +15,7 @@ import functools
 import gc
 import resource
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -53,11 +54,26 @@ def reset_peaks() -> None:
         cuda.reset_peak_memory_stats()
 
 
+def peak_rss_mib() -> float:
+    """This process's RSS high-water mark in MiB.
+
+    Linux's `ru_maxrss` survives `exec`: a child started by a 4 GiB parent reports at least
+    4 GiB (a benchmark's per-mode subprocesses all read the parent's peak). `VmHWM` belongs to
+    the address space, which `exec` replaces, so it is read first."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peaks() -> dict[str, float]:
     """`peak_rss_mib`: the process's RSS high-water mark so far (in a run of several stages,
     the largest of this and the earlier stages); `peak_gpu_gib`: the GPU peak since
     `reset_peaks`, i.e. this stage's alone."""
-    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    out = {"peak_rss_mib": round(peak_rss_mib())}
     if (cuda := _cuda()) is not None:
         out["peak_gpu_gib"] = round(cuda.max_memory_allocated() / 2**30, 2)
     return out
