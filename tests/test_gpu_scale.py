@@ -44,7 +44,7 @@ def test_tiny_shape_reports_every_field(samples, tmp_path):
     out_json = tmp_path / "gpu_scale.json"
     out = _run("--shape", "tiny", "--samples", str(samples), "--out", str(out_json),
                "--train-steps", "1", "--lambda-prompts", "4", "--users", "1", "--gen-users", "2",
-               "--gen-batch", "2", "--anomaly-s", "30")
+               "--gen-batch", "2", "--anomaly-s", "90")
     text = out.stdout
     for needle in ("peak matmul", "tokens/s", "MFU", "lambda (4 prompts, k=3)",
                    "eval ml1m users/s: shared", "naive", "generate", "hours per paper setting",

@@ -142,8 +142,8 @@ class LikelihoodScorer:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}")
-        if self.multiple is None:
-            self.multiple = model_length_bucket(self.model)
+        if self.multiple is None:  # a scorer without a model only describes its settings
+            self.multiple = 1 if self.model is None else model_length_bucket(self.model)
         if self.multiple < 1:
             raise ValueError(f"multiple must be >= 1, got {self.multiple}")
 
