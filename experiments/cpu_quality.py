@@ -190,8 +190,11 @@ def report(args: argparse.Namespace) -> str:
     if not results:
         raise SystemExit(f"no results.json under {args.out}/<scenario>: run the experiment first")
     budgets = {s: _budget(runs[s], r["variants"]) for s, r in results.items()}
+    dtypes = sorted({v["backbone_dtype"] for r in results.values() for v in r["variants"].values()
+                     if isinstance(v, dict) and v.get("backbone_dtype")})
     lines = [f"# CPU quality: {DATASETS[args.dataset]}, SmolLM2-135M, sequence objective", "",
-             f"Machine: {args.machine}. Date: {time.strftime('%Y-%m-%d')}. NDCG@k with 95 % "
+             f"Machine: {args.machine}. Backbone dtype: {', '.join(dtypes) or 'none scored'}. "
+             f"Date: {time.strftime('%Y-%m-%d')}. NDCG@k with 95 % "
              "bootstrap CIs over the scored users; ties count against the positive.", ""]
     head = "| Method | " + " | ".join(f"{s} NDCG@1 | {s} NDCG@3" for s in results) + " |"
     lines += [head, "|:---|" + "---:|" * (2 * len(results))]
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specific-windows", type=int, default=160, help="S's training windows")
     p.add_argument("--baselines", default="gru4rec,sasrec,fmlp,unisrec")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--machine", default="2 CPU cores, 24 GiB, torch CPU build, fp32")
+    p.add_argument("--machine", default="2 CPU cores, 24 GiB, torch CPU build")
     p.add_argument("--paired-with", default=None,
                    help="another --out folder scored on the same samples: paired tests of this "
                         "run's rows against its S and cocktail rows (in the report)")

@@ -89,7 +89,11 @@ def tiny_qwen2_cfg():
 
 @pytest.fixture(scope="session")
 def smollm2_cfg():
-    return backbone_cfg("smollm2_135m")
+    # fp32: the exactness checks on the real model compare scoring paths to 1e-4, and `auto`
+    # would run it in bf16 on a CPU with native bf16 (tests/test_bf16.py covers bf16)
+    cfg = backbone_cfg("smollm2_135m")
+    cfg.dtype = "float32"
+    return cfg
 
 
 @pytest.fixture(scope="session")
