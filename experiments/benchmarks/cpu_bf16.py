@@ -3,7 +3,7 @@
 Three modes, measured interleaved in one process (the order rotates every round, so a shared
 machine's changing load hits them alike):
 
-* `fp32`     - the backbone in float32 (the CPU default so far);
+* `fp32`     - the backbone in float32 (`backbone.dtype: float32`; the CPU default before `auto`);
 * `bf16`     - the backbone's weights in bfloat16, the LoRA and its Adam state in float32
                (`backbone.dtype: bfloat16`, what `backbone.dtype: auto` picks on a CPU with
                avx512_bf16 / amx_bf16);
