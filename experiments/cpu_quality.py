@@ -18,10 +18,15 @@ baseline; the cocktail never below max(G, S) by more than the CI) checked, misse
         --lambda-users 4 --lambda-steps 1 --baselines pop -- debug-size smoke check
     python experiments/cpu_quality.py --stages data,baselines --baselines pop,p5,omfa \
         --dataset beauty --out outputs/llm_baselines_beauty      # the LLM baselines' rows only
+    python experiments/cpu_quality.py --dataset beauty --scenarios warm --baselines pop \
+        --ingredients general,specific,sports,games --out outputs/cpu_quality_beauty4
 
 `--dataset beauty` runs `+experiment=beauty_<scenario>` (general pool: Sports + Games). One-Model-
 for-All trains on `--general-windows` + `--specific-windows` windows (G's and S's budgets); P5
-on S's rows with full fine-tuning (conf/baselines/p5.yaml).
+on S's rows with full fine-tuning (conf/baselines/p5.yaml). `--ingredients` mixes more LoRAs
+than G and S (a general source trains like G, on `--general-windows` windows of its own rows);
+each one's row, λ and training budget are reported, and "the best ingredient" of the targets is
+the best of all of them.
 
 Runs go to `--out` (default outputs/cpu_quality/<scenario>); a run that died is continued by
 running the same command again (finished stages are reused). Extra Hydra overrides after `--`.
@@ -52,8 +57,18 @@ LABELS = {**ROW_LABELS, "p5": "P5 (SmolLM2-135M, full fine-tuning)",
           "specific": "RecCocktail-S", "wa": "RecCocktail-WA", "cocktail": "RecCocktail (entropy λ)"}
 
 
+PAIR = ["general", "specific"]
+
+
 def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[str]:
     out = Path(args.out) / scenario
+    more = args.ingredients != PAIR
+    # more ingredients: the stage list and the rows name them through the `ingredients` token
+    stages = [x for x in args.stages if not (more and x in PAIR)]
+    if more and "ingredients" not in stages and any(x in args.stages for x in PAIR):
+        stages.insert(next(i for i, x in enumerate(args.stages) if x in PAIR), "ingredients")
+    variants = ("[cocktail,ingredients,wa,zero_shot]" if more
+                else "[cocktail,specific,general,wa,zero_shot]")
     return [sys.executable, str(ROOT / "run.py"), f"+experiment={args.dataset}_{scenario}",
             "backbone=smollm2_135m", "trainer=cpu", "tuning=cpu_sequence", "logger=csv",
             f"hydra.run.dir={out}", f"seed={args.seed}",
@@ -64,9 +79,10 @@ def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[s
             f"selection.max_scored_users={args.users}", "eval.progress=false",
             f"baseline=[{','.join(args.baselines)}]",
             # baselines first: their rows are there even if the LLM scoring is cut short
-            f"stages=[{','.join(args.stages)}]",
+            f"stages=[{','.join(stages)}]",
+            *([f"ingredients=[{','.join(args.ingredients)}]"] if more else []),
             # the rows that matter most first, for the same reason
-            "eval.variants=[cocktail,specific,general,wa,zero_shot]",
+            f"eval.variants={variants}",
             # the baselines' CPU caps (docs/results.md, baselines table): one window per user, 5 epochs
             "baselines.common.max_windows_per_user=1", "baselines.common.max_epochs=5",
             "baselines.common.patience=2", "baselines.common.num_threads=1",
@@ -74,6 +90,11 @@ def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[s
             f"baselines.omfa.general_windows={args.general_windows}",
             f"baselines.omfa.target_windows={args.specific_windows}",
             *extra]
+
+
+def row_label(name: str) -> str:
+    """A row's name in the tables; an ingredient beyond G and S by its name."""
+    return LABELS.get(name, f"RecCocktail ingredient `{name}`")
 
 
 def _cell(row: dict | None, metric: str) -> str:
@@ -84,11 +105,21 @@ def _cell(row: dict | None, metric: str) -> str:
     return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
-def _budget(run: Path, rows: dict) -> dict:
-    """Seconds per stage; for G and S what their training cost where it ran (a reused G
+def ingredient_rows(results: dict) -> list[str]:
+    """The ingredient rows of a run, in its list's order (from λ's names; G and S when the
+    run mixed the pair or mixed nothing)."""
+    v = results["variants"]
+    info = next((v[k] for k in ("cocktail", "wa") if k in v), {})
+    lam = info.get("lambda") if isinstance(info.get("lambda"), dict) else {}
+    named = list((lam or {}).get("lambda_by_name") or {}) or PAIR
+    return [n for n in named if n in v]
+
+
+def _budget(run: Path, rows: dict, names: list[str] | None = None) -> dict:
+    """Seconds per stage; for each ingredient what its training cost where it ran (a reused G
     reports the run that trained it), from the adapters' manifests."""
     out = {}
-    for stage in ("general", "specific", "mix", "eval", "baselines"):
+    for stage in (*(names or PAIR), "mix", "eval", "baselines"):
         p = run / "stages" / f"{stage}.json"
         if p.exists():
             out[stage] = {"seconds": read_json(p).get("seconds")}
@@ -113,12 +144,14 @@ def targets(res: dict, scenario: str) -> list[tuple[str, bool]]:
     """The issue's targets for one scenario, each with whether it was met."""
     v = res["variants"]
     out = []
-    if "cocktail" in v and "general" in v and "specific" in v:
-        best = max(("general", "specific"), key=lambda k: v[k]["metrics"]["ndcg@1"])
+    names = ingredient_rows(res)
+    if "cocktail" in v and len(names) >= 2:
+        best = max(names, key=lambda k: v[k]["metrics"]["ndcg@1"])
         lo_gap = v[best]["metrics"]["ndcg@1"] - v["cocktail"]["metrics"]["ndcg@1"]
         paired = res.get("paired", {}).get(f"cocktail_vs_{best}", {}).get("ndcg@1", {})
         half = (paired["ci"][1] - paired["ci"][0]) / 2 if paired.get("ci") else 0.0
-        out.append((f"cocktail not below max(G, S) = {best} by more than the CI "
+        what = "max(G, S)" if names == PAIR else "its best ingredient"
+        out.append((f"cocktail not below {what} = {best} by more than the CI "
                     f"(gap {lo_gap:+.3f}, CI half-width {half:.3f})", lo_gap <= half))
     if scenario == "warm":
         for k in ("specific", "cocktail"):
@@ -189,7 +222,10 @@ def report(args: argparse.Namespace) -> str:
             r["variants"]["popularity"] = r["variants"]["pop"]
     if not results:
         raise SystemExit(f"no results.json under {args.out}/<scenario>: run the experiment first")
-    budgets = {s: _budget(runs[s], r["variants"]) for s, r in results.items()}
+    budgets = {s: _budget(runs[s], r["variants"], ingredient_rows(r)) for s, r in results.items()}
+    extra_rows = [n for r in results.values() for n in ingredient_rows(r) if n not in ROWS]
+    order = [x for name in ROWS for x in ([name, *dict.fromkeys(extra_rows)]
+                                          if name == "specific" else [name])]
     dtypes = sorted({v["backbone_dtype"] for r in results.values() for v in r["variants"].values()
                      if isinstance(v, dict) and v.get("backbone_dtype")})
     lines = [f"# CPU quality: {DATASETS[args.dataset]}, SmolLM2-135M, sequence objective", "",
@@ -198,14 +234,15 @@ def report(args: argparse.Namespace) -> str:
              "bootstrap CIs over the scored users; ties count against the positive.", ""]
     head = "| Method | " + " | ".join(f"{s} NDCG@1 | {s} NDCG@3" for s in results) + " |"
     lines += [head, "|:---|" + "---:|" * (2 * len(results))]
-    for name in ROWS:
+    for name in order:
         if not any(name in r["variants"] for r in results.values()):
             continue
         cells = []
         for r in results.values():
             row = r["variants"].get(name)
             cells += [_cell(row, "ndcg@1"), _cell(row, "ndcg@3")]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+        label = row_label(name)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for s, r in results.items():
         v = r["variants"]
         info = next((v[k] for k in ("cocktail", "specific", "zero_shot") if k in v), {})
@@ -235,14 +272,14 @@ def report(args: argparse.Namespace) -> str:
                 other = key.removeprefix("cocktail_vs_")
                 if other not in shown:  # e.g. the `pop` baseline repeating popularity
                     continue
-                label = LABELS.get(other, other)
+                label = row_label(other)
                 if other == primary["best_baseline"]:
                     label += " (best baseline)"
                 lines.append(_paired_line(label, m, holm=True))
             if primary["family_size"]:
                 lines += ["", f"p (Holm): adjusted over the {primary['family_size']} primary "
                           "tests (cocktail vs " + ", ".join(
-                              LABELS.get(x, x) for x in primary["comparisons"])
+                              row_label(x) for x in primary["comparisons"])
                           + ", on " + " and ".join(m.upper() for m in primary["metrics"])
                           + "); the other rows are exploratory (raw p only)."]
         other_run = Path(args.paired_with) / s if getattr(args, "paired_with", None) else None
@@ -283,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--general-windows", type=int, default=160, help="G's training windows")
     p.add_argument("--specific-windows", type=int, default=160, help="S's training windows")
     p.add_argument("--baselines", default="gru4rec,sasrec,fmlp,unisrec")
+    p.add_argument("--ingredients", default=",".join(PAIR),
+                   help="the LoRAs mixed (`ingredients`): general, specific, or a source of the "
+                        "domain's general pool (Beauty: sports, games)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--machine", default="2 CPU cores, 24 GiB, torch CPU build")
     p.add_argument("--paired-with", default=None,
@@ -295,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     a.scenarios = a.scenarios.split(",")
     a.stages = [x for x in a.stages.split(",") if x]
     a.baselines = [b for b in a.baselines.split(",") if b]
+    a.ingredients = [x for x in a.ingredients.split(",") if x]
     if not a.report_only:
         # one scenario after the other, each with both cores (two 1-thread processes side by
         # side trained ~2x slower in total here); the second reuses the cached G

@@ -52,6 +52,8 @@ from reccocktail.ingredients import (
     raw_names,
     resolve_weights,
 )
+from reccocktail.models.tuning_config import LOSS_NORMALIZATIONS, SCHEDULES
+from reccocktail.models.tuning_config import MODES as TUNING_MODES
 from reccocktail.utils.config import check_name
 from reccocktail.utils.paths import CONF_DIR
 
@@ -192,8 +194,6 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from reccocktail.data.stage import COLD_NEGATIVES, NEGATIVES, SCENARIOS  # lazy: a stage
     from reccocktail.evaluation.full_catalogue import CANDIDATES  # lazy: +3.7 s (torch)
     from reccocktail.evaluation.scorers import SCORERS, SEARCHES  # lazy: +1.2 s (torch)
-    from reccocktail.models.tuning import LOSS_NORMALIZATIONS, SCHEDULES  # lazy: +5.6 s (lightning)
-    from reccocktail.models.tuning import MODES as TUNING_MODES  # lazy: the same
 
     return {"mix.name": tuple(NAMES), "mix.mode": tuple(MODES),
             "mix.granularity": tuple(GRANULARITIES), "mix.objective": tuple(OBJECTIVES),

@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import tuning_block
+from conftest import tuning_cfg
 from omegaconf import OmegaConf
 
 from reccocktail.utils import device as dev
@@ -82,7 +82,7 @@ def _train_planted(backbone: dict, tokenizer, tmp_path, epochs: int):
         seqs[f"u{u}"] = [str((start + k) % 8) for k in range(7)]
     dm = SequenceDataModule(build_windows(seqs, 40, 2), pb, batch_size=8)
     module = InstructionTuningModule(
-        backbone, tuning_block(lr=2e-2, init_seed=0, schedule="constant", warmup_steps=0,
+        backbone, tuning_cfg(lr=2e-2, init_seed=0, schedule="constant", warmup_steps=0,
                                objective="sequence"), stage="specific")
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
@@ -159,7 +159,7 @@ def test_train_adapter_buckets_batches_for_a_bf16_backbone_on_the_cpu(monkeypatc
     for dtype, expected in (("bfloat16", dev.CPU_LOW_PRECISION_BUCKET), ("float32", 1)):
         cfg = OmegaConf.create({"backbone": {"dtype": dtype}, "trainer": {"accelerator": "cpu"}})
         with pytest.raises(Built):
-            training.train_adapter(cfg, tmp_path, "specific", tuning_block(objective="sequence"),
+            training.train_adapter(cfg, tmp_path, "specific", tuning_cfg(objective="sequence"),
                                    [object()], [], None, "key")
         assert seen["pad_multiple"] == expected, dtype
 

@@ -133,3 +133,37 @@ def test_report_gives_holm_adjusted_p_for_the_primary_comparisons(tmp_path):
     saved = json.loads((tmp_path / "cpu_quality.json").read_text())
     assert saved["warm"]["results"]["paired"]["cocktail_vs_sasrec"]["ndcg@1"]["p_holm"] == \
         pytest.approx(adj[4])
+
+
+def test_more_ingredients_name_their_stages_rows_and_the_best_ingredient(tmp_path):
+    """`--ingredients` puts the list in the command (stages and rows through the `ingredients`
+    token); the report gives each ingredient a row and judges the cocktail against the best of
+    them, here the third ingredient, not max(G, S)."""
+    mod = experiment_script("cpu_quality")
+    cmds = []
+    mod.run_logged = lambda cmd, name, dry: cmds.append(cmd)
+    mod.main(["--dataset", "beauty", "--scenarios", "warm", "--baselines", "pop",
+              "--ingredients", "general,specific,games", "--dry-run"])
+    (cmd,) = cmds
+    assert "stages=[data,baselines,ingredients,mix,eval]" in cmd
+    assert "ingredients=[general,specific,games]" in cmd
+    assert "eval.variants=[cocktail,ingredients,wa,zero_shot]" in cmd
+    cmds.clear()
+    mod.main(["--scenarios", "warm", "--dry-run"])  # the pair: today's command, unchanged
+    assert "stages=[data,baselines,general,specific,mix,eval]" in cmds[0]
+    assert not any(x.startswith("ingredients=") for x in cmds[0])
+
+    def row(v: float) -> dict:
+        return {"metrics": {"ndcg@1": v, "ndcg@3": v}}
+
+    lam = {"lambda_by_name": {"general": 0.2, "specific": 0.3, "games": 0.5}}
+    variants = {"general": row(0.10), "specific": row(0.12), "games": row(0.30),
+                "wa": row(0.15), "cocktail": {**row(0.20), "lambda": lam}, "popularity": row(0.05)}
+    write_json(tmp_path / "warm" / "results.json", {"variants": variants})
+    args = type("A", (), {"out": str(tmp_path), "scenarios": ["warm"], "dataset": "beauty",
+                          "machine": "test"})()
+    md = mod.report(args)
+    assert "| RecCocktail ingredient `games` | 0.300" in md
+    assert md.index("RecCocktail-S |") < md.index("ingredient `games`") < md.index("RecCocktail-WA")
+    (gap,) = [t for t, ok in mod.targets({"variants": variants}, "warm") if "best ingredient" in t]
+    assert "= games" in gap and "+0.100" in gap

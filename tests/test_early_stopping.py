@@ -125,8 +125,8 @@ def test_per_epoch_checks_score_the_adapter_that_is_saved(tiny_llama_cfg, tmp_pa
 def test_early_stopping_refuses_what_it_cannot_keep_apart(tiny_llama_cfg, tmp_path):
     """G early-stopped on validation samples it trains on (include_valid) is refused, and so
     are bad counts."""
-    from reccocktail.models.early_stopping import early_stopping_config
     from reccocktail.models.stage import run_general_stage
+    from reccocktail.models.tuning_config import early_stopping_config
 
     out = tmp_path / "run"
     write_domain(out / "data")

@@ -21,7 +21,8 @@ from reccocktail.evaluation.results import ordered_variants
 from reccocktail.ingredients import downstream, expand, ingredient_names, resolve_weights
 from reccocktail.models import adapters as ad
 from reccocktail.models.adapters import read_lora
-from reccocktail.models.training import result_config, specific_plan
+from reccocktail.models.training import result_config, specific_plan, tuning_config
+from reccocktail.models.tuning_config import parse_tuning
 from reccocktail.pipeline import STAGES, run
 from reccocktail.utils.io import stable_hash, to_plain
 
@@ -83,6 +84,21 @@ def old_tuning_config(cfg, stage: str) -> dict:
     return t
 
 
+def old_result_config(t: dict) -> dict:
+    """What of a stage's tuning dict entered an adapter's key, as the dict-based code took it."""
+    out = {k: v for k, v in t.items() if k not in ("ckpt_path", "resume", "num_workers",
+                                                   "checkpoint_every_n_steps", "reuse",
+                                                   "log_every_n_steps")}
+    if out["mode"] == "lora":
+        out.pop("mode")
+        out.pop("full")
+    if not out["early_stopping"]["enabled"]:
+        out.pop("early_stopping")
+    if out["loss_normalization"] == "micro_batch":
+        out.pop("loss_normalization")
+    return out
+
+
 def old_keys(cfg, out: Path) -> dict[str, str]:
     """G's and S's cache keys by the two-ingredient code's rules."""
     from reccocktail.data.prompts import prompt_wording
@@ -90,11 +106,32 @@ def old_keys(cfg, out: Path) -> dict[str, str]:
     data = out / "data"
     g = old_tuning_config(cfg, "general")
     s = old_tuning_config(cfg, "specific")
-    extra = specific_plan(cfg, out, s)
+    extra = specific_plan(cfg, out, parse_tuning(s))
     return {"general": ad.general_cache_key(cfg.backbone, ad.general_data_hash(data),
-                                            result_config(g), prompt_wording(cfg, True)),
+                                            old_result_config(g), prompt_wording(cfg, True)),
             "specific": stable_hash(ad.backbone_identity(cfg.backbone), ad.target_data_hash(data),
-                                    result_config(s), extra["prompt"], extra)}
+                                    old_result_config(s), extra["prompt"], extra)}
+
+
+TUNING_OPTIONS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" /
+                                         "tuning").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", TUNING_OPTIONS)
+@pytest.mark.parametrize("overrides", [
+    (), ("tuning.loss_normalization=micro_batch",), ("tuning.early_stopping.enabled=true",),
+    ("tuning.specific.init_from=general", "tuning.lr=1e-4"),
+])
+def test_the_typed_tuning_config_keys_adapters_byte_for_byte_as_the_dict_did(option, overrides):
+    """The typed config's key part (`result_config`) is the dict-based code's, byte for byte,
+    for every shipped tuning option and stage: adapters cached before the type keep their keys."""
+    cfg = compose_cfg(f"tuning={option}", *overrides)
+    for stage in ("general", "specific"):
+        t = tuning_config(cfg, stage)
+        old = old_tuning_config(cfg, stage)
+        assert json.dumps(result_config(t)) == json.dumps(old_result_config(old))
+        assert stable_hash(result_config(t)) == stable_hash(old_result_config(old))
+        assert t.lr == float(old["lr"]) and t.betas == tuple(old["betas"])
 
 
 def test_the_default_is_the_paper_pair_with_the_old_stages_and_variants():
@@ -209,15 +246,13 @@ def test_bad_ingredients_and_lambdas_fail_naming_the_key(overrides, match):
 
 
 def test_a_source_trains_with_the_general_block_and_its_own_over_it():
-    from reccocktail.models.training import tuning_config
-
     plain = compose_cfg("ingredients=[general,specific,ml100k_rest]")
     own = compose_cfg("ingredients=[general,specific,ml100k_rest]",
                       "+tuning.ml100k_rest.max_samples=5", "+tuning.ml100k_rest.lr=0.001")
     assert config_errors(own) == []
     assert tuning_config(plain, "ml100k_rest") == tuning_config(plain, "general")
     t = tuning_config(own, "ml100k_rest")
-    assert (t["max_samples"], t["lr"]) == (5, 0.001)
+    assert (t.max_samples, t.lr) == (5, 0.001)
     # G (and so its key) does not see the source's block
     assert tuning_config(own, "general") == tuning_config(plain, "general")
     bad = compose_cfg("ingredients=[general,specific,ml100k_rest]", "+tuning.ml100k_rest.lr=-1",

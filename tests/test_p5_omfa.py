@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_config, tuning_block
+from conftest import run_config, tuning_cfg
 from omegaconf import OmegaConf
 
 from reccocktail.data.samples import Sample, write_items
@@ -114,7 +114,7 @@ def test_full_mode_changes_the_base_weights_and_lora_mode_does_not(mode, tiny_ll
     pb = build_prompt_builder(tokenizer, _items(), WORDING, BACKBONE, 16, fmt="sequence")
     seqs = {r["user"]: r["items"] for r in _cycle_sequences("", 4, 0)}
     dm = SequenceDataModule(build_windows(seqs, 40, 2), pb, batch_size=4)
-    module = InstructionTuningModule(backbone, tuning_block(lr=1e-2, init_seed=0,
+    module = InstructionTuningModule(backbone, tuning_cfg(lr=1e-2, init_seed=0,
                                                             schedule="constant", warmup_steps=0,
                                                             mode=mode, objective="sequence"),
                                      stage="specific")
@@ -170,10 +170,8 @@ def test_g_and_s_stages_refuse_full_mode(tiny_llama_cfg, tmp_path):
     _write_run(out, general=False)
     with pytest.raises(ValueError, match="baseline=p5"):
         run_specific_stage(_cfg(out, tiny_llama_cfg, mode="full"), out)
-    with pytest.raises(ValueError, match="tuning.mode"):
-        from reccocktail.models.tuning import tuning_mode
-
-        tuning_mode({"mode": "fulll"})
+    with pytest.raises(ValueError, match="tuning.mode: unknown value 'fulll'"):
+        tuning_cfg(mode="fulll")
 
 
 def test_p5_learns_a_planted_pattern_on_s_rows_and_scores_the_stored_candidates(tiny_llama_cfg,

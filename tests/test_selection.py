@@ -163,7 +163,7 @@ def test_tuning_lr_is_the_yaml_value_the_optimizer_gets(tuning, lr):
     assert yaml_lr == lr
     for stage in ("general", "specific"):
         t = tuning_config(run_config(None, f"tuning={tuning}"), stage)
-        assert t["lr"] == lr
+        assert t.lr == lr
     module = InstructionTuningModule({}, t, stage="specific")
     module.model = torch.nn.Linear(2, 2)
     with mock.patch.object(InstructionTuningModule, "trainer",
@@ -175,9 +175,10 @@ def test_tuning_lr_is_the_yaml_value_the_optimizer_gets(tuning, lr):
 def test_a_missing_stage_key_fails_naming_it():
     from reccocktail.cocktail.stage import mix_config
     from reccocktail.models.training import tuning_config
-    from reccocktail.models.tuning import InstructionTuningModule
+    from reccocktail.models.tuning_config import parse_tuning
 
     cfg = run_config()
+    block = tuning_config(cfg, "specific").block
     del cfg.tuning["lr"]
     with pytest.raises(KeyError, match="lr"):
         tuning_config(cfg, "specific")
@@ -185,10 +186,17 @@ def test_a_missing_stage_key_fails_naming_it():
     del cfg.mix["k"]
     with pytest.raises(KeyError, match="mix.k"):
         mix_config(cfg)
-    module = InstructionTuningModule({}, {"init_seed": 0}, stage="specific")
-    module.model = torch.nn.Linear(2, 2)
-    with pytest.raises(KeyError, match="tuning.lr"):
-        module.configure_optimizers()
+    # the typed config is complete and typed once parsed: a hand-built block is checked there
+    with pytest.raises(KeyError, match="tuning.lr: missing"):
+        parse_tuning({k: v for k, v in block.items() if k != "lr"})
+    with pytest.raises(ValueError, match="tuning.batch_size: expected"):
+        parse_tuning({**block, "batch_size": "two"})
+    with pytest.raises(ValueError, match="tuning.sequence.max_titles: expected"):
+        parse_tuning({**block, "sequence": {**block["sequence"], "max_titles": "many"}})
+    with pytest.raises(ValueError, match="tuning.schedule: unknown value 'cosin'"):
+        parse_tuning({**block, "schedule": "cosin"})
+    with pytest.raises(ValueError, match=r"tuning.lrr: unknown key \(did you mean tuning.lr\?\)"):
+        parse_tuning({**block, "lrr": 1e-4})
 
 
 @pytest.mark.parametrize("scenario", ["warm", "cold"])

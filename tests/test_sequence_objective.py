@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import tuning_block
+from conftest import tuning_cfg
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import build_prompt_builder
@@ -124,7 +124,7 @@ def test_training_rows_hold_no_validation_test_or_new_item(shared_data, tmp_path
     run_data_stage(cfg, tmp_path)
     d = tmp_path / "data"
     items = load_items(d / "items.tsv")
-    t = tuning_block(seed=0, sequence={"max_titles": 40, "min_context": 3,
+    t = tuning_cfg(seed=0, sequence={"max_titles": 40, "min_context": 3,
                                        "windows_per_user": None})
     test = load_samples(d / "test.jsonl")
     exclude = {s.target for s in test} if scenario == "cold" else set()
@@ -176,7 +176,7 @@ def test_tiny_model_learns_a_planted_sequence_and_ranks_the_next_item_first(tiny
     windows = build_windows(seqs, 40, 2)
     dm = SequenceDataModule(windows, pb, batch_size=8)
     module = InstructionTuningModule(
-        backbone, tuning_block(lr=2e-2, init_seed=0, schedule="constant", warmup_steps=0,
+        backbone, tuning_cfg(lr=2e-2, init_seed=0, schedule="constant", warmup_steps=0,
                                objective="sequence"), stage="specific")
     # 60 epochs: at 30 the toy (lr 2e-2) sits on a ridge where float rounding of the loss path
     # alone decided 7 against 5 of 8; at 60 it converges (8/8 for init seeds 0, 1, 2)

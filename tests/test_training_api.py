@@ -36,7 +36,7 @@ def test_tuning_config_reads_no_yaml_at_run_time():
     cfg = run_config()
     with mock.patch.object(OmegaConf, "load", side_effect=AssertionError("read a YAML file")):
         t = tuning_config(cfg, "specific")
-    assert t["num_train_prompts"] == cfg.tuning.specific.num_train_prompts
+    assert t.num_train_prompts == cfg.tuning.specific.num_train_prompts
     del cfg.tuning.specific["reuse"]
     with pytest.raises(KeyError, match="reuse"):
         tuning_config(cfg, "specific")

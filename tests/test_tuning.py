@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_config, tuning_block
+from conftest import run_config, tuning_cfg
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import PromptBuilder
@@ -189,9 +189,10 @@ def test_specific_mix_is_valid_plus_n_sampled_train():
     pool = specific_samples(train, valid, t)
     assert pool[:5] == valid and len(pool) == 12
     assert {s.id for s in pool[5:]} <= {s.id for s in train}
-    assert len(specific_samples(train, valid, {**t, "fraction": 0.5})) == 6
+    assert len(specific_samples(train, valid, t.overlay({"fraction": 0.5}))) == 6
     with pytest.raises(ValueError, match="no training samples"):
-        specific_samples(train, valid, {**t, "include_valid": False, "num_train_prompts": 0})
+        specific_samples(train, valid, t.overlay({"include_valid": False,
+                                                  "num_train_prompts": 0}))
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def test_tiny_model_overfits_and_ranks_trained_targets_first(tiny_llama_cfg, tok
     samples = make_samples(items, 4, seed=11)
     dm = InstructionDataModule(samples, builder, batch_size=4)
     module = InstructionTuningModule(
-        backbone, tuning_block(lr=3e-2, init_seed=0, schedule="constant", warmup_steps=0),
+        backbone, tuning_cfg(lr=3e-2, init_seed=0, schedule="constant", warmup_steps=0),
         stage="specific",
     )
     trainer = L.Trainer(accelerator="cpu", max_epochs=25, logger=False, enable_checkpointing=False,
@@ -407,7 +408,7 @@ def _one_step_gradients(backbone, builder, windows, batch_size: int, accumulate:
     from reccocktail.models.tuning import InstructionTuningModule
 
     module = InstructionTuningModule(
-        backbone, tuning_block(lr=0.0, init_seed=0, schedule="constant", warmup_steps=0,
+        backbone, tuning_cfg(lr=0.0, init_seed=0, schedule="constant", warmup_steps=0,
                                loss_normalization=normalization), stage="specific")
     module.configure_model()
     module.model.double()
@@ -468,7 +469,7 @@ def test_cache_keys_of_adapters_trained_before_the_new_keys_are_kept():
     """Early stopping off and loss_normalization=micro_batch leave the result config (and so
     the cache keys) as they were before the keys existed; `tokens` or early stopping on change
     it. The pinned hash was computed on the code before these keys existed."""
-    from reccocktail.models.stage import result_config
+    from reccocktail.models.training import result_block as result_config
     from reccocktail.utils.io import stable_hash
 
     before = {"objective": "instruction", "mode": "lora", "full": {"train_embeddings": False},

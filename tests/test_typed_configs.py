@@ -17,6 +17,7 @@ from reccocktail.data.stage import DataConfig, data_config, run_data_stage
 from reccocktail.evaluation.config import EvalConfig, eval_config
 from reccocktail.evaluation.stage import run_eval_stage
 from reccocktail.models.training import tuning_config
+from reccocktail.models.tuning_config import TuningConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Groups chosen by option (conf/<group>/<option>.yaml); `baselines` holds one option whose
@@ -32,7 +33,7 @@ def cfg_of(*overrides: str):
         return compose("run", overrides=list(overrides))
 
 
-def parse_all(cfg) -> tuple[DataConfig, MixConfig, EvalConfig, dict, dict]:
+def parse_all(cfg) -> tuple[DataConfig, MixConfig, EvalConfig, TuningConfig, TuningConfig]:
     return (data_config(cfg), mix_config(cfg), eval_config(cfg), tuning_config(cfg, "general"),
             tuning_config(cfg, "specific"))
 
@@ -52,8 +53,9 @@ def test_every_option_composes_and_its_stage_configs_parse(override):
     scorer = cfg.eval.scorer
     assert ev.scorer == ((scorer,) if isinstance(scorer, str) else tuple(scorer))
     assert ev.ks == tuple(cfg.eval.ks) and all(isinstance(k, int) for k in ev.ks)
-    assert general["precision"] == specific["precision"] == cfg.trainer.precision
-    assert specific["mode"] == "lora"
+    assert general.precision == specific.precision == cfg.trainer.precision
+    assert specific.mode == "lora" and specific.lr == float(cfg.tuning.lr)
+    assert general.batch_size == int(cfg.tuning.batch_size)
 
 
 def test_eval_config_reads_the_option_files():

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.data.samples import Sample
+from reccocktail.models.tuning_config import STAGE_BLOCKS, TuningConfig, parse_tuning
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +30,16 @@ def backbone_config(name: str) -> DictConfig:
     if "tokenizer" in cfg:
         cfg.tokenizer.cache_dir = cache
     return cfg
+
+
+def tuning_defaults(stage: str = "specific", **over: Any) -> TuningConfig:
+    """conf/tuning/default.yaml's `stage` view (seed 0, fp32 trainer) with `over` laid on it:
+    the tuning config of a benchmark that builds the training module by hand."""
+    node = OmegaConf.create({"seed": 0, "tuning": OmegaConf.load(ROOT / "conf" / "tuning" /
+                                                                 "default.yaml")})
+    t = OmegaConf.to_container(node.tuning, resolve=True)
+    shared = {k: v for k, v in t.items() if k not in STAGE_BLOCKS}
+    return parse_tuning({**shared, **t[stage], "precision": "32-true", **over})
 
 
 def _read_recbole(path: Path) -> tuple[list[str], list[list[str]]]:

@@ -68,6 +68,7 @@ from reccocktail.models.training import (
     tuning_config,
 )
 from reccocktail.models.tuning import InstructionTuningModule, target_count
+from reccocktail.models.tuning_config import TuningConfig
 from reccocktail.utils import memory
 from reccocktail.utils.device import BF16_CPU_FLAGS, cpu_flags, cpu_model
 from reccocktail.utils.io import to_plain, write_json, write_jsonl
@@ -150,16 +151,17 @@ def autocast(mode: str):
 
 # -- training ---------------------------------------------------------------------------------
 
-def step_batches(cfg: DictConfig, run_dir: Path, n_steps: int) -> tuple[list[list[dict]], dict]:
+def step_batches(cfg: DictConfig, run_dir: Path, n_steps: int
+                 ) -> tuple[list[list[dict]], TuningConfig]:
     """`n_steps` optimizer steps of micro-batches, as the specific stage trains the ingredient
     (its windows, batch size, length grouping and accumulation); the tuning config."""
     t = tuning_config(cfg, "specific")
     items, windows, _ = specific_training_data(cfg, run_dir, t, {}, label="bench")
     pb = prompt_builder(cfg, items, prompt_cfg(cfg, general=False), prompt_format(cfg))
-    dm = SequenceDataModule(windows, pb, batch_size=int(t["batch_size"]),
-                            group_by_length=bool(t["group_by_length"]),
-                            mega_batch_mult=int(t["mega_batch_mult"]), seed=int(t["seed"]))
-    accum = int(t["accumulate_grad_batches"])
+    dm = SequenceDataModule(windows, pb, batch_size=t.batch_size,
+                            group_by_length=t.group_by_length,
+                            mega_batch_mult=t.mega_batch_mult, seed=t.seed)
+    accum = t.accumulate_grad_batches
     micro: list[dict] = []
     while len(micro) < n_steps * accum:
         micro.extend(dm.train_dataloader())  # another epoch when the windows run out
@@ -171,14 +173,13 @@ class Trainee:
     builds it (without the schedule: a constant rate over a few steps) and the trainer's
     gradient clipping."""
 
-    def __init__(self, cfg: DictConfig, t: dict, mode: str) -> None:
+    def __init__(self, cfg: DictConfig, t: TuningConfig, mode: str) -> None:
         self.mode = mode
         self.module = InstructionTuningModule(with_dtype(cfg, mode), t, stage="specific")
         self.module.configure_model()
         self.params = [p for p in self.module.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=float(t["lr"]),
-                                     weight_decay=float(t["weight_decay"]),
-                                     betas=tuple(t["betas"]))
+        self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay,
+                                     betas=t.betas)
         clip = cfg.trainer.get("gradient_clip_val")
         self.clip = float(clip) if clip else None
 

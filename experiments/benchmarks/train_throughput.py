@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA_ROOT, MOVIE_DOMAIN, ROOT, backbone_config, ml1m_samples
+from common import DATA_ROOT, MOVIE_DOMAIN, ROOT, backbone_config, ml1m_samples, tuning_defaults
 from omegaconf import OmegaConf
 
 from reccocktail.data.prompts import build_prompt_builder
@@ -108,10 +108,10 @@ def run_interleaved(backbone, dm: InstructionDataModule, steps: int, lr: float,
             self.starts.append(time.perf_counter())
 
     cb = Interleave()
-    module = InstructionTuningModule(backbone, {"lr": lr, "init_seed": 0, "schedule": "constant",
-                                                "warmup_steps": 0,
-                                                # the plain loops' per-batch mean
-                                                "loss_normalization": "micro_batch"}, stage="bench")
+    # the plain loops' per-batch mean: micro_batch
+    t = tuning_defaults(lr=lr, init_seed=0, schedule="constant", warmup_steps=0,
+                        loss_normalization="micro_batch")
+    module = InstructionTuningModule(backbone, t, stage="bench")
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False,

@@ -36,6 +36,7 @@ from reccocktail.evaluation.scorers import build_scorer
 from reccocktail.models import adapters as ad
 from reccocktail.models import full
 from reccocktail.models.backbone import load_tokenizer, torch_dtype
+from reccocktail.models.tuning_config import TuningConfig
 from reccocktail.utils.config import need
 from reccocktail.utils.device import place_backbone, resolve_device
 from reccocktail.utils.io import read_json, stable_hash
@@ -43,14 +44,7 @@ from reccocktail.utils.io import read_json, stable_hash
 log = logging.getLogger(__name__)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def p5_tuning(cfg: DictConfig, settings: dict[str, Any], name: str = "p5") -> dict:
+def p5_tuning(cfg: DictConfig, settings: dict[str, Any], name: str = "p5") -> TuningConfig:
     """S's tuning config with `baselines.<name>.tuning` laid over it (must say `mode: full`)."""
     from reccocktail.models.training import tuning_config  # lazy: +4 s (lightning)
 
@@ -60,12 +54,11 @@ def p5_tuning(cfg: DictConfig, settings: dict[str, Any], name: str = "p5") -> di
     if mode != "full":
         raise ValueError(f"baselines.{name}.tuning.mode: must be full (the P5 row is the full "
                          f"fine-tuning of S's setting), got {mode!r}")
-    t = _merge(t, over)
-    t["init_from"] = None  # S may start from G (a LoRA); a full fine-tuning starts from the backbone
-    return t
+    # S may start from G (a LoRA); a full fine-tuning starts from the backbone
+    return t.overlay({**over, "init_from": None})
 
 
-def p5_key(cfg: DictConfig, out_dir: Path, t: dict, extra: dict) -> tuple[str, str]:
+def p5_key(cfg: DictConfig, out_dir: Path, t: TuningConfig, extra: dict) -> tuple[str, str]:
     """(key, target data hash) of the fully fine-tuned model."""
     from reccocktail.models.training import result_config  # lazy: +4 s (lightning)
 
@@ -75,13 +68,12 @@ def p5_key(cfg: DictConfig, out_dir: Path, t: dict, extra: dict) -> tuple[str, s
     return key, data_hash
 
 
-def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: dict) -> dict[str, Any]:
+def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: TuningConfig) -> dict[str, Any]:
     """The fully fine-tuned model into `<run>/models/<name>/`: kept when there, linked from the
     cache when cached, else trained on S's rows, saved and cached. Returns what happened."""
     from reccocktail.models.training import (  # lazy: +4 s (lightning)
         adapter_manifest,
         cache_root,
-        objective,
         prompt_builder,
         specific_plan,
         specific_training_data,
@@ -93,7 +85,7 @@ def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: dict) -> dict[s
     key, data_hash = p5_key(cfg, out_dir, t, extra)
     dest = out_dir / "models" / name
     cached = full.full_cache_dir(cache_root(cfg), key)
-    reuse = bool(t["reuse"])
+    reuse = t.reuse
     if full.holds_full_model(dest, key):
         log.info("%s: %s already holds model %s; not training again", name, dest, key)
         return {"model": str(dest), "key": key, "reused": "run"}
@@ -103,14 +95,14 @@ def train_or_reuse(cfg: DictConfig, out_dir: Path, name: str, t: dict) -> dict[s
         return {"model": str(dest), "key": key, "reused": "cache", "cache": str(cached)}
 
     items, train, val = specific_training_data(cfg, out_dir, t, extra, label=name)
-    builder = prompt_builder(cfg, items, extra["prompt"], objective(t))
+    builder = prompt_builder(cfg, items, extra["prompt"], t.objective)
     stage = f"baselines/{name}"
     model, metrics, trainer = train_adapter(cfg, out_dir, stage, t, train, val, builder, key)
     counts = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "all": sum(p.numel() for p in model.parameters())}
     manifest = adapter_manifest(cfg, "specific", t, data_hash, key, metrics, out_dir, extra)
     manifest.update(kind=full.FULL_KIND, trainable=counts,
-                    train_embeddings=bool(t["full"]["train_embeddings"]))
+                    train_embeddings=t.full.train_embeddings)
     if trainer.is_global_zero:
         full.save_full_model(model, load_tokenizer(cfg.backbone), dest, manifest)
         if reuse:
@@ -151,11 +143,10 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
 def run_p5(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],
            samples: list[Sample]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Baselines-stage entry: train (or reuse) the full fine-tuning and score `samples`."""
-    from reccocktail.models.training import objective  # lazy: +4 s (lightning)
 
     t = p5_tuning(cfg, settings, name)
     sc = eval_config(cfg).scorers  # the eval stage's scorer settings, parsed once
-    fmt = objective(t)
+    fmt = t.objective
     done = train_or_reuse(cfg, out_dir, name, t)
     manifest = full.read_full_manifest(done["model"])
     metrics = manifest.get("metrics") or {}

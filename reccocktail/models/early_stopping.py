@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -38,35 +37,10 @@ import torch
 from reccocktail.data.samples import Sample
 from reccocktail.evaluation.metrics import ranking_metrics
 from reccocktail.evaluation.scorers import LikelihoodScorer, num_candidates
-from reccocktail.utils.config import need, typed
 
 log = logging.getLogger(__name__)
 
 METRIC = "val_ndcg1"  # logged as `<stage>/val_ndcg1`
-
-
-@dataclass(frozen=True)
-class EarlyStoppingConfig:
-    """`tuning.early_stopping` (conf/tuning/default.yaml holds every key's one default)."""
-
-    enabled: bool
-    every_n_steps: int | None  # optimizer steps between checks; None: at every epoch's end
-    patience: int | None       # checks without a new best before stopping; None: never stop
-    max_users: int | None      # a seeded choice of validation users; None: all
-    normalize: bool            # rank by the per-token mean log-likelihood instead of the sum
-
-
-def early_stopping_config(t: dict) -> EarlyStoppingConfig | None:
-    """The stage's early-stopping settings, or None when `enabled` is false."""
-    es = typed(EarlyStoppingConfig, need(t, "early_stopping", "tuning"), "tuning.early_stopping")
-    if not es.enabled:
-        return None
-    for key in ("every_n_steps", "patience", "max_users"):
-        v = getattr(es, key)
-        if v is not None and v < 1:
-            raise ValueError(f"tuning.early_stopping.{key}: expected a positive count or null, "
-                             f"got {v}")
-    return es
 
 
 def rank_validation(model: Any, prompt_builder: Any, samples: Sequence[Sample],

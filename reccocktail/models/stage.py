@@ -39,13 +39,11 @@ from reccocktail.evaluation.config import eval_config
 from reccocktail.ingredients import GENERAL, SOURCE, SPECIFIC, Ingredient, ingredient
 from reccocktail.models import adapters as ad
 from reccocktail.models.datamodule import select_subset
-from reccocktail.models.early_stopping import early_stopping_config
 from reccocktail.models.training import (
     adapter_manifest,
     cache_root,
     early_stopping_samples,
     load_split,
-    objective,
     prompt_builder,
     prompt_cfg,
     result_config,
@@ -55,8 +53,7 @@ from reccocktail.models.training import (
     train_adapter,
     tuning_config,
 )
-from reccocktail.models.tuning import tuning_mode
-from reccocktail.utils.config import need
+from reccocktail.models.tuning_config import TuningConfig
 from reccocktail.utils.io import stable_hash
 
 log = logging.getLogger(__name__)
@@ -113,7 +110,8 @@ def _from_cache(cache_dir: Path, kind: str, key: str, dest: Path, name: str) -> 
             "trained_in": trained_in}
 
 
-def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str, data_hash: str,
+def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: TuningConfig, key: str,
+                    data_hash: str,
                     extra: dict, load_data: Callable[[], tuple[dict[str, str], list[Sample],
                                                                list[Sample]]],
                     init_adapter: Path | None = None,
@@ -125,8 +123,8 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
     `adapters/<kind>/<key>/`. `extra` (with the `prompt`) goes into the manifest. With early
     stopping, `load_ranking(items)` gives the validation samples it ranks."""
     name = name or kind
-    if tuning_mode(t) != "lora":
-        raise ValueError(f"tuning.mode={tuning_mode(t)}: the {name} stage trains a LoRA adapter "
+    if t.mode != "lora":
+        raise ValueError(f"tuning.mode={t.mode}: the {name} stage trains a LoRA adapter "
                          "(the ingredients are mixed in weight space, which a fully fine-tuned "
                          "model is not); the full fine-tuning row is the P5 baseline: baseline=p5")
     dest = out_dir / "adapters" / name
@@ -134,25 +132,25 @@ def _reuse_or_train(cfg: DictConfig, out_dir: Path, kind: str, t: dict, key: str
         log.info("%s: %s already holds adapter %s; not training again", _label(name), dest, key)
         return {"adapter": str(dest), "key": key, "reused": "run"}
     cache_dir = cache_root(cfg)
-    reused = _from_cache(cache_dir, kind, key, dest, name) if need(t, "reuse", "tuning") else None
+    reused = _from_cache(cache_dir, kind, key, dest, name) if t.reuse else None
     if reused:
         return reused
 
     items, train, val = load_data()
     rank_val = ranker = None
-    if early_stopping_config(t) is not None:
+    if t.early_stopping is not None:
         ranker = eval_config(cfg).scorers  # ranked as the eval stage scores
         if load_ranking is None:
             raise ValueError(f"tuning.early_stopping: the {kind} stage has no validation samples "
                              "to rank")
         rank_val = load_ranking(items)
-    builder = prompt_builder(cfg, items, extra["prompt"], objective(t))
+    builder = prompt_builder(cfg, items, extra["prompt"], t.objective)
     model, metrics, trainer = train_adapter(cfg, out_dir, name, t, train, val, builder, key,
                                             init_adapter=str(init_adapter) if init_adapter else None,
                                             rank_val=rank_val, scorers=ranker)
     if trainer.is_global_zero:
         ad.save_adapter(model, dest, adapter_manifest(cfg, kind, t, data_hash, key, metrics, out_dir, extra))
-        if t["reuse"]:
+        if t.reuse:
             ad.copy_adapter(dest, ad.adapter_cache_dir(cache_dir, key, kind))
     _barrier(trainer)
     return {"adapter": str(dest), "key": key, "reused": False, "metrics": metrics}
@@ -204,8 +202,7 @@ def _run_pool_stage(cfg: DictConfig, out_dir: Path, ing: Ingredient) -> dict:
 
         key_hash = ad.source_data_hash(data_hash, ing.prefix)
     key = ad.general_cache_key(cfg.backbone, key_hash, result_config(t), prompt)
-    if (early_stopping_config(t) is not None and objective(t) == "instruction"
-            and need(t, "include_valid", "tuning.general")):
+    if t.early_stopping is not None and t.objective == "instruction" and t.include_valid:
         raise ValueError(f"tuning.early_stopping.enabled with tuning.general.include_valid=true: "
                          f"the {label} would be early-stopped on validation samples it trains "
                          "on; set tuning.general.include_valid=false")
@@ -222,7 +219,7 @@ def _run_pool_stage(cfg: DictConfig, out_dir: Path, ing: Ingredient) -> dict:
 
     def load_data():
         items = load_items(gen_dir / "items.tsv")
-        if objective(t) == "sequence":
+        if t.objective == "sequence":
             windows = sequence_training_windows(gen_dir / "sequences.jsonl", items, t,
                                                 keep_user=keep_user)
             log.info("%s: training on %d general sequence windows, %d targets (key %s)",
@@ -230,12 +227,10 @@ def _run_pool_stage(cfg: DictConfig, out_dir: Path, ing: Ingredient) -> dict:
             return items, windows, []
         train = mine(load_split(gen_dir / "train.jsonl", items), "training prompt")
         val = mine(load_split(gen_dir / "valid.jsonl", items, required=False), "validation prompt")
-        if need(t, "include_valid", "tuning.general"):
+        if t.include_valid:
             train, val = train + val, []
-        train = select_subset(train, need(t, "fraction", "tuning"),
-                              need(t, "max_samples", "tuning"), seed=int(t["seed"]))
-        val = (select_subset(val, None, need(t, "val_max_samples", "tuning"), seed=int(t["seed"]))
-               if val else [])
+        train = select_subset(train, t.fraction, t.max_samples, seed=t.seed)
+        val = select_subset(val, None, t.val_max_samples, seed=t.seed) if val else []
         log.info("%s: training on %d general samples (key %s)", label, len(train), key)
         return items, train, val
 
@@ -252,7 +247,7 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
     t = tuning_config(cfg, "specific")
     data_dir = out_dir / "data"
     data_hash = ad.target_data_hash(data_dir)
-    init_from = need(t, "init_from", "tuning.specific")
+    init_from = t.init_from
     init_adapter = None
     extra = specific_plan(cfg, out_dir, t)
     prompt = extra["prompt"]
@@ -265,7 +260,7 @@ def run_specific_stage(cfg: DictConfig, out_dir: Path) -> dict:
                                     "(run the `general` stage first)")
         g = ad.read_manifest(init_adapter)
         extra["init_from"] = {"adapter": "general", "key": g.get("key")}
-        t["init_seed"] = int(g["init_seed"])
+        t = t.overlay({"init_seed": int(g["init_seed"])})  # ab mixing needs G's init
     key = stable_hash(ad.backbone_identity(cfg.backbone), data_hash, result_config(t), prompt, extra)
 
     def load_data():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,18 @@ from reccocktail.ingredients import SOURCE, ingredient, ingredients
 from reccocktail.models import adapters as ad
 from reccocktail.models.backbone import load_tokenizer
 from reccocktail.models.datamodule import InstructionDataModule, padding_fraction, select_subset
-from reccocktail.models.early_stopping import RankingEarlyStopping, early_stopping_config
+from reccocktail.models.early_stopping import RankingEarlyStopping
 from reccocktail.models.sequence_data import SequenceDataModule, build_windows, load_user_sequences
-from reccocktail.models.tuning import InstructionTuningModule, loss_normalization
+from reccocktail.models.tuning import InstructionTuningModule
+from reccocktail.models.tuning_config import (
+    LOSS_NORMALIZATIONS,
+    MODES,
+    STAGE_BLOCKS,
+    TuningConfig,
+    early_stopping_config,
+    merge_blocks,
+    parse_tuning,
+)
 from reccocktail.utils.config import need, one_of
 from reccocktail.utils.device import backbone_dtype, length_bucket, resolve_device
 from reccocktail.utils.io import to_plain
@@ -37,7 +46,6 @@ from reccocktail.utils.leftovers import check_checkpoint
 
 log = logging.getLogger(__name__)
 
-STAGE_BLOCKS = ("general", "specific")
 # Every key conf/tuning/default.yaml sets: the shared ones, then each stage block's own. A run's
 # tuning config must hold all of them (its one default is in that file); a missing one raises.
 TUNING_KEYS = ("objective", "mode", "full", "sequence", "init_seed", "seed", "lr", "weight_decay",
@@ -63,27 +71,31 @@ def stage_tuning_cfg(tuning: Any, stage: str, named: Sequence[str] = (),
     plain = to_plain(tuning) if tuning is not None else {}
     merged = {k: v for k, v in plain.items() if k not in STAGE_BLOCKS and k not in named}
     for block in (stage, own):
-        for k, v in ((plain.get(block) or {}) if block else {}).items():
-            # a block (`early_stopping`, `sequence`, `full`) is merged key by key, so
-            # `tuning.general.early_stopping.enabled=true` keeps the shared block's other keys
-            both = isinstance(v, dict) and isinstance(merged.get(k), dict)
-            merged[k] = {**merged[k], **v} if both else v
+        merged = merge_blocks(merged, (plain.get(block) or {}) if block else {})
     return merged
 
 
-def result_config(t: dict) -> dict:
-    """The part of a stage's tuning config that determines the trained adapter. Keys that
-    change nothing in the settings where they are left out, so the keys of adapters cached
-    before them do not change: a LoRA's config leaves out the full fine-tuning keys
-    (`mode: lora`, `full`), a disabled `early_stopping` block is left out, and so is
-    `loss_normalization: micro_batch` (the rule every adapter trained before the key used)."""
-    out = {k: v for k, v in t.items() if k not in _NON_RESULT_KEYS}
-    if str(need(out, "mode", "tuning")) == "lora":
+def result_config(t: TuningConfig) -> dict:
+    """The part of a stage's tuning config that determines the trained adapter: its block as
+    composed (`TuningConfig.block`), so the keys of adapters cached before the typed config are
+    kept (`result_block`)."""
+    return result_block(t.block)
+
+
+def result_block(block: Mapping[str, Any]) -> dict:
+    """The adapter-determining part of a merged tuning block. Keys that change nothing in the
+    settings where they are left out, so the keys of adapters cached before them do not change:
+    a LoRA's config leaves out the full fine-tuning keys (`mode: lora`, `full`), a disabled
+    `early_stopping` block is left out, and so is `loss_normalization: micro_batch` (the rule
+    every adapter trained before the key used)."""
+    out = {k: v for k, v in block.items() if k not in _NON_RESULT_KEYS}
+    if one_of(str(need(out, "mode", "tuning")), MODES, "tuning.mode") == "lora":
         out.pop("mode", None)
         out.pop("full", None)
     if early_stopping_config(out) is None:
         out.pop("early_stopping", None)
-    if loss_normalization(out) == "micro_batch":
+    if one_of(str(need(out, "loss_normalization", "tuning")), LOSS_NORMALIZATIONS,
+              "tuning.loss_normalization") == "micro_batch":
         out.pop("loss_normalization", None)
     return out
 
@@ -100,15 +112,7 @@ def prompt_builder(cfg: DictConfig, items: dict[str, str], prompt: dict, fmt: st
                                       fmt=fmt)
 
 
-OBJECTIVES = ("instruction", "sequence")
-
-
-def objective(t: dict) -> str:
-    """`tuning.objective`: instruction (the paper's prompts) | sequence (title sequences)."""
-    return one_of(str(need(t, "objective", "tuning")), OBJECTIVES, "tuning.objective")
-
-
-def sequence_training_windows(path: Path, items: dict[str, str], t: dict,
+def sequence_training_windows(path: Path, items: dict[str, str], t: TuningConfig,
                               exclude_items: set[str] | frozenset[str] = frozenset(),
                               keep_user: Callable[[str], bool] | None = None) -> list:
     """The sequence objective's rows: windows of `sequences.jsonl` (of the users `keep_user`
@@ -117,15 +121,11 @@ def sequence_training_windows(path: Path, items: dict[str, str], t: dict,
     sequences = load_user_sequences(path, items)
     if keep_user is not None:
         sequences = {u: seq for u, seq in sequences.items() if keep_user(u)}
-    windows = build_windows(sequences,
-                            int(need(t, "sequence.max_titles", "tuning")),
-                            int(need(t, "sequence.min_context", "tuning")),
-                            need(t, "sequence.windows_per_user", "tuning"),
-                            exclude_items=exclude_items)
+    windows = build_windows(sequences, t.sequence.max_titles, t.sequence.min_context,
+                            t.sequence.windows_per_user, exclude_items=exclude_items)
     if not windows:
         raise ValueError(f"{path}: no user has more than tuning.sequence.min_context titles")
-    return select_subset(windows, need(t, "fraction", "tuning"), need(t, "max_samples", "tuning"),
-                         seed=int(need(t, "seed", "tuning")))
+    return select_subset(windows, t.fraction, t.max_samples, seed=t.seed)
 
 
 def load_split(path: Path, items: dict[str, str] | None, required: bool = True) -> list[Sample]:
@@ -141,20 +141,20 @@ def _mean(xs: list[float]) -> float | None:
     return round(sum(xs) / len(xs), 6) if xs else None
 
 
-def _find_resume(t: dict, ckpt_dir: Path) -> str | None:
-    if need(t, "ckpt_path", "tuning"):
-        p = Path(t["ckpt_path"])
+def _find_resume(t: TuningConfig, ckpt_dir: Path) -> str | None:
+    if t.ckpt_path:
+        p = Path(t.ckpt_path)
         if not p.is_file():
             raise FileNotFoundError(f"tuning.ckpt_path: {p} does not exist")
         return str(check_checkpoint(p, "tuning.ckpt_path"))
     last = ckpt_dir / "last.ckpt"
-    if need(t, "resume", "tuning") and last.is_file():
+    if t.resume and last.is_file():
         log.info("resuming from %s", last)
         return str(check_checkpoint(last))
     return None
 
 
-def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: list[Sample],
+def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: TuningConfig, train: list[Sample],
                   val: list[Sample], prompt_builder: Any, key: str,
                   init_adapter: str | None = None,
                   rank_val: list[Sample] | None = None,
@@ -167,23 +167,20 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
     they are ranked (the eval block's scorer settings, `EvalConfig.scorers`), required with them.
     `loss_first`/`loss_last` are means over the first/last (up to 5) batch losses this process
     saw (after a resume: those of the resumed part)."""
-    seed = int(need(t, "seed", "tuning"))
-    L.seed_everything(seed, workers=True, verbose=False)
-    dm_cls = SequenceDataModule if objective(t) == "sequence" else InstructionDataModule
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    dm_cls = SequenceDataModule if t.objective == "sequence" else InstructionDataModule
     dm = dm_cls(
-        train, prompt_builder, val_samples=val, batch_size=int(need(t, "batch_size", "tuning")),
-        val_batch_size=need(t, "val_batch_size", "tuning"),
-        group_by_length=bool(need(t, "group_by_length", "tuning")),
-        mega_batch_mult=int(need(t, "mega_batch_mult", "tuning")), seed=seed,
-        num_workers=int(need(t, "num_workers", "tuning")),
+        train, prompt_builder, val_samples=val, batch_size=t.batch_size,
+        val_batch_size=t.val_batch_size, group_by_length=t.group_by_length,
+        mega_batch_mult=t.mega_batch_mult, seed=t.seed, num_workers=t.num_workers,
         pad_multiple=length_bucket(backbone_dtype(cfg.backbone), resolve_device(cfg)),
     )
     module = InstructionTuningModule(to_plain(cfg.backbone), t, stage=stage, init_adapter=init_adapter)
     ckpt_dir = out_dir / stage / "checkpoints" / key
-    every = int(need(t, "checkpoint_every_n_steps", "tuning") or 0)
+    every = t.checkpoint_every_n_steps or 0
     callbacks: list[Any] = [ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
                                             every_n_train_steps=every if every > 0 else None)]
-    es = early_stopping_config(t)
+    es = t.early_stopping
     stopper = None
     if rank_val is not None:
         if es is None or scorers is None:
@@ -195,14 +192,14 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
             batch_size=scorers.batch_size, packed=scorers.packed)
         callbacks.append(stopper)
     overrides: dict[str, Any] = {
-        "max_epochs": int(need(t, "epochs", "tuning")),
-        "max_steps": int(-1 if need(t, "max_steps", "tuning") is None else t["max_steps"]),
-        "accumulate_grad_batches": int(need(t, "accumulate_grad_batches", "tuning")),
+        "max_epochs": t.epochs,
+        "max_steps": t.total_max_steps,
+        "accumulate_grad_batches": t.accumulate_grad_batches,
         "use_distributed_sampler": False,  # the batch sampler shards over ranks itself
         "enable_checkpointing": True,
     }
-    if need(t, "log_every_n_steps", "tuning"):
-        overrides["log_every_n_steps"] = int(t["log_every_n_steps"])
+    if t.log_every_n_steps:
+        overrides["log_every_n_steps"] = t.log_every_n_steps
     if not val:
         overrides["limit_val_batches"] = 0
     trainer = runtime.make_trainer(cfg, out_dir, stage, callbacks=callbacks, **overrides)
@@ -220,7 +217,7 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
     val_loss = cm.get(f"{stage}/val_loss")
     total = module.tokens_seen + module.pad_tokens_seen
     metrics = {
-        "objective": objective(t),
+        "objective": t.objective,
         "train_samples": len(train),
         "targets": sum(getattr(x, "num_targets", 1) for x in train),
         "val_samples": len(val),
@@ -236,14 +233,14 @@ def train_adapter(cfg: DictConfig, out_dir: Path, stage: str, t: dict, train: li
         # this process's tokens over this process's time (a resumed run counts its part only)
         "tokens_per_s": round(module.session_tokens / seconds, 1) if seconds > 0 else None,
         "resumed_from": resume,
-        "loss_normalization": loss_normalization(t),
+        "loss_normalization": t.loss_normalization,
     }
     if stopper is not None:
         metrics["early_stopping"] = stopper.summary()
     return module.model, metrics, trainer
 
 
-def adapter_manifest(cfg: DictConfig, kind: str, t: dict, data_hash: str, key: str,
+def adapter_manifest(cfg: DictConfig, kind: str, t: TuningConfig, data_hash: str, key: str,
                      metrics: dict, out_dir: Path, extra: dict | None = None) -> dict:
     """The `manifest.json` of a trained adapter: what it was trained from (the key's parts, so
     a later stage can check it) and how the training went."""
@@ -253,8 +250,8 @@ def adapter_manifest(cfg: DictConfig, kind: str, t: dict, data_hash: str, key: s
         "backbone_identity": ad.weights_identity(cfg.backbone),
         # the dtype the frozen weights ran in (the LoRA and its optimizer state are fp32)
         "backbone_dtype": backbone_dtype(cfg.backbone),
-        "objective": objective(t),
-        "init_seed": int(t["init_seed"]),
+        "objective": t.objective,
+        "init_seed": t.init_seed,
         "data_hash": data_hash,
         "key": key,
         "config": {"tuning": result_config(t), "backbone": ad.backbone_identity(cfg.backbone),
@@ -274,7 +271,7 @@ def tuning_block(cfg: DictConfig, stage: str) -> str:
     return ingredient(cfg, stage).tuning_block
 
 
-def tuning_config(cfg: DictConfig, stage: str) -> dict:
+def tuning_config(cfg: DictConfig, stage: str) -> TuningConfig:
     """The stage's tuning config, parsed once at its entry: the shared keys overridden by the
     stage's block (a general-source ingredient: `tuning.general`, then `tuning.<name>` if set),
     `seed`/`init_seed` null -> the run's seed, `precision` from the trainer.
@@ -290,7 +287,7 @@ def tuning_config(cfg: DictConfig, stage: str) -> dict:
     if t["seed"] is None:
         t["seed"] = int(need(cfg, "seed"))
     t["precision"] = str(need(cfg, "trainer.precision"))
-    return t
+    return parse_tuning(t)
 
 
 def required_tuning_keys(stage: str) -> list[str]:
@@ -306,15 +303,13 @@ def cache_root(cfg: DictConfig) -> Path:
 
 
 
-def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[Sample]:
+def specific_samples(train: list[Sample], valid: list[Sample], t: TuningConfig) -> list[Sample]:
     """The ingredient's mix: valid (if `include_valid`) + N sampled training prompts, then the
     seeded `fraction`/`max_samples` of that pool (few-shot runs)."""
-    seed = int(need(t, "seed", "tuning"))
-    n = need(t, "num_train_prompts", "tuning.specific")
-    sampled = select_subset(train, None, n, seed=seed) if n != 0 else []
-    pool = (list(valid) if need(t, "include_valid", "tuning.specific") else []) + sampled
-    pool = select_subset(pool, need(t, "fraction", "tuning"), need(t, "max_samples", "tuning"),
-                         seed=seed)
+    n = t.num_train_prompts
+    sampled = select_subset(train, None, n, seed=t.seed) if n != 0 else []
+    pool = (list(valid) if t.include_valid else []) + sampled
+    pool = select_subset(pool, t.fraction, t.max_samples, seed=t.seed)
     if not pool:
         raise ValueError("tuning.specific: the ingredient has no training samples "
                          "(num_train_prompts=0 with include_valid=false, or in the cold "
@@ -322,20 +317,20 @@ def specific_samples(train: list[Sample], valid: list[Sample], t: dict) -> list[
     return pool
 
 
-def early_stopping_samples(path: Path, items: dict[str, str] | None, t: dict,
+def early_stopping_samples(path: Path, items: dict[str, str] | None, t: TuningConfig,
                            keep_user: Callable[[str], bool] | None = None) -> list[Sample]:
     """The validation samples early stopping ranks: every sample of a seeded choice of at most
     `tuning.early_stopping.max_users` users of `path` (of those `keep_user` accepts, when
     given; none when early stopping is off). The choice depends only on the set of users and
     `tuning.seed`, so the specific stage's plan (which leaves them out of S's rows) and its
     training draw the same users."""
-    es = early_stopping_config(t)
+    es = t.early_stopping
     if es is None:
         return []
     samples = load_split(path, items)
     if keep_user is not None:
         samples = [s for s in samples if keep_user(s.user)]
-    chosen = choose_users(samples, es.max_users, int(need(t, "seed", "tuning")))
+    chosen = choose_users(samples, es.max_users, t.seed)
     if not chosen:
         raise ValueError(f"tuning.early_stopping: {path} holds no validation samples to rank")
     return chosen
@@ -349,14 +344,14 @@ def cold_targets(cfg: DictConfig, data_dir: Path) -> set[str]:
     return {s.target for f in ("test.jsonl", "valid.jsonl") for s in load_samples(data_dir / f)}
 
 
-def _trains_on_valid(cfg: DictConfig, t: dict) -> bool:
+def _trains_on_valid(cfg: DictConfig, t: TuningConfig) -> bool:
     """Whether S's instruction rows include `valid.jsonl`: `include_valid`, except in cold, where
     its targets are the validation-new items that no adapter may see."""
-    return (objective(t) == "instruction" and bool(need(t, "include_valid", "tuning.specific"))
+    return (t.objective == "instruction" and t.include_valid
             and str(need(cfg, "scenario.name")) != "cold")
 
 
-def specific_plan(cfg: DictConfig, out_dir: Path, t: dict) -> dict[str, Any]:
+def specific_plan(cfg: DictConfig, out_dir: Path, t: TuningConfig) -> dict[str, Any]:
     """What the ingredient trains on, decided before training: the manifest extras (prompt, the
     validation users held out for `mix=grid`) that enter its key. Shared with the P5 baseline,
     which trains on exactly S's rows."""
@@ -376,20 +371,20 @@ def specific_plan(cfg: DictConfig, out_dir: Path, t: dict) -> dict[str, Any]:
                                                      int(need(cfg, "seed")))} | stopping_users
         extra["held_out_valid_users"] = sorted(held_out)
         extra["valid_users_trained"] = sorted(valid_users - held_out)
-    elif objective(t) == "instruction" and need(t, "include_valid", "tuning.specific"):
+    elif t.objective == "instruction" and t.include_valid:
         extra["valid_users_trained"] = []
         extra["valid_not_trained"] = ("cold: valid.jsonl's targets are validation-new items, "
                                       "kept out of every training row")
     return extra
 
 
-def specific_training_data(cfg: DictConfig, out_dir: Path, t: dict, extra: dict[str, Any],
+def specific_training_data(cfg: DictConfig, out_dir: Path, t: TuningConfig, extra: dict[str, Any],
                            label: str = "ingredient") -> tuple[dict[str, str], list, list]:
     """(items, training rows, validation rows) of the ingredient: sequence windows of
     `sequences.jsonl`, or the valid + sampled train prompts (held-out users left out)."""
     data_dir = Path(out_dir) / "data"
     items = load_items(data_dir / "items.tsv")
-    if objective(t) == "sequence":
+    if t.objective == "sequence":
         windows = sequence_training_windows(data_dir / "sequences.jsonl", items, t,
                                             exclude_items=cold_targets(cfg, data_dir))
         log.info("%s: training on %d sequence windows, %d targets", label,

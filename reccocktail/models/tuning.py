@@ -30,27 +30,10 @@ from reccocktail.models.adapters import load_adapter
 from reccocktail.models.backbone import load_backbone, lora_config
 from reccocktail.models.full import build_full_model
 from reccocktail.models.head_loss import linear_cross_entropy
-from reccocktail.utils.config import need, one_of
+from reccocktail.models.tuning_config import SCHEDULES, TuningConfig
+from reccocktail.utils.config import need
 
 log = logging.getLogger(__name__)
-
-SCHEDULES = ("cosine", "linear", "constant")
-MODES = ("lora", "full")  # tuning.mode: a LoRA on the frozen backbone | the backbone itself
-# tuning.loss_normalization: a mean over every target token of the optimizer step | each
-# micro-batch's own token mean, micro-batches weighted equally (adapters trained before the key)
-LOSS_NORMALIZATIONS = ("tokens", "micro_batch")
-
-
-def tuning_mode(tuning: dict) -> str:
-    """`tuning.mode`, validated (conf/tuning/default.yaml sets it; a missing key raises)."""
-    return one_of(str(need(tuning, "mode", "tuning")), MODES, "tuning.mode")
-
-
-def loss_normalization(tuning: dict) -> str:
-    """`tuning.loss_normalization`, validated (conf/tuning/default.yaml sets it)."""
-    return one_of(str(need(tuning, "loss_normalization", "tuning")), LOSS_NORMALIZATIONS,
-                  "tuning.loss_normalization")
-
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,
                    total_steps: int):
@@ -68,13 +51,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps
     if schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup_steps)
     raise ValueError(f"tuning.schedule: unknown value {schedule!r}; choose one of {SCHEDULES}")
-
-
-def warmup_steps_for(tuning: dict, total_steps: int) -> int:
-    """`tuning.warmup_steps` if set, else `warmup_ratio` of the optimizer steps."""
-    if need(tuning, "warmup_steps", "tuning") is not None:
-        return int(tuning["warmup_steps"])
-    return int(round(float(need(tuning, "warmup_ratio", "tuning")) * max(1, total_steps)))
 
 
 # Causal LMs whose logits are exactly `lm_head(decoder(x))` (no soft-capping or logit scale),
@@ -166,14 +142,16 @@ class InstructionTuningModule(L.LightningModule):
     """Trains the LoRA weights (or, with `tuning.mode: full`, the backbone's own); loss on the
     response tokens (prompt labels are -100).
 
-    `backbone` is the backbone config and `tuning` the stage's tuning config, both plain dicts
-    (they are saved as hyperparameters). Metrics are logged as `<stage>/<name>`.
+    `backbone` is the backbone config (a plain dict) and `tuning` the stage's typed tuning
+    config; both are saved as hyperparameters as plain dicts (the tuning block as composed), so a
+    checkpoint holds no class of ours. Metrics are logged as `<stage>/<name>`.
     """
 
-    def __init__(self, backbone: dict, tuning: dict, stage: str = "train",
+    def __init__(self, backbone: dict, tuning: TuningConfig, stage: str = "train",
                  init_adapter: str | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters({"backbone": backbone, "tuning": dict(tuning.block),
+                                   "stage": stage, "init_adapter": init_adapter})
         self.backbone_cfg = backbone
         self.tuning = tuning
         self.stage_name = stage
@@ -194,19 +172,19 @@ class InstructionTuningModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        if tuning_mode(self.tuning) == "full":
+        if self.tuning.mode == "full":
             if self.init_adapter:
                 raise ValueError("tuning.mode=full starts from the backbone's weights; "
                                  "tuning.specific.init_from (a LoRA) does not apply")
             self.model = build_full_model(
                 self.backbone_cfg,
-                train_embeddings=bool(need(self.tuning, "full.train_embeddings", "tuning")),
-                gradient_checkpointing=bool(need(self.tuning, "gradient_checkpointing", "tuning")))
+                train_embeddings=self.tuning.full.train_embeddings,
+                gradient_checkpointing=self.tuning.gradient_checkpointing)
             return
         self.model = build_peft_model(
             self.backbone_cfg,
-            init_seed=int(need(self.tuning, "init_seed", "tuning")),
-            gradient_checkpointing=bool(need(self.tuning, "gradient_checkpointing", "tuning")),
+            init_seed=self.tuning.init_seed,
+            gradient_checkpointing=self.tuning.gradient_checkpointing,
             init_adapter=self.init_adapter,
         )
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -218,7 +196,7 @@ class InstructionTuningModule(L.LightningModule):
     @property
     def normalization(self) -> str:
         """`tuning.loss_normalization` (read when training runs, like every other key)."""
-        return loss_normalization(self.tuning)
+        return self.tuning.loss_normalization
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
@@ -293,12 +271,9 @@ class InstructionTuningModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("no trainable parameters: check backbone.lora.target_modules")
-        opt = torch.optim.AdamW(params, lr=float(need(t, "lr", "tuning")),
-                                weight_decay=float(need(t, "weight_decay", "tuning")),
-                                betas=tuple(need(t, "betas", "tuning")))
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas)
         total = int(self.trainer.estimated_stepping_batches)
-        sched = make_scheduler(opt, str(need(t, "schedule", "tuning")), warmup_steps_for(t, total),
-                               total)
+        sched = make_scheduler(opt, t.schedule, t.warmup_steps_for(total), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints: trainable weights only ------------------------------------------
