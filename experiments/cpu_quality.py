@@ -58,6 +58,7 @@ LABELS = {**ROW_LABELS, "p5": "P5 (SmolLM2-135M, full fine-tuning)",
 
 
 PAIR = ["general", "specific"]
+OTHER = "@other"  # `--paired-with`: the other run's row of a name both runs have
 
 
 def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[str]:
@@ -182,18 +183,23 @@ def paired_across(run: Path, other: Path, references=("specific", "cocktail")) -
                                     (other, theirs, [r for r in references if r in theirs["variants"]])):
             for name in names:
                 pred = folder / "predictions" / f"{name}.jsonl"
-                if pred.exists() and name not in rows:
-                    (Path(tmp) / pred.name).symlink_to(pred.resolve())
-                    rows[name] = data["variants"][name]
+                # a reference both runs have (the cocktail of two ingredient lists): the other
+                # run's row is `<name>@other`
+                as_name = f"{name}{OTHER}" if folder == other and name in mine["variants"] else name
+                if pred.exists() and as_name not in rows:
+                    (Path(tmp) / f"{as_name}.jsonl").symlink_to(pred.resolve())
+                    rows[as_name] = data["variants"][name]
         for ref in references:
-            if ref not in theirs["variants"] or ref in mine["variants"]:
+            if ref not in theirs["variants"]:
                 continue
-            block, _ = paired_block({"variants": rows}, tmp, reference=ref)
+            ref_name = f"{ref}{OTHER}" if ref in mine["variants"] else ref
+            block, _ = paired_block({"variants": rows}, tmp, reference=ref_name)
             for key, metrics in block.items():
-                name = key.removeprefix(f"{ref}_vs_")
-                if name in mine["variants"] and name != "pop":
-                    out[f"{name}_vs_{ref}"] = {
-                        m: {"diff": -r["diff"], "ci": [-r["ci"][1], -r["ci"][0]], "p": r["p"],
+                name = key.removeprefix(f"{ref_name}_vs_")
+                # a reference both runs have is compared with the same row of this run only
+                if name in mine["variants"] and name != "pop" and ref_name in (ref, f"{name}{OTHER}"):
+                    out[f"{name}_vs_{ref_name}"] = {
+                        m: {"diff": 0.0 - r["diff"], "ci": [0.0 - r["ci"][1], 0.0 - r["ci"][0]], "p": r["p"],
                             # how many users the two rows rank differently: with Δ = 0 the
                             # p is 1 whatever this count, so it tells equal from identical
                             "n_nonzero": r["n_nonzero"], "n_users": r["n_users"]}
@@ -293,7 +299,9 @@ def report(args: argparse.Namespace) -> str:
                           "|:---|---:|---:|---:|---:|"]
                 for key, m in across.items():
                     name, ref = key.split("_vs_")
-                    lines.append(_paired_line(f"{LABELS.get(name, name)} − {LABELS[ref]}", m))
+                    base = ref.removesuffix(OTHER)
+                    ref_label = LABELS[base] + (" of that run" if base != ref else "")
+                    lines.append(_paired_line(f"{row_label(name)} − {ref_label}", m))
         b = budgets[s]
         lines += ["", "Budget (seconds; training = time inside `trainer.fit`): " + json.dumps(b), ""]
         for text, ok in targets(r, s):

@@ -78,6 +78,27 @@ def test_paired_across_runs_compares_rows_on_the_same_samples(tmp_path):
         mod.paired_across(mine, tmp_path / "other2")
 
 
+def test_paired_across_runs_compares_a_row_both_runs_have_with_its_namesake(tmp_path):
+    """Two full runs (e.g. four ingredients and the pair): each run's cocktail is tested against
+    the other's cocktail only, and the report names the other run's row."""
+    mod = experiment_script("cpu_quality")
+    mine = _run(tmp_path / "mine", {"cocktail": [1, 1, 1, 2, 2, 2], "general": [3, 3, 3, 3, 3, 3]})
+    other = _run(tmp_path / "other", {"cocktail": [2, 2, 2, 2, 2, 2], "specific": [1] * 6})
+    got = mod.paired_across(mine, other)
+    assert set(got) == {"cocktail_vs_cocktail@other", "general_vs_specific", "cocktail_vs_specific"}
+    assert abs(got["cocktail_vs_cocktail@other"]["ndcg@1"]["diff"] - 3 / 6) < 1e-9
+    assert got["cocktail_vs_cocktail@other"]["ndcg@1"]["n_nonzero"] == 3
+    assert got["general_vs_specific"]["ndcg@1"]["diff"] == -1.0
+    args = type("A", (), {"out": str(tmp_path / "m"), "scenarios": ["warm"], "dataset": "beauty",
+                          "machine": "test", "paired_with": str(tmp_path / "o")})()
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "warm").symlink_to(mine)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "warm").symlink_to(other)
+    md = mod.report(args)
+    assert "| RecCocktail (entropy λ) − RecCocktail (entropy λ) of that run | +0.500" in md
+
+
 def test_paired_across_runs_refuses_rows_with_other_candidates(tmp_path):
     """Two run folders with the same sample ids but other candidate lists (another data
     seed) are not paired: the error names the rows and the other run's predictions file."""
