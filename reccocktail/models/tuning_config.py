@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from reccocktail.utils.config import need, one_of, typed
@@ -113,8 +114,8 @@ class TuningConfig:
     precision: str                        # the trainer's, part of the adapter's key
     num_train_prompts: int | None = None  # the specific block's
     init_from: str | None = None          # the specific block's: null | general
-    # the merged block as composed: what the cache key and the manifest are made of
-    block: dict[str, Any] = field(default_factory=dict, repr=False)
+    # the merged block as composed (read-only): what the cache key and the manifest are made of
+    block: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         one_of(self.objective, OBJECTIVES, "tuning.objective")
@@ -155,5 +156,5 @@ def parse_tuning(block: Mapping[str, Any], where: str = "tuning") -> TuningConfi
     values["full"] = typed(FullTuning, need(block, "full", where), f"{where}.full")
     values["sequence"] = typed(SequenceRows, need(block, "sequence", where), f"{where}.sequence")
     values["early_stopping"] = early_stopping_config(block)
-    values["block"] = dict(block)
+    values["block"] = MappingProxyType(dict(block))
     return typed(TuningConfig, values, where)
