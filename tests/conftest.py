@@ -81,12 +81,11 @@ def tuning_cfg(stage: str = "specific", **over):
     """The typed tuning config of `stage` from conf/tuning/default.yaml (seed 0, the fp32
     trainer's precision) with `over` laid on its block: for tests that build the tuning module
     or call the training API by hand."""
-    from reccocktail.models.tuning_config import parse_tuning
+    from reccocktail.models.tuning_config import parse_tuning, stage_tuning_cfg
 
     root = OmegaConf.create({"seed": 0, "tuning": OmegaConf.load(ROOT / "conf" / "tuning" /
                                                                  "default.yaml")})
-    t = OmegaConf.to_container(root.tuning, resolve=True)
-    return parse_tuning({**tuning_block(), **t[stage], "precision": "32-true", **over})
+    return parse_tuning({**stage_tuning_cfg(root.tuning, stage), "precision": "32-true", **over})
 
 
 @pytest.fixture(scope="session")

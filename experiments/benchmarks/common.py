@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from reccocktail.data.samples import Sample
-from reccocktail.models.tuning_config import STAGE_BLOCKS, TuningConfig, parse_tuning
+from reccocktail.models.tuning_config import TuningConfig, parse_tuning, stage_tuning_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,9 +37,7 @@ def tuning_defaults(stage: str = "specific", **over: Any) -> TuningConfig:
     the tuning config of a benchmark that builds the training module by hand."""
     node = OmegaConf.create({"seed": 0, "tuning": OmegaConf.load(ROOT / "conf" / "tuning" /
                                                                  "default.yaml")})
-    t = OmegaConf.to_container(node.tuning, resolve=True)
-    shared = {k: v for k, v in t.items() if k not in STAGE_BLOCKS}
-    return parse_tuning({**shared, **t[stage], "precision": "32-true", **over})
+    return parse_tuning({**stage_tuning_cfg(node.tuning, stage), "precision": "32-true", **over})
 
 
 def _read_recbole(path: Path) -> tuple[list[str], list[list[str]]]:

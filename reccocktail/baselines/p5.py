@@ -143,7 +143,6 @@ def score_full_model(cfg: DictConfig, out_dir: Path, model_dir: Path, fmt: str,
 def run_p5(cfg: DictConfig, out_dir: Path, name: str, settings: dict[str, Any],
            samples: list[Sample]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Baselines-stage entry: train (or reuse) the full fine-tuning and score `samples`."""
-
     t = p5_tuning(cfg, settings, name)
     sc = eval_config(cfg).scorers  # the eval stage's scorer settings, parsed once
     fmt = t.objective

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from reccocktail.models.tuning_config import (
     STAGE_BLOCKS,
     TuningConfig,
     early_stopping_config,
-    merge_blocks,
     parse_tuning,
+    stage_tuning_cfg,
 )
 from reccocktail.utils.config import need, one_of
 from reccocktail.utils.device import backbone_dtype, length_bucket, resolve_device
@@ -59,20 +59,6 @@ STAGE_TUNING_KEYS = {"general": ("include_valid", "max_samples", "reuse"),
 # Keys that change how a run is executed or stored, not the adapter it produces.
 _NON_RESULT_KEYS = ("ckpt_path", "resume", "num_workers", "checkpoint_every_n_steps", "reuse",
                     "log_every_n_steps")
-
-
-def stage_tuning_cfg(tuning: Any, stage: str, named: Sequence[str] = (),
-                     own: str | None = None) -> dict:
-    """The shared tuning keys overridden by the stage's own block (`tuning.general/specific`),
-    then by the block `tuning.<own>` when there is one (a general-source ingredient: its
-    `general` block with its own block's keys over it). `named`: the blocks of such
-    ingredients, which are no shared keys."""
-    one_of(stage, STAGE_BLOCKS, "tuning stage")
-    plain = to_plain(tuning) if tuning is not None else {}
-    merged = {k: v for k, v in plain.items() if k not in STAGE_BLOCKS and k not in named}
-    for block in (stage, own):
-        merged = merge_blocks(merged, (plain.get(block) or {}) if block else {})
-    return merged
 
 
 def result_config(t: TuningConfig) -> dict:

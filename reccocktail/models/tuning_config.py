@@ -16,14 +16,16 @@ Imports nothing heavy: `config_check` reads the choices below without loading to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from reccocktail.data.prompts import FORMATS
 from reccocktail.utils.config import need, one_of, typed
+from reccocktail.utils.io import to_plain
 
-OBJECTIVES = ("instruction", "sequence")  # the paper's prompts | users' title sequences
+OBJECTIVES = FORMATS  # the paper's prompts | users' title sequences (the prompt formats)
 MODES = ("lora", "full")  # a LoRA on the frozen backbone | the backbone itself (P5 only)
 SCHEDULES = ("cosine", "linear", "constant")
 # a mean over every target token of the optimizer step | each micro-batch's own token mean,
@@ -147,6 +149,20 @@ def merge_blocks(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, 
         both = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
         out[k] = merge_blocks(out[k], v) if both else v
     return out
+
+
+def stage_tuning_cfg(tuning: Any, stage: str, named: Sequence[str] = (),
+                     own: str | None = None) -> dict:
+    """The shared tuning keys overridden by the stage's own block (`tuning.general/specific`),
+    then by the block `tuning.<own>` when there is one (a general-source ingredient: its
+    `general` block with its own block's keys over it). `named`: the blocks of such
+    ingredients, which are no shared keys."""
+    one_of(stage, STAGE_BLOCKS, "tuning stage")
+    plain = to_plain(tuning) if tuning is not None else {}
+    merged = {k: v for k, v in plain.items() if k not in STAGE_BLOCKS and k not in named}
+    for block in (stage, own):
+        merged = merge_blocks(merged, (plain.get(block) or {}) if block else {})
+    return merged
 
 
 def parse_tuning(block: Mapping[str, Any], where: str = "tuning") -> TuningConfig:
