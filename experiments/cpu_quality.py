@@ -64,10 +64,9 @@ OTHER = "@other"  # `--paired-with`: the other run's row of a name both runs hav
 def command(args: argparse.Namespace, scenario: str, extra: list[str]) -> list[str]:
     out = Path(args.out) / scenario
     more = args.ingredients != PAIR
-    # more ingredients: the stage list and the rows name them through the `ingredients` token
-    stages = [x for x in args.stages if not (more and x in PAIR)]
-    if more and "ingredients" not in stages and any(x in args.stages for x in PAIR):
-        stages.insert(next(i for i, x in enumerate(args.stages) if x in PAIR), "ingredients")
+    # more ingredients: the stage list and the rows name them through the `ingredients` token,
+    # which takes the place of G's and S's stages
+    stages = list(dict.fromkeys("ingredients" if more and x in PAIR else x for x in args.stages))
     variants = ("[cocktail,ingredients,wa,zero_shot]" if more
                 else "[cocktail,specific,general,wa,zero_shot]")
     return [sys.executable, str(ROOT / "run.py"), f"+experiment={args.dataset}_{scenario}",
@@ -247,8 +246,7 @@ def report(args: argparse.Namespace) -> str:
         for r in results.values():
             row = r["variants"].get(name)
             cells += [_cell(row, "ndcg@1"), _cell(row, "ndcg@3")]
-        label = row_label(name)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_label(name)} | " + " | ".join(cells) + " |")
     for s, r in results.items():
         v = r["variants"]
         info = next((v[k] for k in ("cocktail", "specific", "zero_shot") if k in v), {})
@@ -300,7 +298,7 @@ def report(args: argparse.Namespace) -> str:
                 for key, m in across.items():
                     name, ref = key.split("_vs_")
                     base = ref.removesuffix(OTHER)
-                    ref_label = LABELS[base] + (" of that run" if base != ref else "")
+                    ref_label = row_label(base) + (" of that run" if base != ref else "")
                     lines.append(_paired_line(f"{row_label(name)} − {ref_label}", m))
         b = budgets[s]
         lines += ["", "Budget (seconds; training = time inside `trainer.fit`): " + json.dumps(b), ""]
